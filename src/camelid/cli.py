@@ -1,0 +1,59 @@
+"""The `camelid` command: a thin layer over the library; each stage brings its own commands."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from camelid.core.io import CamelidError
+
+app = typer.Typer(
+    name="camelid",
+    help="Generate instruction data, fine-tune, chat, serve and evaluate: the Alpaca / Self-Instruct / Vicuna loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    from camelid.data.cli import app as data_app
+    from camelid.models.cli import app as models_app, model_app
+
+    app.add_typer(models_app)
+    app.add_typer(data_app, name="data", help="Validate, convert, inspect, render, deduplicate and clean datasets.")
+    app.add_typer(model_app, name="model", help="Inspect models and their special tokens.")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 1; no tracebacks for what the user can fix."""
+    try:
+        rv = app(args=argv, prog_name="camelid", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except click.exceptions.Abort:
+        print("camelid: aborted", file=sys.stderr)
+        code = 130
+    except CamelidError as e:
+        print(f"camelid: error: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("camelid: interrupted", file=sys.stderr)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""Prompt and chat templates: the one source of truth for training, chat, serve and eval.
+
+A template turns `messages` ([{"role": "system"|"user"|"assistant", "content": str}]) into a list of
+`Segment`s. Each segment is text, or the tokenizer's BOS/EOS *token* (never the literal characters, so
+`</s>` means the real EOS id as it does for Llama), and knows which assistant turn it belongs to. Training
+tokenizes segment by segment to build labels (no offset guessing); inference joins them into a string.
+
+An Alpaca-style user message may carry an extra `input` field (Stanford's instruction/input split); every
+other template sees `content + "\\n\\n" + input` via `user_text`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from camelid.core.io import CamelidError
+
+Mask = Literal["assistant", "last", "all"]
+MASKS: tuple[str, ...] = ("assistant", "last", "all")
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str  # for kind "bos"/"eos" the text is empty; the tokenizer's token is used
+    kind: Literal["text", "bos", "eos"] = "text"
+    turn: int | None = None  # index into messages of the assistant turn this belongs to
+
+
+class TemplateError(CamelidError):
+    pass
+
+
+def user_text(m: dict) -> str:
+    """The user's text as a chat template sees it (Alpaca's `input` appended after a blank line)."""
+    extra = m.get("input") or ""
+    return m["content"] + ("\n\n" + extra if extra else "")
+
+
+def _check_roles(messages: list[dict], name: str) -> None:
+    roles = [m.get("role") for m in messages if m.get("role") != "system"]
+    for i, r in enumerate(roles):
+        want = "user" if i % 2 == 0 else "assistant"
+        if r != want:
+            raise TemplateError(f"template {name!r}: turn {i} has role {r!r}, expected {want!r} (roles must alternate "
+                                "user/assistant, starting with user)")
+
+
+def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:
+    if messages and messages[0].get("role") == "system":
+        return messages[0]["content"], messages[1:]
+    return default, messages
+
+
+@dataclass(frozen=True)
+class Template:
+    """A named prompt format. `build` returns segments; `stop` lists extra stop strings for generation."""
+
+    name: str
+    build: Callable[["Template", list[dict], bool], list[Segment]] = field(repr=False)
+    stop: tuple[str, ...] = ()
+    system: str = ""
+    end_token: str | None = None  # what an "eos" segment means when not the tokenizer's EOS (ChatML's <|im_end|>)
+    chat_template: str | None = field(default=None, repr=False)  # Jinja source for name == "tokenizer"
+    bos_token: str = "<s>"
+    eos_token: str = "</s>"
+
+    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
+        if not messages:
+            raise TemplateError("no messages to render")
+        return self.build(self, list(messages), add_generation_prompt)
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False,
+               bos_token: str | None = None, eos_token: str | None = None) -> str:
+        """The exact text the model sees, with BOS/EOS written as the tokenizer's token strings."""
+        bos, eos = bos_token or self.bos_token, self.end_token or eos_token or self.eos_token
+        return "".join(bos if s.kind == "bos" else eos if s.kind == "eos" else s.text
+                       for s in self.segments(messages, add_generation_prompt))
+
+    def stop_strings(self, eos_token: str | None = None) -> list[str]:
+        """Strings that end a generation besides the EOS id (text backends need the EOS string too)."""
+        out = [self.end_token or eos_token or self.eos_token, *self.stop]
+        return list(dict.fromkeys(s for s in out if s))
+
+
+def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
+    """Which segments carry loss. EOS of a trained turn is always trained."""
+    if mask not in MASKS:
+        raise TemplateError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
+    turns = [s.turn for s in segments if s.turn is not None]
+    last = max(turns) if turns else None
+    if mask == "all":
+        return [True] * len(segments)
+    if mask == "last":
+        return [s.turn is not None and s.turn == last for s in segments]
+    return [s.turn is not None for s in segments]
+
+
+# ------------------------------------------------------------------------------------------- Alpaca
+
+
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+# KULLM's Korean Alpaca template (nlpai-lab/KULLM templates/kullm.json).
+ALPACA_KO_PROMPT_INPUT = (
+    "아래는 작업을 설명하는 명령어와 추가 컨텍스트를 제공하는 입력이 짝을 이루는 예제입니다. "
+    "요청을 적절히 완료하는 응답을 작성하세요.\n\n### 명령어:\n{instruction}\n\n### 입력:\n{input}\n\n### 응답:\n"
+)
+ALPACA_KO_PROMPT_NO_INPUT = (
+    "아래는 작업을 설명하는 명령어입니다. 요청을 적절히 완료하는 응답을 작성하세요.\n\n"
+    "### 명령어:\n{instruction}\n\n### 응답:\n"
+)
+
+
+def _alpaca_builder(with_input: str, without_input: str) -> Callable:
+    def build(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
+        _, msgs = _split_system(messages, "")
+        _check_roles(msgs, t.name)
+        if len(msgs) > 2:
+            raise TemplateError(f"template {t.name!r} holds one instruction and one response; this conversation has "
+                                f"{len(msgs)} messages (use vicuna_v1.1, chatml or tokenizer for multi-turn data)")
+        user = msgs[0]
+        inp = user.get("input") or ""
+        prompt = (with_input if inp else without_input).format(instruction=user["content"], input=inp)
+        segs = [Segment(prompt)]
+        if len(msgs) == 2:
+            turn = len(messages) - 1
+            segs += [Segment(msgs[1]["content"], turn=turn), Segment("", "eos", turn=turn)]
+        return segs
+
+    return build
+
+
+# ------------------------------------------------------------------------------------------- Vicuna
+
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+
+def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
+    # FastChat SeparatorStyle.ADD_COLON_TWO, sep=" ", sep2="</s>": "SYS USER: u ASSISTANT: a</s>USER: ..."
+    system, msgs = _split_system(messages, t.system)
+    _check_roles(msgs, t.name)
+    offset = len(messages) - len(msgs)
+    segs = [Segment(system + " ")]
+    for i, m in enumerate(msgs):
+        if m["role"] == "user":
+            segs.append(Segment("USER: " + user_text(m) + " "))
+        else:
+            segs += [Segment("ASSISTANT:"), Segment(" " + m["content"], turn=offset + i),
+                     Segment("", "eos", turn=offset + i)]
+    if gen:
+        segs.append(Segment("ASSISTANT:"))
+    return _merge(segs)
+
+
+# ------------------------------------------------------------------------------------------- Llama 2
+
+
+def _llama2(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
+    # Meta's format: <s>[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n{user} [/INST] {answer} </s><s>[INST] {user} [/INST]
+    system, msgs = _split_system(messages, t.system)
+    _check_roles(msgs, t.name)
+    offset = len(messages) - len(msgs)
+    segs: list[Segment] = []
+    for i, m in enumerate(msgs):
+        if m["role"] == "user":
+            text = user_text(m).strip()
+            if i == 0 and system:
+                text = f"<<SYS>>\n{system}\n<</SYS>>\n\n{text}"
+            segs += [Segment("", "bos"), Segment(f"[INST] {text} [/INST]")]
+        else:
+            segs += [Segment(f" {m['content'].strip()} ", turn=offset + i), Segment("", "eos", turn=offset + i)]
+    return _merge(segs)
+
+
+# ------------------------------------------------------------------------------------------- ChatML
+
+
+def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
+    system, msgs = _split_system(messages, t.system)
+    _check_roles(msgs, t.name)
+    offset = len(messages) - len(msgs)
+    segs = [Segment(f"<|im_start|>system\n{system}<|im_end|>\n")] if system else []
+    for i, m in enumerate(msgs):
+        if m["role"] == "user":
+            segs.append(Segment(f"<|im_start|>user\n{user_text(m)}<|im_end|>\n"))
+        else:
+            segs += [Segment("<|im_start|>assistant\n"), Segment(m["content"], turn=offset + i),
+                     Segment("", "eos", turn=offset + i), Segment("\n")]
+    if gen:
+        segs.append(Segment("<|im_start|>assistant\n"))
+    return _merge(segs)
+
+
+# ------------------------------------------------------------------------------------------- Jinja
+
+
+def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
+    """The tokenizer's own chat_template, split into turns by rendering growing prefixes."""
+    if not t.chat_template:
+        raise TemplateError("template 'tokenizer' needs a tokenizer with a chat_template")
+    msgs = [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
+    if msgs[0]["role"] != "system":
+        _check_roles(msgs, t.name)
+    else:
+        _check_roles(msgs[1:], t.name)
+    render = _jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
+    segs: list[Segment] = []
+    done = ""
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        before = render(msgs[:i], True)
+        full = render(msgs[: i + 1], False)
+        if not before.startswith(done) or not full.startswith(before):
+            raise TemplateError("the tokenizer's chat_template does not render conversations as growing prefixes; "
+                                "choose an explicit --template")
+        segs.append(Segment(before[len(done):]))
+        piece = full[len(before):]
+        end = piece.find(t.eos_token) if t.eos_token else -1
+        if end >= 0:  # train through the EOS the template writes; what follows it is never generated
+            segs += [Segment(piece[:end], turn=i), Segment("", "eos", turn=i)]
+            if piece[end + len(t.eos_token):]:
+                segs.append(Segment(piece[end + len(t.eos_token):]))
+        else:  # the template writes no EOS: train one anyway so that generation stops
+            segs += [Segment(piece, turn=i), Segment("", "eos", turn=i)]
+        done = full
+    final = render(msgs, gen) if msgs[-1]["role"] != "assistant" or gen else done
+    if not final.startswith(done):
+        raise TemplateError("the tokenizer's chat_template does not render conversations as growing prefixes")
+    if final[len(done):]:
+        segs.append(Segment(final[len(done):]))
+    return _merge(segs)
+
+
+def _jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(f"chat_template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    tmpl = env.from_string(source)
+
+    def render(msgs: list[dict], gen: bool) -> str:
+        if not msgs:
+            return ""
+        return tmpl.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos)
+
+    return render
+
+
+def _merge(segs: list[Segment]) -> list[Segment]:
+    """Join neighbouring text segments of the same turn (fewer, longer pieces tokenize more naturally)."""
+    out: list[Segment] = []
+    for s in segs:
+        if out and s.kind == "text" and out[-1].kind == "text" and out[-1].turn == s.turn:
+            out[-1] = Segment(out[-1].text + s.text, "text", s.turn)
+        elif s.kind != "text" or s.text:
+            out.append(s)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- lookup
+
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in [
+        Template("alpaca", _alpaca_builder(ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT),
+                 stop=("### Instruction:", "### Response:")),
+        Template("alpaca_ko", _alpaca_builder(ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT),
+                 stop=("### 명령어:", "### 응답:")),
+        Template("vicuna_v1.1", _vicuna, stop=("USER:",), system=VICUNA_SYSTEM),
+        Template("llama-2", _llama2, stop=("[INST]",)),
+        Template("chatml", _chatml, stop=("<|im_start|>",), end_token="<|im_end|>"),
+    ]
+}
+TEMPLATE_NAMES: tuple[str, ...] = (*TEMPLATES, "tokenizer")
+
+
+def get_template(name: str, chat_template: str | None = None, bos_token: str | None = None,
+                 eos_token: str | None = None) -> Template:
+    """A shipped template by name, or `tokenizer` built from a Jinja chat_template; token strings attached."""
+    tokens = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v}
+    if name == "tokenizer":
+        if not chat_template:
+            raise TemplateError("template 'tokenizer' needs a model whose tokenizer has a chat_template")
+        return Template("tokenizer", _jinja, chat_template=chat_template, **tokens)
+    if name not in TEMPLATES:
+        raise TemplateError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
+    t = TEMPLATES[name]
+    return _replace(t, **tokens) if tokens else t
+
+
+def _replace(t: Template, **kw) -> Template:
+    import dataclasses
+
+    return dataclasses.replace(t, **kw)
+
+
+# ------------------------------------------------------------------------------------------- tokenizing
+
+
+IGNORE_INDEX = -100
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """Token ids the tokenizer puts before any text on its own (Llama's BOS; nothing for GPT-2 style BPE)."""
+    with_special = tokenizer("a", add_special_tokens=True).input_ids
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    n = len(with_special) - len(plain)
+    return list(with_special[:n]) if n > 0 and with_special[n:] == plain else []
+
+
+def end_token_id(tokenizer, template: Template) -> int:
+    """The id an "eos" segment stands for: the template's own end token, else the tokenizer's EOS."""
+    if template.end_token:
+        tid = tokenizer.convert_tokens_to_ids(template.end_token)
+        if tid is None or tid == tokenizer.unk_token_id:
+            raise TemplateError(f"template {template.name!r} ends turns with {template.end_token!r}, which is not a "
+                                "token of this tokenizer (choose another --template)")
+        return tid
+    if tokenizer.eos_token_id is None:
+        raise TemplateError("the tokenizer has no EOS token: generation could never stop (set one, or see "
+                            "`camelid model check`)")
+    return tokenizer.eos_token_id
+
+
+def encode(tokenizer, template: Template, messages: list[dict], mask: Mask = "assistant",
+           add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) by tokenizing each segment on its own; untrained positions get -100.
+
+    Training and transformers inference both call this, so the prompt a model is served with is token for
+    token the prompt it was trained on."""
+    segs = template.segments(messages, add_generation_prompt)
+    flags = trained(segs, mask)
+    ids = special_prefix(tokenizer) if segs[0].kind != "bos" else []
+    labels = [IGNORE_INDEX] * len(ids)
+    eos = None
+    for seg, train in zip(segs, flags):
+        if seg.kind == "text":
+            toks = tokenizer(seg.text, add_special_tokens=False).input_ids
+        elif seg.kind == "bos":
+            if tokenizer.bos_token_id is None:
+                raise TemplateError(f"template {template.name!r} needs a BOS token; the tokenizer has none")
+            toks = [tokenizer.bos_token_id]
+        else:
+            eos = end_token_id(tokenizer, template) if eos is None else eos
+            toks = [eos]
+        ids += toks
+        labels += toks if train else [IGNORE_INDEX] * len(toks)
+    return ids, labels

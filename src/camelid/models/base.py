@@ -1,0 +1,160 @@
+"""The one small interface every backend implements: complete, chat, stream, map, count tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from camelid.core.io import CamelidError
+from camelid.core.templates import Template
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ModelError(CamelidError):
+    """A backend failed for a reason the user can act on (bad spec, server gave up, prompt too long)."""
+
+
+class ContextLengthError(ModelError):
+    pass
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def with_stop(self, extra: Iterable[str]) -> "Sampling":
+        return replace(self, stop=list(dict.fromkeys([*self.stop, *extra])))
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed answer; the last one has finish_reason set and the usage filled in."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Model:
+    """Base class. Local backends implement `_stream` (+ `count_tokens`); chat renders the template here."""
+
+    name: str = "model"
+    template: Template | None = None
+    eos_token: str | None = None
+    bos_token: str | None = None
+    context_length: int = 2048
+    max_concurrency: int = 1  # how many requests `map` keeps in flight
+
+    # ---- what a backend provides
+    def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        raise ModelError(f"{type(self).__name__} cannot complete text")
+
+    def count_tokens(self, text: str) -> int:
+        raise ModelError(f"{type(self).__name__} cannot count tokens")
+
+    # ---- text completion
+    def stream(self, prompt: str, sampling: Sampling | None = None) -> Iterator[Chunk]:
+        return self._stream(prompt, sampling or Sampling())
+
+    def complete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
+        return collect(self.stream(prompt, sampling), self.name)
+
+    # ---- chat: the template is applied here, in one place
+    def chat_prompt(self, messages: list[dict]) -> str:
+        if self.template is None:
+            raise ModelError(f"{self.name}: no chat template known; pass --template")
+        return self.template.render(messages, add_generation_prompt=True, bos_token=self.bos_token,
+                                    eos_token=self.eos_token)
+
+    def chat_sampling(self, sampling: Sampling | None) -> Sampling:
+        sampling = sampling or Sampling()
+        return sampling.with_stop(self.template.stop_strings(self.eos_token)) if self.template else sampling
+
+    def stream_chat(self, messages: list[dict], sampling: Sampling | None = None) -> Iterator[Chunk]:
+        return self.stream(self.chat_prompt(messages), self.chat_sampling(sampling))
+
+    def chat(self, messages: list[dict], sampling: Sampling | None = None) -> Completion:
+        return collect(self.stream_chat(messages, sampling), self.name)
+
+    # ---- many requests
+    def map(self, fn: Callable[[T], R], items: Iterable[T], concurrency: int | None = None
+            ) -> Iterator[tuple[int, R | BaseException]]:
+        """Run `fn` over items with bounded concurrency; yield (index, result or exception) as each finishes,
+        so a caller can persist finished work at once (a slow or failing request never holds back the rest)."""
+        return bounded_map(fn, items, concurrency or self.max_concurrency)
+
+    async def acomplete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
+        return await asyncio.to_thread(self.complete, prompt, sampling)
+
+    async def achat(self, messages: list[dict], sampling: Sampling | None = None) -> Completion:
+        return await asyncio.to_thread(self.chat, messages, sampling)
+
+    def close(self) -> None:
+        pass
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": type(self).__name__, "context_length": self.context_length,
+                "template": self.template.name if self.template else None, "eos_token": self.eos_token}
+
+
+def collect(chunks: Iterator[Chunk], model: str) -> Completion:
+    t0 = time.perf_counter()
+    parts, last = [], Chunk("")
+    for c in chunks:
+        parts.append(c.text)
+        last = c
+    return Completion("".join(parts), last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens,
+                      model, time.perf_counter() - t0)
+
+
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int
+                ) -> Iterator[tuple[int, R | BaseException]]:
+    it = iter(enumerate(items))
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        pending: dict[Future, int] = {}
+
+        def fill() -> None:
+            while len(pending) < max(1, concurrency):
+                try:
+                    i, item = next(it)
+                except StopIteration:
+                    return
+                pending[pool.submit(fn, item)] = i
+
+        fill()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = pending.pop(fut)
+                err = fut.exception()
+                yield i, (err if err is not None else fut.result())
+            fill()
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut text at the earliest stop string; True when one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
