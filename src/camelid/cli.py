@@ -24,8 +24,18 @@ def _register() -> None:
     from camelid.models.cli import app as models_app, model_app
 
     app.add_typer(models_app)
+    from camelid.serve.cli import app as serve_app
+
+    app.add_typer(serve_app)
     app.add_typer(data_app, name="data", help="Validate, convert, inspect, render, deduplicate and clean datasets.")
     app.add_typer(model_app, name="model", help="Inspect models and their special tokens.")
+    from camelid.evaluate.cli import app as eval_app, arena
+
+    app.add_typer(eval_app, name="eval", help="Answer eval sets, judge answers with an LLM, report, benchmark.")
+    app.command("arena")(arena)
+    from camelid.train.cli import app as train_app
+
+    app.add_typer(train_app)
 
 
 _register()

@@ -11,6 +11,8 @@ other template sees `content + "\\n\\n" + input` via `user_text`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -64,6 +66,7 @@ class Template:
     chat_template: str | None = field(default=None, repr=False)  # Jinja source for name == "tokenizer"
     bos_token: str = "<s>"
     eos_token: str = "</s>"
+    seed: int = 0  # self-instruct: picks each example's prompt format (see self_instruct_format)
 
     def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
         if not messages:
@@ -272,6 +275,70 @@ def _merge(segs: list[Segment]) -> list[Segment]:
     return out
 
 
+# ------------------------------------------------------------------------------------------- Self-Instruct
+
+
+# Self-Instruct (Wang et al., 2022) fine-tuned GPT-3 on each example written in one of several prompt formats
+# picked at random, so the model follows an instruction however it is laid out: with or without a "Task:" prefix,
+# an "Input:" label and an "Output:" cue, one or two newlines between parts. Here the pick is a hash of (seed,
+# example), so every run and process trains on the same text, and `self_instruct_format` tells the trainer which
+# format each example got. Generation (no answer yet) always uses the canonical format, "input/0" / "no_input/0":
+#     "{instruction}\n\nInput: {input}\n\nOutput:"  and  "{instruction}\n\nOutput:"  (the answer follows a space).
+SELF_INSTRUCT_FORMATS: dict[str, tuple[str, str]] = {  # id -> (prompt, trained completion; EOS follows it)
+    "input/0": ("{instruction}\n\nInput: {input}\n\nOutput:", " {output}"),
+    "input/1": ("{instruction}\nInput: {input}\nOutput:", " {output}"),
+    "input/2": ("Task: {instruction}\nInput: {input}\nOutput:", " {output}"),
+    "input/3": ("Task: {instruction}\n\nInput: {input}\n\nOutput:", " {output}"),
+    "input/4": ("{instruction}\n\n{input}\n\nOutput:", " {output}"),
+    "input/5": ("{instruction}\n\n{input}\n\n", "{output}"),
+    "input/6": ("{instruction}\n{input}\n\n", "{output}"),
+    "input/7": ("Task: {instruction}\n\n{input}\n\n", "{output}"),
+    "no_input/0": ("{instruction}\n\nOutput:", " {output}"),
+    "no_input/1": ("{instruction} Output:", " {output}"),
+    "no_input/2": ("{instruction}\nOutput:", " {output}"),
+    "no_input/3": ("Task: {instruction}\nOutput:", " {output}"),
+    "no_input/4": ("{instruction}\n", "{output}"),
+    "no_input/5": ("{instruction}\n\n", "{output}"),
+    "no_input/6": ("Task: {instruction}\n\n", "{output}"),
+}
+
+
+def _self_instruct_parts(messages: list[dict]) -> tuple[str, str, str | None]:
+    """(instruction, input, output or None), stripped as Self-Instruct's encode_instance strips them."""
+    _, msgs = _split_system(messages, "")
+    _check_roles(msgs, "self-instruct")
+    if len(msgs) > 2:
+        raise TemplateError(f"template 'self-instruct' holds one instruction and one output; this conversation has "
+                            f"{len(msgs)} messages")
+    user = msgs[0]
+    output = msgs[1]["content"].strip() if len(msgs) == 2 else None
+    return user["content"].strip(), (user.get("input") or "").strip(), output
+
+
+def self_instruct_format(messages: list[dict], seed: int = 0) -> str:
+    """The id (a key of SELF_INSTRUCT_FORMATS) of the format `messages` is written in by template 'self-instruct'.
+
+    A function of (seed, instruction, input, output) alone: the same in every run, process and data order. A prompt
+    without an answer (generation) gets the canonical format."""
+    instruction, inp, output = _self_instruct_parts(messages)
+    kind = "input" if inp else "no_input"
+    if output is None:
+        return f"{kind}/0"
+    ids = [k for k in SELF_INSTRUCT_FORMATS if k.split("/")[0] == kind]
+    key = json.dumps([seed, instruction, inp, output], ensure_ascii=False).encode()
+    return ids[int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % len(ids)]
+
+
+def _self_instruct(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
+    instruction, inp, output = _self_instruct_parts(messages)
+    prompt, completion = SELF_INSTRUCT_FORMATS[self_instruct_format(messages, t.seed)]
+    segs = [Segment(prompt.format(instruction=instruction, input=inp))]
+    if output is not None:
+        turn = len(messages) - 1
+        segs += [Segment(completion.format(output=output), turn=turn), Segment("", "eos", turn=turn)]
+    return segs
+
+
 # ------------------------------------------------------------------------------------------- lookup
 
 
@@ -285,15 +352,19 @@ TEMPLATES: dict[str, Template] = {
         Template("vicuna_v1.1", _vicuna, stop=("USER:",), system=VICUNA_SYSTEM),
         Template("llama-2", _llama2, stop=("[INST]",)),
         Template("chatml", _chatml, stop=("<|im_start|>",), end_token="<|im_end|>"),
+        Template("self-instruct", _self_instruct),
     ]
 }
 TEMPLATE_NAMES: tuple[str, ...] = (*TEMPLATES, "tokenizer")
 
 
 def get_template(name: str, chat_template: str | None = None, bos_token: str | None = None,
-                 eos_token: str | None = None) -> Template:
-    """A shipped template by name, or `tokenizer` built from a Jinja chat_template; token strings attached."""
+                 eos_token: str | None = None, seed: int | None = None) -> Template:
+    """A shipped template by name, or `tokenizer` built from a Jinja chat_template; token strings attached.
+    `seed` picks self-instruct's per-example prompt formats (other templates ignore it)."""
     tokens = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v}
+    if seed is not None and name == "self-instruct":
+        tokens["seed"] = seed
     if name == "tokenizer":
         if not chat_template:
             raise TemplateError("template 'tokenizer' needs a model whose tokenizer has a chat_template")

@@ -1,7 +1,270 @@
-"""`camelid data ...`: dataset commands."""
+"""`camelid data ...`: dataset commands, each a thin layer over camelid.data (one section per command)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
+from camelid.core.cli import console
+
 app = typer.Typer(no_args_is_help=True)
+
+FORMAT_NAMES = "alpaca | seed-tasks | sharegpt | openai | mt-bench"
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", "-f", help=f"Input format ({FORMAT_NAMES}); default: detected from the first record.")]
+
+
+# ---------------------------------------------------------------------------------------------- validate
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Dataset files (JSON list or JSONL).", show_default=False)],
+    fmt: FormatOpt = None,
+) -> None:
+    """Check dataset files; print each problem as FILE:LINE: field 'x': message; exit 1 if any.
+
+    Finds malformed JSON, non-UTF-8 bytes, empty files, wrong types, missing or empty fields, unknown roles.
+
+    Conversations must alternate user/assistant (after an optional system message) and end with the assistant.
+
+    Files are streamed: size does not matter.
+    """
+    from camelid.data.formats import plural, validate_file
+
+    records = problems = 0
+    for path in files:
+        report = validate_file(path, fmt)
+        for p in report.problems:
+            print(p)
+        if report.problem_count > len(report.problems):
+            print(f"{path}: ... {plural(report.problem_count - len(report.problems), 'more problem')} not listed")
+        print(report.summary())
+        records += report.records
+        problems += report.problem_count
+    if len(files) > 1:
+        state = "ok" if not problems else plural(problems, "problem")
+        print(f"{len(files)} files, {plural(records, 'record')}: {state}")
+    if problems:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- convert
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Input dataset file.", show_default=False)],
+    dst: Annotated[Path, typer.Argument(help="Output file: JSONL when it ends with .jsonl, else a JSON list.",
+                                        show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="Output format: alpaca | sharegpt | openai.", show_default=False)],
+    src_fmt: Annotated[Optional[str], typer.Option(
+        "--from", help=f"Input format ({FORMAT_NAMES}); default: detected.")] = None,
+) -> None:
+    """Convert a dataset between formats, atomically (nothing is written if a record fails).
+
+    alpaca -> sharegpt|openai -> alpaca gives back identical rows (instruction/input split, extra keys).
+
+    Multi-turn conversations cannot become alpaca rows; the first one is named.
+    """
+    from camelid.data.formats import convert as convert_file
+
+    n = convert_file(src, dst, to, src_fmt)
+    layout = "JSONL" if dst.suffix.lower() == ".jsonl" else "JSON list"
+    console.print(f"wrote {n} records to {dst} ({to}, {layout})")
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+
+@app.command()
+def stats(
+    file: Annotated[Path, typer.Argument(help="Dataset file.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Also count tokens with this model's tokenizer (embedded | gguf:PATH | hf:PATH).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write histograms to this PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+    fmt: FormatOpt = None,
+) -> None:
+    """Count records, turns, lengths and duplicates of a dataset.
+
+    Lengths are in words, and in tokens with --model.
+
+    For generated data: Stanford's similarity scores, and why rows were rejected (<file>.rejected.jsonl).
+    """
+    from camelid.data.stats import stats as compute
+
+    tokenizer = None
+    if model:
+        from camelid.models import load_model
+
+        tokenizer = load_model(model)
+    try:
+        result = compute(file, fmt, tokenizer=tokenizer, plot=plot)
+    finally:
+        if tokenizer is not None:
+            tokenizer.close()
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        _print_stats(result)
+    if plot:
+        console.print(f"wrote {plot}")
+
+
+def _print_stats(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    head = Table(title=f"{s['file']} ({s['format']})", show_header=False)
+    for key in ("records", "conversations", "messages", "turns", "system_messages", "empty_inputs"):
+        if s[key] is not None:
+            head.add_row(key.replace("_", " "), f"{s[key]:,}")
+    head.add_row("duplicate conversations", f"{s['duplicates']['conversations']:,}")
+    head.add_row("duplicate prompts", f"{s['duplicates']['prompts']:,}")
+    out.print(head)
+    cols = ("count", "min", "mean", "p50", "p90", "p99", "max")
+    lengths = Table(title="lengths")
+    lengths.add_column("series")
+    for c in cols:
+        lengths.add_column(c, justify="right")
+
+    def row(name: str, d: dict) -> None:
+        lengths.add_row(name, *(f"{d[c]:,.4g}" if isinstance(d.get(c), float) else f"{d.get(c, '')}" for c in cols))
+
+    for measure in ("words", "tokens"):
+        if s[measure]:
+            for who, d in s[measure].items():
+                row(f"{measure}: {who}", d)
+    row("user turns per conversation", s["turns_per_conversation"])
+    if s["similarity"]:
+        row("avg_similarity_score", s["similarity"]["avg_similarity_score"])
+        row("max similarity", s["similarity"]["max_similarity"])
+    out.print(lengths)
+    if s["rejected"]:
+        rej = Table(title=f"rejected: {s['rejected']['total']:,} rows ({s['rejected']['file']})")
+        rej.add_column("reason")
+        rej.add_column("rows", justify="right")
+        for reason, count in s["rejected"]["by_reason"].items():
+            rej.add_row(reason, f"{count:,}")
+        out.print(rej)
+
+
+# ---------------------------------------------------------------------------------------------- show
+
+
+@app.command()
+def show(
+    file: Annotated[Path, typer.Argument(help="Dataset file.", show_default=False)],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="How many records to show.")] = 5,
+    fmt: FormatOpt = None,
+) -> None:
+    """Pretty-print the first N records of any format as conversations."""
+    from camelid.data.stats import show as show_records
+
+    show_records(file, n, fmt)
+
+
+# ---------------------------------------------------------------------------------------------- clean
+
+
+@app.command()
+def clean(
+    src: Annotated[Path, typer.Argument(metavar="IN", help="ShareGPT or OpenAI-messages file (JSON list or JSONL).",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Cleaned file, in the shape and layout of IN.",
+                                      show_default=False)],
+    blocked_words: Annotated[Optional[Path], typer.Option(
+        "--blocked-words", help="Phrases that remove a conversation when an assistant message contains one (one per "
+        "line, '#' comments; an empty file blocks nothing); default: the usual 'As an AI language model' / "
+        "'OpenAI' list.")] = None,
+    lang: Annotated[Optional[str], typer.Option(
+        "--lang", help="Keep only conversations in these languages, by dominant script: ko, ja, zh, en (any Latin "
+        "script), ru, ar, el, he, th, hi, unknown. Default: keep all.")] = None,
+    skip_lang: Annotated[Optional[str], typer.Option("--skip-lang", help="Remove conversations in these languages "
+                                                     "(same codes as --lang).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write the report (counts per reason, "
+                                                   "removed ids) as JSON.")] = None,
+) -> None:
+    """Clean ShareGPT/OpenAI conversations as Vicuna's data was (FastChat clean_sharegpt + optional_clean).
+
+    HTML answers become Markdown (code blocks keep their language); a leading assistant turn is stripped and a
+    trailing unanswered user turn trimmed; then empty, non-alternating, blocked-phrase, unwanted-language and
+    exactly duplicated conversations are removed, each counted under its reason. Nothing is filtered by language
+    unless --lang/--skip-lang is given (Korean is kept by default).
+    """
+    from rich.table import Table
+
+    from camelid.data.clean import REASONS, clean_file, load_blocked_words, parse_langs
+
+    rep = clean_file(src, out, load_blocked_words(blocked_words), parse_langs(lang), parse_langs(skip_lang))
+    table = Table(title=f"{src} -> {out} ({rep.shape or 'empty'})")
+    table.add_column("conversations")
+    table.add_column("count", justify="right")
+    table.add_row("in", f"{rep.total:,}")
+    for reason, why in REASONS.items():
+        if rep.removed[reason]:
+            table.add_row(f"removed: {reason} ({why})", f"{rep.removed[reason]:,}")
+    for what, count in rep.modified.items():
+        table.add_row(f"kept, modified: {what.replace('_', ' ')}", f"{count:,}")
+    table.add_row("kept", f"{rep.kept:,}")
+    table.add_row("languages seen", ", ".join(f"{k} {v:,}" for k, v in rep.languages.most_common()) or "-")
+    console.print(table)
+    if report:
+        from camelid.core.io import write_json
+
+        write_json(report, rep.to_dict())
+        console.print(f"wrote {report}")
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+
+@app.command()
+def split(
+    src: Annotated[Path, typer.Argument(metavar="IN", help="ShareGPT or OpenAI-messages file (JSON list or JSONL).",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="File of pieces, in the shape and layout of IN.",
+                                      show_default=False)],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens per piece as the template "
+                                            "renders it (Vicuna: 2048).", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Whose tokenizer counts: embedded | gguf:PATH | "
+                                       "hf:PATH.")] = "embedded",
+    template: Annotated[Optional[str], typer.Option(
+        "--template", help="Template the pieces are rendered with for counting (alpaca, vicuna_v1.1, llama-2, "
+        "chatml, tokenizer, ...); default: the model's.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write the counts as JSON.")] = None,
+) -> None:
+    """Split long conversations at turn boundaries so every piece fits --max-tokens (FastChat
+    split_long_conversation): whole user+assistant exchanges only, ids suffixed _0, _1...; an exchange longer than
+    the limit on its own is dropped and counted, never cut. Every piece is checked with the real template render.
+    """
+    from rich.table import Table
+
+    from camelid.data.split import split_file
+    from camelid.models import load_model
+
+    m = load_model(model, template=template, n_ctx=512)  # only its tokenizer is used
+    try:
+        rep = split_file(src, out, m, max_tokens)
+    finally:
+        m.close()
+    d = rep.to_dict()
+    table = Table(title=f"{src} -> {out} (template {rep.template}, at most {max_tokens:,} tokens)")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for key in ("conversations", "pieces", "split", "dropped_exchanges", "dropped_conversations",
+                "trimmed_trailing_user", "max_piece_tokens", "mean_piece_tokens"):
+        table.add_row(key.replace("_", " "), f"{d[key]:,}")
+    for reason, count in rep.invalid.items():
+        table.add_row(f"invalid, removed: {reason}", f"{count:,}")
+    console.print(table)
+    if report:
+        from camelid.core.io import write_json
+
+        write_json(report, d)
+        console.print(f"wrote {report}")

@@ -17,8 +17,9 @@ model_app = typer.Typer(no_args_is_help=True)
 def ask(
     prompt: Annotated[str, typer.Argument(help="The prompt (or '-' to read it from stdin).")],
     model: ModelOpt = "embedded",
-    chat: Annotated[bool, typer.Option("--chat", help="Send the prompt as a user message through the model's "
-                                       "chat template (plain completion otherwise).")] = False,
+    chat: Annotated[bool, typer.Option(
+        "--chat/--complete", help="--chat (default): send the prompt as a user message through the model's chat "
+        "template, as instruct models expect; --complete: plain text completion of the prompt.")] = True,
     system: Annotated[Optional[str], typer.Option("--system", help="System message (with --chat).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full response with usage as JSON.")] = False,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
@@ -30,6 +31,8 @@ def ask(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     template: TemplateOpt = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries on 429/5xx/timeouts (openai:).")] = 5,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per request (openai:).")] = 120.0,
 ) -> None:
     """Answer one prompt on stdout: a smoke test for any backend (like the `llm` tool)."""
     import sys
@@ -38,7 +41,8 @@ def ask(
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    m = load_model(model, base_urls=base_url, api_key=api_key, template=template)
+    m = load_model(model, base_urls=base_url, api_key=api_key, template=template, max_retries=retries,
+                   timeout=timeout)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=list(stop or []), seed=seed)
     if chat or system:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -52,9 +56,7 @@ def ask(
         print(json.dumps({**out, "backend": type(m).__name__}, ensure_ascii=False, indent=2))
         return
     for c in chunks:
-        if stream or c.finish_reason:
-            sys.stdout.write(c.text)
+        sys.stdout.write(c.text)
+        if stream:
             sys.stdout.flush()
-        else:
-            sys.stdout.write(c.text)
     sys.stdout.write("\n")

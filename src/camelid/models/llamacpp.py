@@ -11,6 +11,12 @@ from camelid.core.templates import Template, get_template
 from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling
 
 
+def default_threads() -> int:
+    """$CAMELID_THREADS, else every core. On a busy machine fewer threads can be much faster: llama.cpp's workers
+    spin while they wait, so oversubscribed cores stall every token."""
+    return int(os.environ.get("CAMELID_THREADS") or os.cpu_count() or 1)
+
+
 class LlamaCppModel(Model):
     def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
                  template: Template | None = None, name: str | None = None):
@@ -23,7 +29,7 @@ class LlamaCppModel(Model):
             raise ModelError(f"{path}: no such GGUF file")
         self.name = name or path.stem
         self.path = path
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1,
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
                          n_gpu_layers=n_gpu_layers, verbose=False)
         self.context_length = self.llm.n_ctx()
         self.bos_token = self._token_text(self.llm.token_bos())
@@ -55,7 +61,7 @@ class LlamaCppModel(Model):
                                      f"{self.context_length}")
         max_tokens = max(1, min(sampling.max_tokens, self.context_length - n_prompt))
         with self._lock:
-            n_out, finish = 0, None
+            finish = None
             stream = self.llm.create_completion(
                 prompt, max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                 stop=sampling.stop or None, seed=sampling.seed if sampling.seed is not None else -1, stream=True)
@@ -64,16 +70,12 @@ class LlamaCppModel(Model):
                     choice = ev["choices"][0]
                     finish = choice.get("finish_reason") or finish
                     if choice["text"]:
-                        n_out += 1
                         yield Chunk(choice["text"])
             finally:
                 stream.close()
-            # llama.cpp streams one event per token (stop-string tails are held back), so count from tokens
-            n_out = self._completion_tokens(n_prompt)
+            # the context holds every generated token but the last sampled one (never evaluated)
+            n_out = min(max_tokens, max(0, self.llm.n_tokens - n_prompt + 1))
             yield Chunk("", finish or "stop", n_prompt, n_out)
-
-    def _completion_tokens(self, n_prompt: int) -> int:
-        return max(0, self.llm.n_tokens - n_prompt)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -100,15 +100,17 @@ class RemoteModel(Model):
             return first, it
 
         first, it = self._call(open_stream)
-        finish, usage = None, (0, 0)
+        finish, usage, events = None, None, 0
         for ev in itertools.chain([first] if first is not None else [], it):
             if ev.usage:
                 usage = _usage(ev)
             for ch in ev.choices:
                 finish = ch.finish_reason or finish
                 if ch.delta and ch.delta.content:
+                    events += 1
                     yield Chunk(ch.delta.content)
-        yield Chunk("", finish or "stop", *usage)
+        # servers without stream usage (llama.cpp's) send about one event per token: the best estimate there is
+        yield Chunk("", finish or "stop", *(usage or (0, events)))
 
     def chat(self, messages: list[dict], sampling: Sampling | None = None):
         s = sampling or Sampling()

@@ -1,0 +1,209 @@
+"""`camelid eval report`: judgments -> one Markdown and one HTML report with tables and PNG charts.
+
+Charts: mean score by category per model, win rates (raw and length-controlled) with 95% bootstrap error bars,
+and answer length against score. The same tables go into both files; the HTML embeds nothing external.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from camelid.core.io import CamelidError, write_json, write_text
+from camelid.evaluate.judge import read_judgments
+from camelid.evaluate.stats import pairwise_summary, relative_scores, single_summary
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _f(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _ci(ci: tuple[float, float], fmt: str = ".2f") -> str:
+    return f"{_f(ci[0], fmt)} - {_f(ci[1], fmt)}"
+
+
+def _setup_fonts() -> None:
+    """Use a Hangul-capable fallback font when one is installed (Korean categories and model names)."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    matplotlib.use("Agg")
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    fallback = [n for n in ("NanumGothic", "Nanum Gothic", "Noto Sans CJK KR") if n in names]
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", *fallback]
+
+
+def chart_categories(single: list[dict], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    summ = single_summary(single, n_boot=1)
+    cats = sorted({c for s in summ for c in s["by_category"]})
+    if not cats:
+        return False
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cats) * max(1, len(summ)) ** 0.5 + 2), 4.2), dpi=110)
+    width = 0.8 / len(summ)
+    x = np.arange(len(cats))
+    for k, s in enumerate(summ):
+        vals = [s["by_category"].get(c, np.nan) for c in cats]
+        ax.bar(x + (k - (len(summ) - 1) / 2) * width, vals, width, label=s["model"])
+    ax.set_xticks(x, cats, rotation=30 if len(cats) > 5 else 0, ha="right" if len(cats) > 5 else "center")
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("mean judge score (1-10)")
+    ax.set_title("Score by category")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def chart_win_rates(pair_summ: list[dict], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not pair_summ:
+        return False
+    labels = [f"{s['model_1']}\nvs {s['model_2']}" for s in pair_summ]
+    y = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.9 * len(labels)), dpi=110)
+    for off, key, name in ((-0.18, "win_rate", "win rate (ties = 1/2)"), (0.18, "lc_win_rate", "length-controlled")):
+        vals = np.array([s[key] for s in pair_summ], float)
+        lo = np.array([s[key + "_ci"][0] for s in pair_summ], float)
+        hi = np.array([s[key + "_ci"][1] for s in pair_summ], float)
+        err = np.nan_to_num(np.vstack([vals - lo, hi - vals]).clip(min=0))
+        ax.barh(y + off, vals, 0.34, xerr=err, capsize=4, label=name)
+        for yy, v in zip(y + off, vals):
+            if np.isfinite(v):
+                ax.text(0.01, yy, f"{v:.0%}", va="center", fontsize=8, color="white")
+    ax.axvline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("win rate of the first model, 95% bootstrap CI")
+    ax.set_title("Pairwise win rates (both orders judged; disagreement = tie)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def chart_length(single: list[dict], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    pts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in single:
+        if r.get("score") is not None and r.get("answer_chars") is not None:
+            pts[r["model"]].append((r["answer_chars"], r["score"]))
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
+    for m, p in sorted(pts.items()):
+        ax.scatter([a for a, _ in p], [b for _, b in p], s=18, alpha=0.7, label=m)
+    ax.set_xlabel("answer length (characters)")
+    ax.set_ylabel("judge score (1-10)")
+    ax.set_ylim(0.5, 10.5)
+    ax.set_title("Answer length vs score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _md_table(t: Table) -> str:
+    head, rows = t
+    esc = [[c.replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |"
+                                                                              for r in esc])
+
+
+def _html_table(t: Table) -> str:
+    head, rows = t
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | None = None, seed: int = 0,
+                 title: str = "camelid evaluation report") -> dict:
+    """Write report.md, report.html, summary.json and the PNG charts into `out_dir`; return the summary."""
+    single, pair = read_judgments(paths)
+    if not single and not pair:
+        raise CamelidError(f"no judgments found in {', '.join(map(str, paths))}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _setup_fonts()
+    sections: list[tuple[str, str, list[Table | str]]] = []  # (heading, intro, tables and image names)
+    summary: dict = {"judgment_files": [str(p) for p in paths]}
+
+    if single:
+        ss = single_summary(single, seed=seed)
+        summary["single"] = ss
+        turns = sorted({t for s in ss for t in s["by_turn"]})
+        rel = relative_scores(single, baseline) if baseline else {}
+        summary["relative_scores"] = rel
+        head = ["model", "mean score", "95% CI", "judged", "unparsed"] + [f"turn {t}" for t in turns if len(turns) > 1]
+        head += [f"relative to {baseline}"] if rel else []
+        rows = [[s["model"], _f(s["mean"]), _ci(s["mean_ci"]), str(s["n"]), str(s["unparsed"])]
+                + [_f(s["by_turn"].get(t)) for t in turns if len(turns) > 1]
+                + ([_f(rel.get(s["model"]), ".1%")] if rel else []) for s in sorted(ss, key=lambda s: -_nz(s["mean"]))]
+        cats = sorted({c for s in ss for c in s["by_category"]})
+        cat_t = (["category"] + [s["model"] for s in ss], [[c] + [_f(s["by_category"].get(c)) for s in ss] for c in cats])
+        items: list[Table | str] = [(head, rows)]
+        if chart_categories(single, out / "score_by_category.png"):
+            items.append("score_by_category.png")
+        items.append(cat_t)
+        if chart_length(single, out / "length_vs_score.png"):
+            items.append("length_vs_score.png")
+        judges = sorted({r["judge"] for r in single})
+        sections.append(("Single-answer grading", f"Judge: {', '.join(judges)}. Scores 1-10; a reply without a "
+                         "parseable [[rating]] counts as unparsed and is left out of the means. Relative score: "
+                         "Vicuna's total score of a model over the baseline's, on the turns both were scored.", items))
+    if pair:
+        ps = pairwise_summary(pair, seed=seed)
+        summary["pairwise"] = ps
+        head = ["model_1 vs model_2", "win", "tie", "loss", "win rate", "95% CI", "LC win rate", "95% CI",
+                "swap disagreements", "errors"]
+        rows = [[f"{s['model_1']} vs {s['model_2']}", str(s["win"]), str(s["tie"]), str(s["loss"]),
+                 _f(s["win_rate"], ".1%"), _ci(s["win_rate_ci"], ".1%"), _f(s["lc_win_rate"], ".1%"),
+                 _ci(s["lc_win_rate_ci"], ".1%"), str(s["swap_disagreements"]), str(s["errors"])] for s in ps]
+        items = [(head, rows)]
+        if chart_win_rates(ps, out / "win_rates.png"):
+            items.append("win_rates.png")
+        sections.append(("Pairwise comparison", "Every pair was judged in both orders; when the two verdicts "
+                         "disagree the pair is a tie (position bias removed). Win rate counts a tie as half a win. "
+                         "LC: length-controlled win rate (logistic regression of the preference on the length "
+                         "difference, read at equal length). Errors: a verdict could not be parsed.", items))
+
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, intro, items in sections:
+        md += [f"## {heading}", "", intro, ""]
+        body += [f"<h2>{html.escape(heading)}</h2>", f"<p>{html.escape(intro)}</p>"]
+        for it in items:
+            if isinstance(it, str):
+                md += [f"![{it}]({it})", ""]
+                body.append(f"<p><img src='{html.escape(it)}' alt='{html.escape(it)}'></p>")
+            else:
+                md += [_md_table(it), ""]
+                body.append(_html_table(it))
+    write_text(out / "report.md", "\n".join(md))
+    write_text(out / "report.html", "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title)
+               + "</title><style>body{font-family:system-ui,'Nanum Gothic',sans-serif;max-width:1100px;margin:2em "
+               "auto;padding:0 1em;color:#1d2330}table{border-collapse:collapse;margin:1em 0}th,td{padding:4px 10px;"
+               "border-bottom:1px solid #ddd;text-align:right}th:first-child,td:first-child{text-align:left}"
+               "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _nz(x: float) -> float:
+    return -1.0 if math.isnan(x) else x

@@ -1,0 +1,61 @@
+"""`camelid train CONFIG.yaml [key=value ...]`: a thin layer over `camelid.train.sft.train`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from camelid.core.cli import console
+
+app = typer.Typer()
+
+EPILOG = ("Examples: camelid train alpaca_lora data=alpaca_data.json  |  camelid train my.yaml lora.r=16 lr=1e-4  |  "
+          "torchrun --nproc_per_node 2 -m camelid train my.yaml  |  accelerate launch --config_file "
+          "$(camelid train --config-path fsdp) -m camelid train alpaca_full")
+
+
+@app.command("train", epilog=EPILOG)
+def train_command(
+    args: Annotated[Optional[list[str]], typer.Argument(
+        help="CONFIG.yaml (or a shipped config: alpaca_lora, alpaca_full, qlora, vicuna), then key=value overrides "
+             "(dotted: lora.r=16).", show_default=False)] = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training file (repeatable).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model: embedded | hf:PATH.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="full | lora | dora | qlora.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run directory.")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved config as YAML and exit "
+                                              "(with no CONFIG: the commented schema with every default).")] = False,
+    config_path: Annotated[Optional[str], typer.Option("--config-path", help="Print the path of a shipped config "
+                                                       "(e.g. fsdp, deepspeed_zero3) and exit.")] = None,
+) -> None:
+    """Fine-tune a model (full, LoRA, DoRA, QLoRA) on instruction data; writes a run directory that chat, serve
+    and eval load with the same template (camelid.json)."""
+    import yaml
+
+    from camelid.core.io import CamelidError
+    from camelid.train.config import CONFIG_DIR, load_config, schema_yaml
+
+    if config_path:
+        p = CONFIG_DIR / (config_path if config_path.endswith(".yaml") else f"{config_path}.yaml")
+        if not p.is_file():
+            raise CamelidError(f"no shipped config {config_path!r}: {', '.join(x.stem for x in CONFIG_DIR.glob('*.yaml'))}")
+        print(p)
+        return
+    args = list(args or [])
+    config = args.pop(0) if args and "=" not in args[0] else None
+    if show_config and config is None and not args:
+        print(schema_yaml(), end="")
+        return
+    cfg = load_config(config, args, data=data or None, model=model, template=template, method=method,
+                      output_dir=output_dir, epochs=epochs, max_steps=max_steps, lr=lr)
+    if show_config:
+        print(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), end="")
+        return
+    from camelid.train.sft import train
+
+    train(cfg, console=console)

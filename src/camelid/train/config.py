@@ -1,0 +1,220 @@
+"""The training config: one typed pydantic model that is also the YAML schema.
+
+`camelid train CONFIG.yaml key=value ...` loads the YAML, applies dotted overrides (`lora.r=16`), and validates
+everything at once, so a typo fails before the model is loaded. Defaults follow the seeds: Stanford Alpaca for full
+fine-tuning (lr 2e-5, 3 epochs, 512 tokens, cosine, 3% warmup, batch 128) and alpaca-lora for adapters (r 8, alpha 16,
+dropout 0.05 on q/v projections, lr 3e-4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from camelid.core.io import CamelidError
+from camelid.core.templates import MASKS, TEMPLATE_NAMES
+
+Method = Literal["full", "lora", "dora", "qlora"]
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class LoraConfig(BaseModel):
+    """Adapter settings (method lora, dora, qlora). alpaca-lora's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, description="rank: more = more capacity and memory; 8-64 is typical")
+    alpha: int = Field(16, ge=1, description="scale = alpha / r; keep alpha ~ 2r when changing r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="regularises small data; 0 makes runs bit-reproducible "
+                           "across batch shapes")
+    target_modules: list[str] = Field(["q_proj", "v_proj"], description="q/v is alpaca-lora; 'all-linear' adapts "
+                                      "every linear layer (better quality, slower)")
+
+
+class TrainConfig(BaseModel):
+    """Everything `camelid train` does. Every field has a default that works; the comments state the trade-offs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # ---- what to train
+    model: str = Field("embedded", description="base model: embedded (SmolLM2-135M) | hf:PATH (checkpoint dir)")
+    template: str = Field("alpaca", description="prompt template; chat/serve/eval reuse it from camelid.json: "
+                          + ", ".join(TEMPLATE_NAMES))
+    data: list[str] = Field(default_factory=list, description="training files (alpaca, seed-tasks, sharegpt, openai; "
+                            "JSON or JSONL, detected)")
+    data_format: Optional[str] = Field(None, description="force a format instead of detecting it")
+    eval_data: list[str] = Field(default_factory=list, description="held-out files for eval loss")
+    val_size: float = Field(0, ge=0, description="hold out this many training records (<1: a fraction) for eval")
+    method: Method = Field("lora", description="full (best quality, most memory) | lora | dora (slower, a little "
+                           "better) | qlora (4-bit base: least memory, slower)")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    # ---- what the loss sees
+    mask: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="train on: every assistant turn | only the last one | everything (prompts too)")
+    max_length: int = Field(512, ge=8, description="tokens per record; longer records are truncated (see truncation)")
+    truncation: Literal["drop_partial", "keep"] = Field(
+        "drop_partial", description="a record cut at max_length: drop_partial stops training the turn that lost its "
+        "EOS (a record left with nothing to train is dropped and counted); keep trains the cut turn without EOS "
+        "(Stanford's behaviour; teaches answers that never end)")
+
+    # ---- batches and speed
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass per process: more = faster, "
+                                  "more memory")
+    global_batch_size: int = Field(128, ge=1, description="sequences per optimizer step over all processes "
+                                   "(gradient accumulation fills the gap); Alpaca used 128")
+    packing: bool = Field(True, description="padding-free: a micro-batch is one row of concatenated sequences with "
+                          "restarting position_ids (no padding compute; faster); false pads each micro-batch")
+    group_by_length: bool = Field(True, description="sort sequences of similar length together (less padding when "
+                                  "packing is off); order stays seeded")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: much less memory, "
+                                         "~30% slower")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto = bf16 mixed precision where the device supports it, else fp32 (CPU)")
+
+    # ---- optimisation
+    epochs: float = Field(3, gt=0, description="passes over the data")
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    lr: Optional[float] = Field(None, gt=0, description="learning rate; default 2e-5 for full, 3e-4 for adapters")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, description="applied to matrices only, never to norms or biases")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip; 0 disables")
+    seed: int = 42
+
+    # ---- output
+    output_dir: str = Field("runs/sft", description="run directory: model or adapter, tokenizer, camelid.json, "
+                            "trainer_log.jsonl, loss.png, checkpoints/")
+    overwrite: bool = Field(False, description="replace a finished run in output_dir")
+    resume: bool = Field(True, description="continue from the newest checkpoint in output_dir when there is one")
+    save_steps: Optional[int] = Field(None, ge=1, description="checkpoint every N steps (optimizer, scheduler, RNG, "
+                                      "data position); None = only at the end")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (oldest removed)")
+    log_steps: int = Field(1, ge=1)
+    eval_steps: Optional[int] = Field(None, ge=1, description="eval loss (and samples) every N steps and at the end")
+    eval_prompts: list[str] = Field(default_factory=list, description="user prompts answered greedily at each eval")
+    sample_max_tokens: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.template not in TEMPLATE_NAMES:
+            raise ValueError(f"template {self.template!r} unknown; choose one of {', '.join(TEMPLATE_NAMES)}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        if self.mask not in MASKS:
+            raise ValueError(f"mask {self.mask!r}")
+        if self.precision == "fp16" and self.method == "full":
+            raise ValueError("fp16 full fine-tuning overflows without a loss scaler; use bf16 or fp32")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (2e-5 if self.method == "full" else 3e-4)
+
+    def grad_accum(self, world_size: int = 1) -> int:
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise CamelidError(f"global_batch_size {self.global_batch_size} must be a multiple of micro_batch_size x "
+                               f"processes = {self.micro_batch_size} x {world_size}")
+        return self.global_batch_size // per_step
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`lora.r=16` -> (["lora", "r"], 16); values are YAML (`data=[a.json,b.json]`, `lr=1e-4`, `packing=false`)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise CamelidError(f"override {item!r}: expected key=value (e.g. lora.r=16)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_float(raw.strip()):
+        value = float(raw)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    return key.strip().split("."), value
+
+
+def _looks_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = dict(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for k in path[:-1]:
+            child = node.get(k)
+            node[k] = dict(child) if isinstance(child, dict) else {}
+            node = node[k]
+        node[path[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
+    """Config from a YAML file (or defaults), then `key=value` overrides, then keyword fields; validated once."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            shipped = CONFIG_DIR / p.name if p.suffix else CONFIG_DIR / f"{p.name}.yaml"
+            if not shipped.is_file():
+                raise CamelidError(f"{path}: no such config file (shipped: {', '.join(shipped_configs())})")
+            p = shipped
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise CamelidError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise CamelidError(f"{p}: expected a mapping of settings, got {type(raw).__name__}")
+    raw = apply_overrides(raw, list(overrides or []))
+    raw.update({k: v for k, v in fields.items() if v is not None})
+    if isinstance(raw.get("data"), str):
+        raw["data"] = [raw["data"]]
+    if isinstance(raw.get("eval_data"), str):
+        raw["eval_data"] = [raw["eval_data"]]
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as e:
+        where = f"{path}: " if path else ""
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting (see `camelid train --show-config` for the schema)"
+            msgs.append(f"{loc}: {msg}")
+        raise CamelidError(where + "; ".join(msgs)) from None
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def schema_yaml() -> str:
+    """The defaults as commented YAML: the schema a user edits (`camelid train --show-config`)."""
+    lines: list[str] = []
+
+    def emit(model: type[BaseModel], obj: BaseModel, indent: str) -> None:
+        for name, f in model.model_fields.items():
+            value = getattr(obj, name)
+            if isinstance(value, BaseModel):
+                lines.append(f"{indent}{name}:")
+                emit(type(value), value, indent + "  ")
+                continue
+            text = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()[1:-1]
+            comment = f"  # {f.description}" if f.description else ""
+            lines.append(f"{indent}{text}{comment}")
+
+    emit(TrainConfig, TrainConfig(), "")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,273 @@
+"""Records -> token ids and labels -> batches.
+
+Tokenizing goes through `templates.encode` (segment by segment, never offset guessing), so the prompt a model is
+served with is token for token the prompt it was trained on. Every record that loses something is counted:
+nothing to train, cut at max_length, or decoded text that differs from the rendered template (FastChat's
+"tokenization mismatch", made loud).
+
+Batches: an optimizer step holds `global_batch_size` sequences, split over processes and micro-batches. With packing
+a micro-batch is ONE row: the sequences concatenated, `position_ids` restarting at 0 for each, no attention_mask
+(transformers then builds a block-diagonal causal mask, or flash-attention varlen); labels are shifted inside each
+sequence so no token ever predicts the next sequence's first token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from camelid.core.io import CamelidError, DataError, Problem, sha256_file
+from camelid.core.templates import IGNORE_INDEX, Mask, Template, TemplateError, encode, special_prefix
+
+
+@dataclass
+class Example:
+    id: str
+    input_ids: list[int]
+    labels: list[int]  # -100 where untrained, aligned with input_ids (not shifted)
+
+    @property
+    def targets(self) -> list[int]:
+        """labels shifted left inside this sequence: targets[i] is what position i must predict."""
+        return self.labels[1:] + [IGNORE_INDEX]
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels[1:] if x != IGNORE_INDEX)
+
+
+@dataclass
+class DataStats:
+    records: int = 0
+    kept: int = 0
+    dropped_no_trained_tokens: int = 0  # nothing left to learn (no assistant turn, or the prompt fills max_length)
+    truncated: int = 0  # cut at max_length and kept
+    truncated_untrained_turns: int = 0  # turns whose EOS was cut: not trained (truncation: drop_partial)
+    truncated_without_eos: int = 0  # turns trained without their EOS (truncation: keep)
+    tokenization_mismatch: int = 0  # decode(input_ids) != rendered text
+    tokens: int = 0
+    trained_tokens: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)  # a few record ids per problem, for the report
+
+    def note(self, kind: str, rid: str) -> None:
+        ids = self.examples.setdefault(kind, [])
+        if len(ids) < 5:
+            ids.append(rid)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.dropped_no_trained_tokens:
+            out.append(f"{self.dropped_no_trained_tokens} record(s) dropped: no trained tokens (no assistant turn, "
+                       f"or the prompt alone fills max_length), e.g. {self._ids('no_trained')}")
+        if self.truncated:
+            extra = (f"; {self.truncated_untrained_turns} cut turn(s) left untrained so every trained turn ends with "
+                     "EOS" if self.truncated_untrained_turns else "")
+            extra += (f"; {self.truncated_without_eos} turn(s) trained WITHOUT their EOS (truncation=keep)"
+                      if self.truncated_without_eos else "")
+            out.append(f"{self.truncated} record(s) longer than max_length were cut{extra}, e.g. "
+                       f"{self._ids('truncated')}")
+        if self.tokenization_mismatch:
+            out.append(f"TOKENIZATION MISMATCH in {self.tokenization_mismatch} record(s): decoding the tokens does not "
+                       f"reproduce the rendered template text, e.g. {self._ids('mismatch')} (a text backend such as "
+                       "llama.cpp will see different tokens than training did; try another --template or check the "
+                       "tokenizer with `camelid data render`)")
+        return out
+
+    def _ids(self, kind: str) -> str:
+        return ", ".join(self.examples.get(kind, [])) or "-"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def encode_record(tokenizer, template: Template, messages: list[dict], mask: Mask = "assistant",
+                  max_length: int | None = None, truncation: str = "drop_partial"
+                  ) -> tuple[list[int], list[int], dict]:
+    """(input_ids, labels, info) for one conversation; info says what was cut and whether the text round-trips.
+
+    Cut at max_length: with `drop_partial` the turn whose EOS fell off is untrained (a model must never learn a
+    response that does not end); with `keep` it is trained as cut, without EOS."""
+    ids, labels = encode(tokenizer, template, messages, mask)
+    info = {"truncated": False, "cut_turns_untrained": 0, "cut_without_eos": 0, "mismatch": None}
+    rendered = _prefix_text(tokenizer, template) + template.render(messages, bos_token=tokenizer.bos_token,
+                                                                   eos_token=tokenizer.eos_token)
+    decoded = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if decoded != rendered:
+        info["mismatch"] = _first_difference(rendered, decoded)
+    if max_length is not None and len(ids) > max_length:
+        info["truncated"] = True
+        ids, labels = ids[:max_length], labels[:max_length]
+        # assistant turns are the contiguous runs of the "assistant" mask, each ending in its EOS
+        turn_labels = labels if mask == "assistant" else encode(tokenizer, template, messages, "assistant")[1]
+        turn_labels = turn_labels[:max_length]
+        if turn_labels[-1] != IGNORE_INDEX and labels[-1] != IGNORE_INDEX:  # a trained turn lost its EOS
+            start = len(turn_labels)
+            while start > 0 and turn_labels[start - 1] != IGNORE_INDEX:
+                start -= 1
+            if truncation == "drop_partial":
+                labels[start:] = [IGNORE_INDEX] * (len(labels) - start)
+                info["cut_turns_untrained"] = 1
+            else:
+                info["cut_without_eos"] = 1
+    return ids, labels, info
+
+
+def _prefix_text(tokenizer, template: Template) -> str:
+    segs_start_bos = False
+    try:
+        segs_start_bos = template.segments([{"role": "user", "content": "x"}])[0].kind == "bos"
+    except TemplateError:
+        pass
+    pre = [] if segs_start_bos else special_prefix(tokenizer)
+    return tokenizer.decode(pre, skip_special_tokens=False) if pre else ""
+
+
+def _first_difference(want: str, got: str) -> str:
+    i = next((k for k, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+    return f"at char {i}: rendered {want[max(0, i - 20):i + 20]!r} vs decoded {got[max(0, i - 20):i + 20]!r}"
+
+
+def read_files(files: Iterable[str | Path], fmt: str | None = None) -> list[dict]:
+    """Conversations from dataset files (any format camelid reads); ids default to FILE#INDEX."""
+    from camelid.data.formats import read_conversations
+
+    out = []
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise CamelidError(f"{path}: no such data file")
+        for i, conv in enumerate(read_conversations(path, fmt)):
+            out.append({**conv, "id": str(conv.get("id") or f"{path.name}#{i}")})
+    if not out:
+        raise DataError(Problem(", ".join(map(str, files)) or "data", None, None, "no training records"))
+    return out
+
+
+def build_examples(conversations: list[dict], tokenizer, template: Template, mask: Mask = "assistant",
+                   max_length: int = 512, truncation: str = "drop_partial") -> tuple[list[Example], DataStats]:
+    """Encode conversations; count (never silently drop) what is cut, untrainable or mismatched."""
+    stats = DataStats()
+    out: list[Example] = []
+    for conv in conversations:
+        rid = str(conv.get("id"))
+        stats.records += 1
+        try:
+            ids, labels, info = encode_record(tokenizer, template, conv["messages"], mask, max_length, truncation)
+        except TemplateError as e:
+            raise CamelidError(f"record {rid}: {e}") from None
+        if info["mismatch"]:
+            stats.tokenization_mismatch += 1
+            stats.note("mismatch", f"{rid} ({info['mismatch']})")
+        if info["truncated"]:
+            stats.truncated += 1
+            stats.truncated_untrained_turns += info["cut_turns_untrained"]
+            stats.truncated_without_eos += info["cut_without_eos"]
+            stats.note("truncated", rid)
+        ex = Example(rid, ids, labels)
+        if ex.n_trained == 0:
+            stats.dropped_no_trained_tokens += 1
+            stats.note("no_trained", rid)
+            continue
+        stats.kept += 1
+        stats.tokens += len(ids)
+        stats.trained_tokens += ex.n_trained
+        out.append(ex)
+    return out, stats
+
+
+def split_eval(examples: list[Example], val_size: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out `val_size` records (a fraction when < 1), chosen by the seed."""
+    if not val_size:
+        return examples, []
+    n = int(round(val_size * len(examples))) if val_size < 1 else int(val_size)
+    if not 0 < n < len(examples):
+        raise CamelidError(f"val_size {val_size} leaves {len(examples) - n} of {len(examples)} records to train on")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+def data_files_info(files: Iterable[str | Path]) -> list[dict]:
+    return [{"path": str(Path(f).resolve()), "sha256": sha256_file(f)} for f in files]
+
+
+def examples_fingerprint(examples: list[Example]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(repr((e.input_ids, e.labels)).encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def epoch_order(examples: list[Example], epoch: int, seed: int, global_batch: int, group_by_length: bool) -> list[int]:
+    """A seeded permutation for one epoch; with grouping, chunks of 16 steps are sorted by length (longest first)
+    so micro-batches hold similar lengths. Depends only on the global batch, never on micro-batch or world size."""
+    order = list(range(len(examples)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if group_by_length:
+        chunk = global_batch * 16
+        order = [i for s in range(0, len(order), chunk)
+                 for i in sorted(order[s:s + chunk], key=lambda k: -len(examples[k].input_ids))]
+    return order
+
+
+def plan_steps(examples: list[Example], epoch: int, seed: int, global_batch: int, world_size: int,
+               group_by_length: bool) -> tuple[list[list[int]], int]:
+    """The optimizer steps of one epoch as lists of example indices, and how many examples did not fit.
+
+    The last step may be smaller; with several processes it keeps a multiple of the world size so that every
+    process gets work (the < world_size left over are counted, never silently lost)."""
+    order = epoch_order(examples, epoch, seed, global_batch, group_by_length)
+    steps = [order[s:s + global_batch] for s in range(0, len(order), global_batch)]
+    left = 0
+    if steps and len(steps[-1]) % world_size:
+        keep = len(steps[-1]) - len(steps[-1]) % world_size
+        left = len(steps[-1]) - keep
+        steps[-1] = steps[-1][:keep]
+        if not steps[-1]:
+            steps.pop()
+    return steps, left
+
+
+def steps_per_epoch(n_examples: int, global_batch: int, world_size: int) -> int:
+    full, rest = divmod(n_examples, global_batch)
+    return full + (1 if rest >= world_size else 0)
+
+
+def micro_batches(step: list[int], rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
+    """This process's share of one step (contiguous), cut into micro-batches."""
+    per = math.ceil(len(step) / world_size)
+    mine = step[rank * per:(rank + 1) * per]
+    return [mine[s:s + micro_batch_size] for s in range(0, len(mine), micro_batch_size)]
+
+
+def collate(batch: list[Example], packing: bool, pad_id: int) -> dict:
+    """Tensors for one micro-batch. `targets` is already shifted (position i predicts targets[i])."""
+    import torch
+
+    if packing:
+        ids = [t for e in batch for t in e.input_ids]
+        pos = [p for e in batch for p in range(len(e.input_ids))]
+        tgt = [t for e in batch for t in e.targets]
+        return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "targets": torch.tensor([tgt]),
+                "tokens": len(ids)}
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    tgt = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[r, :n] = torch.tensor(e.input_ids)
+        tgt[r, :n] = torch.tensor(e.targets)
+        att[r, :n] = 1
+    return {"input_ids": ids, "attention_mask": att, "targets": tgt, "tokens": sum(len(e.input_ids) for e in batch)}

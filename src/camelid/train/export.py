@@ -1,0 +1,504 @@
+"""`camelid export`: a trained run as a merged checkpoint, as a GGUF file for llama.cpp, and as an Ollama Modelfile.
+
+Merge: the adapter is folded into the base weights with peft's `merge_and_unload` on the full-precision base (a
+QLoRA run merges onto the unquantised base, as alpaca-lora's export does), saved as safetensors with the run's
+tokenizer and camelid.json (`method: merged`), written to a temp directory and renamed into place.
+
+GGUF (Llama-architecture checkpoints: Llama, Mistral, SmolLM2): a converter written on the `gguf` package,
+following llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel`):
+- Q/K projections are permuted from the Hugging Face rotary layout (two halves) back to Meta's interleaved
+  pairs (`permute`); without this llama.cpp runs but the model speaks garbage.
+- hyperparameters come from config.json (heads, KV heads, RMS eps, rope theta and linear/llama3 scaling).
+- the tokenizer: GPT-2 byte-level BPE (tokens, merges, token types: special added tokens are CONTROL so the
+  chat markers parse as one token) with `tokenizer.ggml.pre` found the way llama.cpp does (the hash of a
+  fixed text's token ids), or SentencePiece (`tokenizer.model`, scores and types) for Llama-2 style models.
+- `tokenizer.chat_template` is the template the run was trained with (shipped templates are written as
+  equivalent Jinja, checked against `core/templates.py` in the tests); when the template ends turns with a
+  token other than EOS (ChatML's `<|im_end|>`) it is also written as the end-of-turn token.
+Tensors are converted and written one at a time (header first, then data), so memory stays near one tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from camelid.core.io import CamelidError, read_json, write_json, write_text
+from camelid.core.templates import (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT, ALPACA_PROMPT_INPUT,
+                                    ALPACA_PROMPT_NO_INPUT, TEMPLATES, VICUNA_SYSTEM, Template, get_template,
+                                    special_prefix)
+from camelid.train.delta import Checkpoint, atomic_dir
+
+OutType = Literal["f32", "f16", "q8_0"]
+OUTTYPES: tuple[str, ...] = ("f16", "f32", "q8_0")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def _source(spec: str | os.PathLike) -> tuple[Path, Path | None, dict | None]:
+    """(checkpoint dir, adapter dir or None, camelid.json or None) for `embedded`, `hf:PATH` or a directory."""
+    from camelid.models.hf import resolve_checkpoint
+
+    spec = str(spec)
+    return resolve_checkpoint(spec[3:] if spec.startswith("hf:") else spec)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def merge_adapter(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Fold a run's PEFT adapter into its base and save a full safetensors checkpoint (default: RUN-merged)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, adapter, cfg = _source(run_dir)
+    if adapter is None:
+        raise CamelidError(f"{run_dir}: holds a full model, not an adapter: nothing to merge (export it with --gguf "
+                           "or use it as it is)")
+    out = Path(out) if out else adapter.parent / f"{adapter.name}-merged"
+    tok_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    with atomic_dir(out, force) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        _copy_tokenizer(tok_dir, tmp)
+        if (adapter / "generation_config.json").is_file():  # a run's own (e.g. fixed by `camelid model check`)
+            shutil.copy2(adapter / "generation_config.json", tmp / "generation_config.json")
+        run = dict(cfg or {})
+        write_json(tmp / "camelid.json", {**run, "method": "merged", "merged_from": {
+            "method": run.get("method", "lora"), "adapter": str(adapter.resolve()), "base_model": str(base)}})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- chat formats
+
+
+def _lit(s: str) -> str:
+    """A Jinja string literal."""
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+_USER = "(message['content'] + ('\\n\\n' + message['input'] if message['input'] is defined and message['input'] " \
+        "else ''))"
+_SYSTEM = "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else DEFAULT -%}"
+
+
+def _alpaca_jinja(with_input: str, without_input: str) -> str:
+    a, rest = with_input.split("{instruction}")
+    b, c = rest.split("{input}")
+    d, e = without_input.split("{instruction}")
+    return ("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+            "{%- if message['input'] is defined and message['input'] -%}"
+            f"{{{{ {_lit(a)} + message['content'] + {_lit(b)} + message['input'] + {_lit(c)} }}}}"
+            f"{{%- else -%}}{{{{ {_lit(d)} + message['content'] + {_lit(e)} }}}}{{%- endif -%}}"
+            "{%- elif message['role'] == 'assistant' -%}{{ message['content'] + eos_token }}"
+            "{%- endif -%}{%- endfor -%}")
+
+
+def jinja_chat_template(name: str) -> str:
+    """A Jinja chat_template that renders exactly what the shipped template `name` renders (EOS via eos_token)."""
+    if name in ("alpaca", "alpaca_ko"):
+        return _alpaca_jinja(*((ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT) if name == "alpaca"
+                               else (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT)))
+    if name == "vicuna_v1.1":
+        return (_SYSTEM.replace("DEFAULT", _lit(VICUNA_SYSTEM)) + "{{ system + ' ' }}"
+                "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                f"{{{{ 'USER: ' + {_USER} + ' ' }}}}"
+                "{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
+                "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}")
+    if name == "llama-2":
+        return (_SYSTEM.replace("DEFAULT", "''") + "{%- set ns = namespace(first=true) -%}"
+                "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                f"{{%- set text = {_USER} | trim -%}}"
+                "{%- if ns.first and system -%}{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}"
+                "{%- endif -%}{%- set ns.first = false -%}{{ bos_token + '[INST] ' + text + ' [/INST]' }}"
+                "{%- elif message['role'] == 'assistant' -%}{{ ' ' + (message['content'] | trim) + ' ' + eos_token }}"
+                "{%- endif -%}{%- endfor -%}")
+    if name == "chatml":
+        return (_SYSTEM.replace("DEFAULT", "''") +
+                "{%- if system -%}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif -%}"
+                "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                f"{{{{ '<|im_start|>user\\n' + {_USER} + '<|im_end|>\\n' }}}}"
+                "{%- elif message['role'] == 'assistant' -%}"
+                "{{ '<|im_start|>assistant\\n' + message['content'] + '<|im_end|>\\n' }}"
+                "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}")
+    raise CamelidError(f"no Jinja form for template {name!r}; choose one of {', '.join(TEMPLATES)}")
+
+
+def _go(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def ollama_template(name: str, bos: str, eos: str) -> str | None:
+    """The Go template Ollama renders `.Messages` with, for a shipped template (None for a tokenizer's Jinja)."""
+    roles = '{{ range .Messages }}{{ if eq .Role "user" }}%s{{ else if eq .Role "assistant" }}%s{{ end }}{{ end }}'
+    system = '{{ $system := %s }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}{{ end }}'
+    if name in ("alpaca", "alpaca_ko"):
+        prompt = ALPACA_PROMPT_NO_INPUT if name == "alpaca" else ALPACA_KO_PROMPT_NO_INPUT
+        return roles % (prompt.replace("{instruction}", "{{ .Content }}"), "{{ .Content }}" + eos)
+    if name == "vicuna_v1.1":
+        return (system % _go(VICUNA_SYSTEM) + "{{ $system }} "
+                + roles % ("USER: {{ .Content }} ", "ASSISTANT: {{ .Content }}" + eos) + "ASSISTANT:")
+    if name == "llama-2":
+        return (system % '""' + "{{ $first := true }}" + roles % (
+            bos + "[INST] {{ if and $first $system }}<<SYS>>\n{{ $system }}\n<</SYS>>\n\n{{ end }}{{ .Content }} "
+            "[/INST]{{ $first = false }}", " {{ .Content }} " + eos))
+    if name == "chatml" or name == "tokenizer:chatml":
+        return ('{{ range .Messages }}{{ if eq .Role "system" }}{{ if .Content }}<|im_start|>system\n{{ .Content }}'
+                '<|im_end|>\n{{ end }}{{ else }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}{{ end }}'
+                '<|im_start|>assistant\n')
+    return None
+
+
+def modelfile(gguf_name: str, template: Template | None, bos: str, eos: str) -> str:
+    """An Ollama Modelfile: FROM the GGUF beside it, TEMPLATE, SYSTEM (the default one) and every stop string."""
+    lines = [f"# Ollama Modelfile written by camelid export (template: {template.name if template else 'none'})",
+             f"# ollama create NAME -f {gguf_name.rsplit('.', 1)[0]}.Modelfile", f"FROM ./{gguf_name}"]
+    if template is not None:
+        name = template.name
+        if name == "tokenizer" and "<|im_start|>" in (template.chat_template or ""):
+            name = "tokenizer:chatml"
+        go = ollama_template(name, bos, eos)
+        if go is None:
+            lines.append("# TEMPLATE left out: Ollama reads the GGUF's tokenizer.chat_template")
+        else:
+            lines.append(f'TEMPLATE """{go}"""')
+        if template.system:
+            lines.append(f'SYSTEM """{template.system}"""')
+        lines += [f"PARAMETER stop {_go(s)}" for s in template.stop_strings(eos)]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- GGUF: tokenizer
+
+
+# llama.cpp names a BPE pre-tokenizer by the sha256 of the token ids of this text (convert_hf_to_gguf.py)
+CHKTXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f (multiple "
+          "emojis concatenated) \u2705 \U0001f999\U0001f999 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+          "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001f601 "
+          "?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
+          "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
+          "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, "
+          "'D you like some tea? We'Ve a'lL")
+PRE_TOKENIZERS = {  # the Llama-architecture families among llama.cpp's table
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
+    "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
+    "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e": "falcon3",
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
+}
+
+
+def pre_tokenizer(tokenizer, fallback_dirs: list[Path] = ()) -> str:
+    """llama.cpp's name for the BPE pre-tokenizer; an extended vocabulary falls back to its base tokenizer's."""
+    from transformers import AutoTokenizer
+
+    for i in range(len(fallback_dirs) + 1):
+        try:
+            tok = tokenizer if i == 0 else AutoTokenizer.from_pretrained(fallback_dirs[i - 1])
+        except (OSError, ValueError):
+            continue
+        name = PRE_TOKENIZERS.get(hashlib.sha256(str(tok.encode(CHKTXT)).encode()).hexdigest())
+        if name:
+            return name
+    raise CamelidError(f"{getattr(tokenizer, 'name_or_path', '?')}: BPE pre-tokenizer not recognised (not one of "
+                       f"{', '.join(sorted(set(PRE_TOKENIZERS.values())))}); use llama.cpp's convert_hf_to_gguf.py")
+
+
+def _tokenizer_kv(w, tok, tok_dir: Path, base_dirs: list[Path], n_vocab: int) -> None:
+    """Write the tokenizer keys from the tokenizer's files and the loaded transformers tokenizer `tok`."""
+    import gguf
+
+    tj = read_json(tok_dir / "tokenizer.json") if (tok_dir / "tokenizer.json").is_file() else {}
+    model = tj.get("model", {})
+    spm = next((d / "tokenizer.model" for d in [tok_dir, *base_dirs] if (d / "tokenizer.model").is_file()), None)
+    scores: list[float] | None = None
+    merges: list[str] = []
+    if model.get("type") == "BPE" and not model.get("byte_fallback") and tj.get("decoder", {}).get("type") == "ByteLevel":
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre_tokenizer(tok, [d for d in base_dirs if d != tok_dir]))
+        vocab = {i: t for t, i in model["vocab"].items()}
+        types = dict.fromkeys(vocab, gguf.TokenType.NORMAL)
+        for a in tj.get("added_tokens", []):
+            vocab[a["id"]] = a["content"]
+            types[a["id"]] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
+        tokens = [vocab.get(i, f"[PAD{i}]") for i in range(max(vocab) + 1)]
+        toktypes = [types.get(i, gguf.TokenType.UNUSED) for i in range(len(tokens))]
+        for m in model.get("merges", []):  # "a b" or ["a", "b"] (spaces inside a piece encoded as in gguf-py)
+            merges.append(m if isinstance(m, str) else " ".join("".join(chr(ord(c) + 256) if c == " " else c
+                                                                        for c in part) for part in m))
+    elif spm is not None or model.get("byte_fallback"):
+        vocab_obj = gguf.SentencePieceVocab(spm.parent) if spm is not None else gguf.LlamaHfVocab(tok_dir)
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        entries = list(vocab_obj.all_tokens())
+        tokens = [t.decode("utf-8") for t, _, _ in entries]
+        scores = [s for _, s, _ in entries]
+        toktypes = [int(k) for _, _, k in entries]
+        for a in tj.get("added_tokens", []):  # transformers-added specials missing from tokenizer.model
+            if a["id"] >= len(tokens):
+                continue
+            if a.get("special") and tokens[a["id"]] == a["content"]:
+                toktypes[a["id"]] = gguf.TokenType.CONTROL
+        w.add_add_space_prefix(_spm_space_prefix(tj, spm))
+    else:
+        raise CamelidError(f"{tok_dir}: tokenizer type {model.get('type')!r} is not supported for GGUF export "
+                           "(GPT-2 BPE or SentencePiece); use llama.cpp's convert_hf_to_gguf.py")
+    if len(tokens) > n_vocab:
+        raise CamelidError(f"{tok_dir}: the tokenizer has {len(tokens)} tokens but the model's embeddings only "
+                           f"{n_vocab} rows (resize the embeddings when adding tokens)")
+    while len(tokens) < n_vocab:  # embedding rows past the tokenizer (padded vocab sizes)
+        tokens.append(f"[PAD{len(tokens)}]")
+        toktypes.append(gguf.TokenType.UNUSED)
+        if scores is not None:
+            scores.append(-1000.0)
+    w.add_token_list(tokens)
+    w.add_token_types(toktypes)
+    if scores is not None:
+        w.add_token_scores(scores)
+    if merges:
+        w.add_token_merges(merges)
+    for key, tid in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id), ("unk", tok.unk_token_id),
+                     ("pad", tok.pad_token_id)):
+        if tid is not None:
+            getattr(w, f"add_{key}_token_id")(tid)
+    w.add_add_bos_token(bool(special_prefix(tok)))
+    w.add_add_eos_token(False)
+
+
+def _spm_space_prefix(tj: dict, spm: Path | None) -> bool:
+    if spm is not None:
+        try:
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(spm.read_bytes())
+            return bool(proto.normalizer_spec.add_dummy_prefix)
+        except Exception:  # protobuf missing or an unusual model file: llama's default
+            return True
+    pre = json.dumps([tj.get("pre_tokenizer"), tj.get("normalizer")])
+    return '"never"' not in pre
+
+
+# ---------------------------------------------------------------------------------------------- GGUF: weights
+
+
+def permute(w, n_head: int, n_head_kv: int | None):
+    """HF rotary layout (first half / second half of each head) -> Meta's interleaved pairs (llama.cpp)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _rope(cfg: dict) -> tuple[float, dict]:
+    rope = dict(cfg.get("rope_parameters") or {})
+    rope.update(cfg.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    return float(theta), rope
+
+
+def _llama3_rope_factors(cfg: dict, rope: dict, theta: float, dim: int):
+    import numpy as np
+
+    factor, lo, hi = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old = rope.get("original_max_position_embeddings", 8192)
+    out = []
+    for freq in 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Template | None = None,
+               tok_dir: Path | None = None, base_dirs: list[Path] | None = None, name: str | None = None,
+               tokenizer=None) -> Path:
+    """Convert a Llama-architecture safetensors checkpoint to one GGUF file (atomically)."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    if outtype not in OUTTYPES:
+        raise CamelidError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    cfg = read_json(ckpt / "config.json")
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        raise CamelidError(f"{ckpt}: architecture {arch} is not supported for GGUF export (only "
+                           f"{', '.join(ARCHITECTURES)}); use llama.cpp's convert_hf_to_gguf.py")
+    n_head, n_layer, hidden = cfg["num_attention_heads"], cfg["num_hidden_layers"], cfg["hidden_size"]
+    n_kv = cfg.get("num_key_value_heads") or n_head
+    head_dim = cfg.get("head_dim") or hidden // n_head
+    theta, rope = _rope(cfg)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise CamelidError(f"{ckpt}: rope scaling {rope_type!r} is not supported for GGUF export")
+    ckpt_tensors = Checkpoint(ckpt)
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
+    qtypes = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+              "q8_0": gguf.GGMLQuantizationType.Q8_0}
+    plan = []  # (source name, gguf name, shape, quantization type)
+    for src in ckpt_tensors.names():
+        if src.endswith("rotary_emb.inv_freq") or (src == "lm_head.weight" and cfg.get("tie_word_embeddings")):
+            continue
+        dst = tmap.get_name(src, try_suffixes=(".weight", ".bias"))
+        if dst is None:
+            raise CamelidError(f"{ckpt}: tensor {src!r} has no GGUF name for the llama architecture")
+        shape = ckpt_tensors.info(src)[1]
+        q = qtypes[outtype]
+        if len(shape) <= 1:
+            q = gguf.GGMLQuantizationType.F32
+        elif q == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % 32:
+            q = gguf.GGMLQuantizationType.F16
+        plan.append((src, dst, shape, q))
+    if not any(dst == "output.weight" for _, dst, _, _ in plan) and not cfg.get("tie_word_embeddings"):
+        raise CamelidError(f"{ckpt}: no lm_head.weight and tie_word_embeddings is false")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")[1])
+    try:
+        w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        w.add_type("model")
+        w.add_name(name or ckpt.name)
+        w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
+        if outtype == "q8_0":
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        w.add_block_count(n_layer)
+        w.add_context_length(cfg.get("max_position_embeddings", 2048))
+        w.add_embedding_length(hidden)
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_kv)
+        w.add_rope_freq_base(theta)
+        w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
+        w.add_vocab_size(cfg["vocab_size"])
+        w.add_rope_dimension_count(head_dim)
+        if head_dim != hidden // n_head:
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
+        if rope_type == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(rope["factor"])
+        tok_dir = tok_dir or ckpt
+        tok = tokenizer or AutoTokenizer.from_pretrained(tok_dir)
+        _tokenizer_kv(w, tok, tok_dir, base_dirs or [], cfg["vocab_size"])
+        if template is not None:
+            w.add_chat_template(template.chat_template if template.name == "tokenizer"
+                                else jinja_chat_template(template.name))
+            w.add_string("camelid.template", template.name)
+            if template.end_token:
+                end = tok.convert_tokens_to_ids(template.end_token)
+                if end is not None and end != tok.unk_token_id and end != tok.eos_token_id:
+                    w.add_eot_token_id(end)
+        extra = []
+        if rope_type == "llama3":
+            extra.append(("rope_freqs.weight", _llama3_rope_factors(cfg, rope, theta, head_dim)))
+        for src, dst, shape, q in plan:
+            if q == gguf.GGMLQuantizationType.Q8_0:
+                w.add_tensor_info(dst, gguf.quant_shape_to_byte_shape(shape, q), np.dtype(np.uint8),
+                                  int(np.prod(gguf.quant_shape_to_byte_shape(shape, q))), raw_dtype=q)
+            else:
+                dt = np.float32 if q == gguf.GGMLQuantizationType.F32 else np.float16
+                w.add_tensor_info(dst, shape, np.dtype(dt), int(np.prod(shape)) * np.dtype(dt).itemsize)
+        for dst, arr in extra:
+            w.add_tensor_info(dst, arr.shape, arr.dtype, arr.nbytes)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for src, dst, shape, q in plan:
+            t = ckpt_tensors.get(src)
+            if src.endswith(("q_proj.weight", "q_proj.bias")):
+                t = permute(t, n_head, n_head)
+            elif src.endswith(("k_proj.weight", "k_proj.bias")):
+                t = permute(t, n_head, n_kv)
+            if q == gguf.GGMLQuantizationType.F16:
+                arr = t.to(torch.float16).numpy()
+            else:
+                arr = t.to(torch.float32).numpy()
+                if q == gguf.GGMLQuantizationType.Q8_0:
+                    arr = gguf.quants.quantize(arr, q)
+            w.write_tensor_data(np.ascontiguousarray(arr))
+            del t, arr
+        for _, arr in extra:
+            w.write_tensor_data(arr)
+        w.close()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def export_gguf(source: str | os.PathLike, out: str | os.PathLike | None = None, outtype: OutType = "f16",
+                template: str | None = None, force: bool = False) -> Path:
+    """A run dir, adapter, checkpoint or `embedded` -> FILE.gguf plus an Ollama Modelfile beside it.
+
+    Adapters are merged first (into a temp directory that is removed afterwards). The chat template is the
+    run's (camelid.json), else `template`, else the tokenizer's own chat_template."""
+    from transformers import AutoTokenizer
+
+    from camelid.models import EMBEDDED_NAME
+
+    ckpt, adapter, cfg = _source(source)
+    src = str(source)
+    path = None if src == "embedded" else Path(src[3:] if src.startswith("hf:") else src)
+    name = EMBEDDED_NAME if path is None else path.resolve().name
+    if out is None:  # inside a camelid run directory, else the working directory
+        out = (path if cfg is not None and path is not None else Path.cwd()) / f"{name}.{outtype}.gguf"
+    out = Path(out)
+    if out.suffix != ".gguf":
+        raise CamelidError(f"{out}: the output file name must end in .gguf")
+    if out.exists() and not force:
+        raise CamelidError(f"{out}: already exists (pass --force to replace it)")
+    tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else ckpt
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tname = template or (cfg or {}).get("template") or ("tokenizer" if tok.chat_template else None)
+    tmpl = get_template(tname, tok.chat_template, tok.bos_token, tok.eos_token) if tname else None
+    base_dirs = [ckpt] + _base_of(cfg)
+    merged = out.parent / f".{out.stem}.merged-{os.getpid()}"
+    try:
+        if adapter is not None:
+            ckpt = merge_adapter(adapter, merged)
+        write_gguf(ckpt, out, outtype, tmpl, tok_dir=tok_dir, base_dirs=base_dirs, name=name, tokenizer=tok)
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
+    write_text(out.with_suffix(".Modelfile"), modelfile(out.name, tmpl, tok.bos_token or "", tok.eos_token or ""))
+    return out
+
+
+def _base_of(cfg: dict | None) -> list[Path]:
+    """The base model's checkpoint dir named in camelid.json (its tokenizer names an extended vocabulary)."""
+    spec = str((cfg or {}).get("base_model") or "")
+    if spec == "embedded":
+        from camelid.models.hf import embedded_hf_dir
+
+        return [embedded_hf_dir()]
+    path = Path(spec[3:] if spec.startswith("hf:") else spec) if spec else None
+    return [path] if path is not None and (path / "config.json").is_file() else []
+

@@ -1,0 +1,377 @@
+"""Supervised fine-tuning: the whole loop, written out.
+
+One optimizer step = `global_batch_size` sequences over all processes, cut into micro-batches. The loss of a step is
+the sum of token losses over the whole accumulation window divided by the number of trained tokens in that window
+(across processes), so batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same loss and gradients, and a
+long answer weighs as much per token as a short one. Logits are computed only where a token is trained.
+
+Multi-process: launch with `torchrun --nproc_per_node N -m camelid train ...` (DDP; gloo on CPU) or
+`accelerate launch --config_file {fsdp,deepspeed_zero2,deepspeed_zero3}.yaml -m camelid train ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from camelid.core.io import CamelidError, JsonlAppender, write_json
+from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_template
+from camelid.train import checkpoint as ck
+from camelid.train.config import TrainConfig
+from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
+                                micro_batches, plan_steps, read_files, split_eval, steps_per_epoch)
+from camelid.train.model import load_for_training, save_trained, trainable_params
+
+
+class TrainingError(CamelidError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    losses: list[float]  # one per optimizer step run in this process's lifetime (resumed runs: the resumed steps)
+    final_loss: float | None
+    eval_loss: float | None
+    stats: DataStats
+    train_time_s: float
+    tokens_seen: int
+    peak_memory_mb: float
+    trainable_params: int
+    log: list[dict] = field(default_factory=list)
+
+
+def _log(console, msg: str, is_main: bool) -> None:
+    if is_main and console is not None:
+        console.print(msg, highlight=False)
+
+
+def token_loss_sum(model, batch: dict, device) -> Any:
+    """Sum of cross-entropy over trained tokens of one micro-batch (logits only where a token is trained)."""
+    import torch.nn.functional as F
+
+    targets = batch["targets"].to(device)
+    keep = targets != IGNORE_INDEX
+    kw: dict[str, Any] = {"input_ids": batch["input_ids"].to(device), "use_cache": False, "logits_to_keep": keep}
+    if "position_ids" in batch:  # packed: no attention_mask, positions restart per sequence
+        kw["position_ids"] = batch["position_ids"].to(device)
+    else:
+        kw["attention_mask"] = batch["attention_mask"].to(device)
+    logits = model(**kw).logits  # (n_trained, vocab)
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+def _precision(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise CamelidError("precision fp16 needs a GPU; use fp32 (or bf16) on CPU")
+    return {"fp32": "no"}.get(cfg.precision, cfg.precision)
+
+
+def _scheduler(optimizer, cfg: TrainConfig, total: int):
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
+
+    warmup = math.ceil(cfg.warmup_ratio * total)
+    if cfg.lr_scheduler == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    if cfg.lr_scheduler == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _optimizer(model, cfg: TrainConfig):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def evaluate(model, examples: list[Example], cfg: TrainConfig, accelerator, pad_id: int) -> float | None:
+    """Mean token loss over held-out examples (split over processes)."""
+    import torch
+
+    if not examples:
+        return None
+    mine = examples[accelerator.process_index::accelerator.num_processes]
+    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(mine), cfg.micro_batch_size):
+            batch = collate(mine[s:s + cfg.micro_batch_size], cfg.packing, pad_id)
+            total[0] += token_loss_sum(model, batch, accelerator.device).double()
+            total[1] += sum(e.n_trained for e in mine[s:s + cfg.micro_batch_size])
+    model.train()
+    total = accelerator.reduce(total, "sum")
+    return (total[0] / total[1]).item()
+
+
+def sample(model, tokenizer, template, prompts: list[str], max_tokens: int, stop_ids: list[int], device) -> list[dict]:
+    """Greedy answers to the eval prompts (how the model behaves now, stop included)."""
+    import torch
+
+    out = []
+    model.eval()
+    model.config.use_cache = True
+    with torch.no_grad():
+        for p in prompts:
+            ids, _ = encode(tokenizer, template, [{"role": "user", "content": p}], add_generation_prompt=True)
+            gen = model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=None,
+                                 max_new_tokens=max_tokens, do_sample=False, eos_token_id=stop_ids,
+                                 pad_token_id=stop_ids[0])[0][len(ids):].tolist()
+            stopped = bool(gen) and gen[-1] in stop_ids
+            out.append({"prompt": p, "answer": tokenizer.decode(gen, skip_special_tokens=True),
+                        "finish_reason": "stop" if stopped else "length", "tokens": len(gen)})
+    model.config.use_cache = False
+    model.train()
+    return out
+
+
+def train(cfg: TrainConfig, console=None) -> TrainResult:
+    """Run (or resume) one fine-tuning run into `cfg.output_dir`; see the module docstring for the loss."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, set_seed
+
+    if not cfg.data:
+        raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
+    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    resume_from = ck.prepare_output_dir(out, cfg, is_main)
+    accelerator.wait_for_everyone()
+    grad_accum = cfg.grad_accum(world)
+
+    set_seed(cfg.seed)
+    model, tokenizer, base = load_for_training(cfg, accelerator.device, accelerator.mixed_precision == "bf16")
+    template = get_template(cfg.template, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
+    stop_ids = sorted({end_token_id(tokenizer, template), tokenizer.eos_token_id})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+
+    # ---- data: every loss is counted and reported
+    examples, stats = build_examples(read_files(cfg.data, cfg.data_format), tokenizer, template, cfg.mask,
+                                     cfg.max_length, cfg.truncation)
+    train_ex, eval_ex = split_eval(examples, cfg.val_size, cfg.seed)
+    if cfg.eval_data:
+        eval_ex += build_examples(read_files(cfg.eval_data, cfg.data_format), tokenizer, template, cfg.mask,
+                                  cfg.max_length, cfg.truncation)[0]
+    for problem in stats.problems():
+        _log(console, f"[yellow]warning:[/] {problem}", is_main)
+    if not train_ex:
+        raise CamelidError(f"no record left to train on ({stats.records} read; " + "; ".join(stats.problems()) + ")")
+    fingerprint = examples_fingerprint(train_ex)
+    spe = steps_per_epoch(len(train_ex), cfg.global_batch_size, world)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
+    left_per_epoch = plan_steps(train_ex, 0, cfg.seed, cfg.global_batch_size, world, cfg.group_by_length)[1]
+    if left_per_epoch:
+        _log(console, f"[yellow]note:[/] {left_per_epoch} record(s) per epoch do not fit an even split over {world} "
+             "processes and wait for the next epoch's shuffle", is_main)
+
+    # ---- optimizer, schedule, wrapping, resume
+    n_trainable, n_total = trainable_params(model)
+    optimizer = _optimizer(model, cfg)
+    scheduler = _scheduler(optimizer, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    progress = ck.Progress()
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(progress)
+    ck.trainable_only_hooks(accelerator, model)
+    if resume_from is not None:
+        ck.check_resumable(resume_from, cfg, fingerprint)
+        accelerator.load_state(str(resume_from), strict=False)
+        _log(console, f"resuming from {resume_from} (step {progress.step})", is_main)
+        if is_main:
+            ck.trim_log(out / "trainer_log.jsonl", progress.step)
+    elif is_main and (out / "trainer_log.jsonl").exists():
+        (out / "trainer_log.jsonl").unlink()  # a run killed before its first checkpoint starts over
+    accelerator.wait_for_everyone()
+    _log(console, f"training {cfg.method} on {base.name}: {len(train_ex)} records, {total_steps} steps of "
+         f"{cfg.global_batch_size} sequences ({cfg.micro_batch_size} x {grad_accum} accumulation x {world} "
+         f"process{'es' if world > 1 else ''}), lr {cfg.learning_rate:g}, {n_trainable:,} trainable parameters "
+         f"({100 * n_trainable / n_total:.2f}%), precision {accelerator.mixed_precision}", is_main)
+
+    log = JsonlAppender(out / "trainer_log.jsonl") if is_main else None
+    losses: list[float] = []
+    rows: list[dict] = []
+    plans: dict[int, list[list[int]]] = {}
+    model.train()
+    step_times: list[float] = []
+    eval_loss = None
+    try:
+        while progress.step < total_steps:
+            t0 = time.perf_counter()
+            epoch, k = divmod(progress.step, spe)
+            if epoch not in plans:
+                plans = {epoch: plan_steps(train_ex, epoch, cfg.seed, cfg.global_batch_size, world,
+                                           cfg.group_by_length)[0]}
+            step_idx = plans[epoch][k]
+            window_tokens = sum(train_ex[i].n_trained for i in step_idx)  # every process knows the whole step
+            mine = micro_batches(step_idx, rank, world, cfg.micro_batch_size)
+            local = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss sum, tokens, trained
+            for j, mb in enumerate(mine):
+                last = j == len(mine) - 1
+                batch = collate([train_ex[i] for i in mb], cfg.packing, pad_id)
+                accelerator.gradient_state._set_sync_gradients(last)  # DeepSpeed reads this; DDP/FSDP use no_sync
+                with contextlib.nullcontext() if last or sharded else accelerator.no_sync(model):
+                    ce = token_loss_sum(model, batch, accelerator.device)
+                    # DDP averages gradients over processes: scale back up so the step sums over the window
+                    accelerator.backward(ce * (world / window_tokens))
+                local[0] += ce.detach().double()
+                local[1] += batch["tokens"]
+                local[2] += sum(train_ex[i].n_trained for i in mb)
+            totals = accelerator.reduce(local, "sum")
+            loss = (totals[0] / window_tokens).item()
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss} at step {progress.step + 1} (records {', '.join(train_ex[i].id for i in step_idx[:5])}"
+                    f"{'...' if len(step_idx) > 5 else ''}); stopped before the optimizer step, so the weights are "
+                    f"those of step {progress.step}. Try a lower lr (now {cfg.learning_rate:g}), precision=fp32 or "
+                    "bf16 instead of fp16, max_grad_norm=1.0, and check those records; a rerun resumes from the last "
+                    "checkpoint")
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            if not math.isfinite(grad_norm) and not sharded:
+                raise TrainingError(f"gradient norm is {grad_norm} at step {progress.step + 1} (loss {loss:.4f}); "
+                                    f"stopped before the optimizer step. Try a lower lr (now {cfg.learning_rate:g}) "
+                                    "or precision=fp32")
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            dt = time.perf_counter() - t0
+            step_times.append(dt)
+            progress.step += 1
+            progress.tokens_seen += int(totals[1].item())
+            progress.trained_tokens_seen += int(totals[2].item())
+            progress.train_time_s += dt
+            losses.append(loss)
+            recent = step_times[-10:]
+            eta = (total_steps - progress.step) * sum(recent) / len(recent)
+            row = {"step": progress.step, "epoch": round(progress.step / spe, 4), "loss": round(loss, 6),
+                   "lr": lr, "grad_norm": round(grad_norm, 6), "tokens": int(totals[1].item()),
+                   "trained_tokens": int(totals[2].item()), "tokens_per_s": round(totals[1].item() / dt, 1),
+                   "elapsed_s": round(progress.train_time_s, 3)}
+            rows.append(row)
+            if log is not None:
+                log.write(row)
+            if progress.step % cfg.log_steps == 0 or progress.step == total_steps:
+                _log(console, f"step {progress.step}/{total_steps} | epoch {row['epoch']:.2f} | loss {loss:.4f} | "
+                     f"lr {lr:.2e} | grad {grad_norm:.3f} | {row['tokens_per_s']:,.0f} tok/s | ETA {_fmt_time(eta)}",
+                     is_main)
+
+            at_end = progress.step == total_steps
+            if cfg.eval_steps and (progress.step % cfg.eval_steps == 0 or at_end):
+                eval_loss = _eval_and_sample(model, tokenizer, template, eval_ex, cfg, accelerator, pad_id, stop_ids,
+                                             progress.step, log, console, sharded)
+            if cfg.save_steps and progress.step % cfg.save_steps == 0 and not at_end:
+                ck.save_checkpoint(accelerator, out, progress.step, cfg, fingerprint)
+        if not cfg.eval_steps and eval_ex:
+            eval_loss = _eval_and_sample(model, tokenizer, template, eval_ex, cfg, accelerator, pad_id, stop_ids,
+                                         progress.step, log, console, sharded)
+    finally:
+        if log is not None:
+            log.close()
+
+    # ---- final artifacts: written beside, checked, then moved in; camelid.json last marks the run finished
+    state_dict = accelerator.get_state_dict(model) if sharded else None
+    accelerator.wait_for_everyone()
+    result = TrainResult(out, progress.step, losses, losses[-1] if losses else None, eval_loss, stats,
+                         progress.train_time_s, progress.tokens_seen, _peak_memory_mb(), n_trainable, rows)
+    if is_main:
+        _finish(accelerator.unwrap_model(model), tokenizer, cfg, base, out, stop_ids, state_dict, result,
+                n_total, world, accelerator.mixed_precision)
+        _log(console, f"done: {progress.step} steps, final loss {result.final_loss:.4f}"
+             + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
+             + f", {progress.tokens_seen:,} tokens in {_fmt_time(progress.train_time_s)}, peak memory "
+             f"{result.peak_memory_mb:,.0f} MB -> {out}", is_main)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _eval_and_sample(model, tokenizer, template, eval_ex, cfg, accelerator, pad_id, stop_ids, step, log, console,
+                     sharded) -> float | None:
+    eval_loss = evaluate(model, eval_ex, cfg, accelerator, pad_id)
+    if eval_loss is not None:
+        _log(console, f"step {step} | eval loss {eval_loss:.4f}", accelerator.is_main_process)
+        if log is not None:
+            log.write({"step": step, "eval_loss": round(eval_loss, 6)})
+    if cfg.eval_prompts and not sharded and accelerator.is_main_process:
+        for s in sample(accelerator.unwrap_model(model), tokenizer, template, cfg.eval_prompts, cfg.sample_max_tokens,
+                        stop_ids, accelerator.device):
+            _log(console, f"  [dim]sample ({s['finish_reason']}, {s['tokens']} tokens):[/] {s['prompt']!r} -> "
+                 f"{s['answer']!r}", True)
+            log.write({"step": step, "sample": s})
+    accelerator.wait_for_everyone()
+    return eval_loss
+
+
+def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids: list[int], state_dict, result,
+            n_total: int, world: int, precision: str) -> None:
+    import torch
+    import transformers
+
+    import camelid
+    from camelid.train.plot import plot_losses
+
+    tmp = out / ".final-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = save_trained(model, tokenizer, tmp, cfg, base, stop_ids, state_dict)
+    plot_losses(out / "trainer_log.jsonl", tmp / "loss.png")
+    for name in files + ["loss.png"]:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_json(out / "camelid.json", {
+        "kind": "sft",
+        "template": cfg.template,
+        "base_model": cfg.model,
+        "base_model_path": str(base),
+        "method": cfg.method,
+        "mask": cfg.mask,
+        "data": data_files_info(cfg.data),
+        "eval_data": data_files_info(cfg.eval_data),
+        "config": cfg.model_dump(),
+        "data_stats": result.stats.to_dict(),
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+        "train_time_s": round(result.train_time_s, 3),
+        "tokens_seen": result.tokens_seen,
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "trainable_params": result.trainable_params,
+        "total_params": n_total,
+        "world_size": world,
+        "precision": precision,
+        "stop_token_ids": stop_ids,
+        "versions": {"camelid": getattr(camelid, "__version__", "0"), "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+    })
