@@ -36,6 +36,10 @@ def _register() -> None:
     from camelid.train.cli import app as train_app
 
     app.add_typer(train_app)
+    from camelid.train.tokenizer_cli import app as tokenizer_app
+
+    app.add_typer(tokenizer_app, name="tokenizer", help="Extend a tokenizer's vocabulary for a new language; "
+                  "measure tokens per character.")
 
 
 _register()

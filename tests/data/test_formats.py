@@ -11,6 +11,7 @@ import pytest
 
 from camelid.core.io import CamelidError, DataError
 from camelid.data import formats as F
+from camelid.data import records
 from camelid.data.formats import convert, detect_format, iter_records, read_conversations, validate_file
 
 FIX = Path(__file__).parent / "fixtures"
@@ -170,6 +171,12 @@ def test_a_forced_format_reports_records_of_another_shape(tmp_path):
         validate_file(FIX / "sharegpt.json", fmt="xml")
 
 
+def test_a_file_of_another_kind_is_one_problem_not_one_per_record(shared_data):
+    report = validate_file(shared_data / "fastchat/judge_prompts.jsonl")
+    assert report.problem_count == 1 and report.format is None
+    assert str(report.problems[0]).startswith(f"{shared_data / 'fastchat/judge_prompts.jsonl'}:1: cannot tell")
+
+
 def test_a_missing_file_is_a_problem_not_a_crash(tmp_path):
     report = validate_file(tmp_path / "absent.jsonl")
     assert [str(p) for p in report.problems] == [f"{tmp_path / 'absent.jsonl'}: no such file"]
@@ -206,7 +213,7 @@ def test_utf16_and_bom_files(tmp_path):
 def test_json_list_reader_agrees_with_json_load_at_any_buffer_size(monkeypatch, shared_data):
     files = [FIX / "alpaca.json", FIX / "sharegpt.json", shared_data / "fastchat/dummy_conversation.json"]
     for chunk in (1, 7, 64, 4096):
-        monkeypatch.setattr(F, "_CHUNK", chunk)
+        monkeypatch.setattr(records, "_CHUNK", chunk)
         for path in files:
             assert rows_of(path) == json.loads(path.read_text(encoding="utf-8")), (path, chunk)
 
@@ -216,12 +223,15 @@ def test_json_list_reader_handles_numbers_cut_at_the_buffer_end_and_huge_records
     values = [123456789, 1.5e300, "x" * 3_000_000, {"a": [1, 2, {"b": "한국어" * 1000}]}, True, None, -0.25]
     path.write_text(json.dumps(values, ensure_ascii=False, indent=1))
     for chunk in (3, 1000, 1 << 18):
-        monkeypatch.setattr(F, "_CHUNK", chunk)
+        monkeypatch.setattr(records, "_CHUNK", chunk)
         assert [v for _, _, v in iter_records(path)] == values
 
 
-def test_json_list_records_carry_the_line_where_they_start():
+def test_json_list_records_carry_the_line_where_they_start(tmp_path):
     assert [line for line, _, _ in iter_records(FIX / "sharegpt.json")] == [2, 15]
+    convert(FIX / "alpaca.jsonl", tmp_path / "a.json", "alpaca")  # written one record per line
+    assert (tmp_path / "a.json").read_text().splitlines()[2].startswith('{"instruction": "Translate')
+    assert [line for line, _, _ in iter_records(tmp_path / "a.json")] == list(range(2, 10))
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -236,7 +246,8 @@ def test_alpaca_round_trips_give_identical_rows(tmp_path, src, via):
     assert detect_format(mid) == to and validate_file(mid).ok
     assert convert(mid, back, "alpaca") == 8
     assert dumps(rows_of(back)) == dumps(rows_of(FIX / src))
-    assert back.read_bytes() == (FIX / src).read_bytes()  # same layout too: JSON list indent 2, or JSONL
+    if src.endswith(".jsonl"):
+        assert back.read_bytes() == (FIX / src).read_bytes()
 
 
 def test_other_tools_see_the_full_prompt_in_sharegpt_and_openai_output(tmp_path):
@@ -244,8 +255,8 @@ def test_other_tools_see_the_full_prompt_in_sharegpt_and_openai_output(tmp_path)
     convert(FIX / "alpaca.json", tmp_path / "oa.jsonl", "openai")
     sg, oa = rows_of(tmp_path / "sg.json"), rows_of(tmp_path / "oa.jsonl")
     human = sg[3]["conversations"][0]
-    assert human == {"from": "human", "value": "Classify the sentiment.\n\nAnswer with one word.\n\nI love it!\n\nReally.",
-                     "input": "I love it!\n\nReally."}
+    assert human == {"from": "human", "input": "I love it!\n\nReally.",
+                     "value": "Classify the sentiment.\n\nAnswer with one word.\n\nI love it!\n\nReally."}
     assert oa[3]["messages"][0] == {"role": "user", "content": human["value"], "input": human["input"]}
     assert sg[2]["id"] == "kullm_7" and oa[2]["id"] == "kullm_7"
     assert "alpaca_keys" not in sg[0] and "alpaca_keys" not in sg[2]  # Stanford and KULLM shapes need no hint
@@ -261,6 +272,26 @@ def test_the_instruction_input_split_survives_blank_lines_on_both_sides(tmp_path
     assert conv["messages"][0] == {"role": "user", "content": "A\n\nB\n\n", "input": "\n\nC\n\nD"}
     convert(tmp_path / "s.json", tmp_path / "b.jsonl", "alpaca")
     assert rows_of(tmp_path / "b.jsonl") == [row]
+
+
+def test_unusual_key_orders_and_a_null_id_round_trip_too(tmp_path):
+    rows = [{"output": "o", "instruction": "i"}, {"id": None, "instruction": "i", "input": "", "output": "o"},
+            {"instruction": "i", "input": "x", "output": "o", "id": "late", "extra": [1, {"k": 0.1}]}]
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for to in ("sharegpt", "openai"):
+        convert(src, tmp_path / f"{to}.jsonl", to)
+        convert(tmp_path / f"{to}.jsonl", tmp_path / "back.jsonl", "alpaca")
+        assert (tmp_path / "back.jsonl").read_text() == src.read_text()
+
+
+def test_what_alpaca_cannot_hold_is_refused_with_its_field(tmp_path):
+    src = tmp_path / "oa.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": "a", "weight": 0}]}) + "\n")
+    with pytest.raises(DataError, match=r"oa.jsonl:1: field 'messages\[1\].weight': alpaca has no place"):
+        convert(src, tmp_path / "a.json", "alpaca")
+    assert not (tmp_path / "a.json").exists()
 
 
 def test_alpaca_eval_outputs_round_trip_through_openai(tmp_path, shared_data):
@@ -297,7 +328,7 @@ def test_seed_tasks_convert_to_one_alpaca_row_per_instance(tmp_path):
 def test_sharegpt_and_openai_convert_into_each_other(tmp_path):
     convert(FIX / "sharegpt.json", tmp_path / "oa.jsonl", "openai")
     convert(tmp_path / "oa.jsonl", tmp_path / "sg.json", "sharegpt")
-    assert (tmp_path / "sg.json").read_text() == (FIX / "sharegpt.json").read_text() + "\n"
+    assert rows_of(tmp_path / "sg.json") == rows_of(FIX / "sharegpt.json")
     assert rows_of(tmp_path / "oa.jsonl")[1]["messages"][0] == {"role": "system", "content": "Be brief."}
 
 

@@ -49,11 +49,11 @@ def test_cleaned_sample_with_korean_splits_into_pieces_that_all_fit(shared_data,
     cleaning = clean_file(src, cleaned)
     assert cleaning.kept == 510 and sum(cleaning.removed.values()) == 7
     out = tmp_path / "split.json"
-    rep = split_file(cleaned, out, embedded, 256)
+    template = get_template("vicuna_v1.1", eos_token=embedded.eos_token)
+    rep = split_file(cleaned, out, embedded, 256, template=template)
     pieces = json.loads(out.read_text(encoding="utf-8"))
-    assert rep.pieces == len(pieces) and rep.conversations == 510 and not rep.invalid
-    assert rep.split >= 1 and rep.max_piece_tokens <= 256
-    template = embedded.template
+    assert rep.pieces == len(pieces) == 512 and rep.conversations == 510 and not rep.invalid
+    assert rep.split == 1 and rep.dropped_exchanges == 1 and rep.max_piece_tokens <= 256  # ko_1's long exchange
     for p in pieces:  # every piece re-counted: the text render with llama.cpp, and training's own encode
         conv = p["conversations"]
         assert roles(conv) == ["human", "gpt"] * (len(conv) // 2) and conv
@@ -80,13 +80,14 @@ def test_an_exchange_longer_than_the_limit_is_dropped_not_cut(embedded):
 
 
 def test_the_real_render_shrinks_a_piece_the_estimate_let_through(embedded):
-    counter = PieceCounter(embedded.count_tokens, get_template("chatml"), eos_token=embedded.eos_token)
+    # the model's own chat_template (Jinja), with its default system prompt
+    counter = PieceCounter(embedded.count_tokens, embedded.template, embedded.bos_token, embedded.eos_token)
     msgs = [m for i in range(8) for m in (u(f"Question number {i}, please answer it."), a(f"Answer number {i}."))]
     # an estimate that thinks every message is free: only the check against the rendered text keeps pieces small
-    pieces, dropped = split_messages(msgs, counter, 80, sizes=lambda m: 0)
+    pieces, dropped = split_messages(msgs, counter, 100, sizes=lambda m: 0)
     assert dropped == 0 and len(pieces) > 1
     assert [m for piece, _ in pieces for m in piece] == msgs
-    assert all(counter.count(piece) <= 80 for piece, _ in pieces)
+    assert all(counter.count(piece) <= 100 for piece, _ in pieces)
 
 
 def test_system_message_is_repeated_in_every_piece_of_openai_jsonl(embedded, tmp_path):
@@ -135,3 +136,12 @@ def test_cli_clean_then_split_writes_pieces_and_report(shared_data, tmp_path, ca
     assert rep["dropped_exchanges"] >= 1  # the long Korean exchanges (about 150 tokens) cannot fit 128
     assert "dropped exchanges" in capsys.readouterr().err
     assert main(["data", "split", str(Path(tmp_path / "missing.json")), "-o", str(out), "--max-tokens", "8"]) == 1
+
+
+def test_a_tokenizer_prefix_bos_is_counted_unless_the_template_writes_bos(embedded):
+    msgs = [u("Hi"), a("Hello")]
+    for name, extra in (("chatml", 1), ("llama-2", 0)):  # llama-2 renders its own <s>, so encode adds none
+        t = get_template(name)
+        plain = PieceCounter(embedded.count_tokens, t, "<s>", "</s>")
+        with_bos = PieceCounter(embedded.count_tokens, t, "<s>", "</s>", prefix_tokens=1)
+        assert with_bos.count(msgs) == plain.count(msgs) + extra

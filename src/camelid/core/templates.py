@@ -11,6 +11,8 @@ other template sees `content + "\\n\\n" + input` via `user_text`.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -246,6 +248,7 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     return _merge(segs)
 
 
+@functools.lru_cache(maxsize=16)  # compiling a chat_template costs far more than rendering it
 def _jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

@@ -13,8 +13,7 @@ FastChat's clean_sharegpt.py + optional_clean.py, in one pass, with every remova
 3. `blocked_word`: an assistant message contains a blocked phrase (case-insensitive); assistant text only, since
    that is what the model learns to say.
 4. `language`: optional keep (`--lang`) / skip (`--skip-lang`) by the conversation's dominant script (see
-   `detect_language`). Nothing is filtered by language unless asked: Korean survives by default, unlike FastChat's
-   English-only cleaning.
+   `detect_language`). Nothing is filtered by language unless asked, so Korean survives by default.
 5. `duplicate`: the same conversation (roles + NFC, whitespace-collapsed text, ids ignored) seen before.
 
 The output has the input's shape (ShareGPT or OpenAI records, JSON list or JSONL, other fields kept) and is written
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-from camelid.core.io import CamelidError, DataError, Problem, atomic_write, is_jsonl, write_jsonl
+from camelid.core.io import CamelidError, DataError, Problem, atomic_write, write_jsonl
 from camelid.data.formats import detect_record, iter_records
 
 Shape = Literal["sharegpt", "openai"]
@@ -129,7 +128,9 @@ def load_conversations(path: str | Path) -> tuple[Literal["json", "jsonl"], Iter
     path = Path(path)
     if not path.is_file():
         raise CamelidError(f"{path}: no such file" if not path.exists() else f"{path}: is a directory, expected a file")
-    container: Literal["json", "jsonl"] = "jsonl" if is_jsonl(path) else "json"
+    with open(path, "rb") as f:  # the layout iter_records reads: a JSON list when the first character is "["
+        head = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
+    container: Literal["json", "jsonl"] = "json" if head.startswith(b"[") else "jsonl"
 
     def gen() -> Iterator[Conversation]:
         shape: Shape | None = None
@@ -146,12 +147,13 @@ def load_conversations(path: str | Path) -> tuple[Literal["json", "jsonl"], Iter
 
 def to_record(conv: Conversation, messages: list[dict], id: Any = None) -> dict:
     """A copy of the conversation's record holding `messages`, in the record's own shape and role names."""
-    key, rkey, ckey = ("conversations", "from", "value") if conv.shape == "sharegpt" else ("messages", "role", "content")
+    sharegpt = conv.shape == "sharegpt"
+    key, rkey, ckey = ("conversations", "from", "value") if sharegpt else ("messages", "role", "content")
     back = {"user": "human", "assistant": "gpt", "system": "system"}
     out_msgs = []
     for m in messages:
         raw = m.get("raw")
-        base = dict(raw) if isinstance(raw, dict) else {rkey: back[m["role"]] if conv.shape == "sharegpt" else m["role"]}
+        base = dict(raw) if isinstance(raw, dict) else {rkey: back[m["role"]] if sharegpt else m["role"]}
         base[ckey] = m["content"]
         out_msgs.append(base)
     rec = dict(conv.record)

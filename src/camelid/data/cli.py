@@ -84,7 +84,8 @@ def convert(
 def stats(
     file: Annotated[Path, typer.Argument(help="Dataset file.", show_default=False)],
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="Also count tokens with this model's tokenizer (embedded | gguf:PATH | hf:PATH).")] = None,
+        "--model", "-m", help="Also count tokens with this model's tokenizer (embedded | gguf:PATH | hf:PATH).",
+    )] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write histograms to this PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
     fmt: FormatOpt = None,
@@ -101,7 +102,7 @@ def stats(
     if model:
         from camelid.models import load_model
 
-        tokenizer = load_model(model)
+        tokenizer = load_model(model, n_ctx=512)  # only its tokenizer is used
     try:
         result = compute(file, fmt, tokenizer=tokenizer, plot=plot)
     finally:

@@ -54,12 +54,16 @@ class SplitReport:
 
 
 class PieceCounter:
-    """Token counts of rendered pieces: exact (`count`) and estimated from per-message counts (`estimate`)."""
+    """Token counts of pieces: exact (`count`, the real render) and the template's overhead (`overhead`) that turns
+    per-message counts into an estimate."""
 
     def __init__(self, count_tokens: Callable[[str], int], template: Template, bos_token: str | None = None,
-                 eos_token: str | None = None):
+                 eos_token: str | None = None, prefix_tokens: int = 0):
         self.count_tokens, self.template = count_tokens, template
         self.bos_token, self.eos_token = bos_token, eos_token
+        probe = [{"role": "user", "content": _PROBE_USER}]
+        # what the tokenizer adds in front (Llama's BOS) unless the template writes BOS itself, as encode() does
+        self.prefix_tokens = prefix_tokens if template.segments(probe)[0].kind != "bos" else 0
         self._overhead: dict[str, tuple[int, int | None]] = {}
         self._probe = count_tokens(_PROBE_USER) + count_tokens(_PROBE_ASSISTANT)
 
@@ -69,7 +73,7 @@ class PieceCounter:
 
     def count(self, messages: list[dict]) -> int:
         """Exact: the tokens of the piece as the template renders it for training."""
-        return self.count_tokens(self.render(messages))
+        return self.count_tokens(self.render(messages)) + self.prefix_tokens
 
     def overhead(self, system: list[dict]) -> tuple[int, int | None]:
         """(tokens the template adds around the first exchange, around each further one; None if single-turn)."""
@@ -151,6 +155,17 @@ def split_conversations(convs: Iterable[Conversation], counter: PieceCounter, ma
             yield to_record(conv, piece, id=f"{conv.id}_{k}" if conv.id is not None else None)
 
 
+def prefix_tokens(model) -> int:
+    """Tokens the model's tokenizer puts before any text (Llama's BOS): training counts them, a render does not."""
+    from camelid.core.templates import special_prefix
+
+    if getattr(model, "tokenizer", None) is not None:  # transformers
+        return len(special_prefix(model.tokenizer))
+    if getattr(model, "llm", None) is not None:  # llama.cpp: the GGUF says whether BOS is added
+        return int(str(model.llm.metadata.get("tokenizer.ggml.add_bos_token", "")).lower() == "true")
+    return 0
+
+
 def split_file(src: str | Path, dst: str | Path, model, max_tokens: int, template: Template | None = None
                ) -> SplitReport:
     """Split every conversation of `src` into pieces of at most `max_tokens` tokens as `template` (default: the
@@ -160,7 +175,7 @@ def split_file(src: str | Path, dst: str | Path, model, max_tokens: int, templat
     template = template or model.template
     if template is None:
         raise CamelidError(f"{model.name}: no chat template known; pass --template")
-    counter = PieceCounter(model.count_tokens, template, model.bos_token, model.eos_token)
+    counter = PieceCounter(model.count_tokens, template, model.bos_token, model.eos_token, prefix_tokens(model))
     report = SplitReport(input=str(src), output=str(dst), template=template.name, max_tokens=max_tokens)
     container, convs = load_conversations(src)
     write_like_input(dst, container, split_conversations(convs, counter, max_tokens, report))

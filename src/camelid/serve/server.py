@@ -384,6 +384,10 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
             return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
                                                                 "Cache-Control": "no-cache"})
 
+        @app.get("/favicon.ico", include_in_schema=False)
+        async def favicon():
+            return Response(status_code=204)
+
         @app.get("/static/{name}", include_in_schema=False)
         async def static(name: str):
             path = STATIC / name

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from camelid.core.cli import console
 from camelid.core.io import CamelidError, read_json, write_json, write_text
 from camelid.core.templates import (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT, ALPACA_PROMPT_INPUT,
                                     ALPACA_PROMPT_NO_INPUT, TEMPLATES, VICUNA_SYSTEM, Template, get_template,
@@ -140,7 +141,14 @@ def jinja_chat_template(name: str) -> str:
                 "{%- elif message['role'] == 'assistant' -%}"
                 "{{ '<|im_start|>assistant\\n' + message['content'] + '<|im_end|>\\n' }}"
                 "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}")
-    raise CamelidError(f"no Jinja form for template {name!r}; choose one of {', '.join(TEMPLATES)}")
+    if name == "self-instruct":  # the canonical (generation) format; training varied it per example
+        return ("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                "{%- set inp = (message['input'] if message['input'] is defined and message['input'] else '') | trim -%}"
+                "{%- if inp -%}{{ (message['content'] | trim) + '\\n\\nInput: ' + inp + '\\n\\nOutput:' }}"
+                "{%- else -%}{{ (message['content'] | trim) + '\\n\\nOutput:' }}{%- endif -%}"
+                "{%- elif message['role'] == 'assistant' -%}{{ ' ' + (message['content'] | trim) + eos_token }}"
+                "{%- endif -%}{%- endfor -%}")
+    raise CamelidError(f"template {name!r} has no Jinja chat_template form here")
 
 
 def _go(s: str) -> str:
@@ -154,6 +162,8 @@ def ollama_template(name: str, bos: str, eos: str) -> str | None:
     if name in ("alpaca", "alpaca_ko"):
         prompt = ALPACA_PROMPT_NO_INPUT if name == "alpaca" else ALPACA_KO_PROMPT_NO_INPUT
         return roles % (prompt.replace("{instruction}", "{{ .Content }}"), "{{ .Content }}" + eos)
+    if name == "self-instruct":
+        return roles % ("{{ .Content }}\n\nOutput:", " {{ .Content }}" + eos)
     if name == "vicuna_v1.1":
         return (system % _go(VICUNA_SYSTEM) + "{{ $system }} "
                 + roles % ("USER: {{ .Content }} ", "ASSISTANT: {{ .Content }}" + eos) + "ASSISTANT:")
@@ -409,8 +419,11 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
         tok = tokenizer or AutoTokenizer.from_pretrained(tok_dir)
         _tokenizer_kv(w, tok, tok_dir, base_dirs or [], cfg["vocab_size"])
         if template is not None:
-            w.add_chat_template(template.chat_template if template.name == "tokenizer"
-                                else jinja_chat_template(template.name))
+            try:
+                w.add_chat_template(template.chat_template if template.name == "tokenizer"
+                                    else jinja_chat_template(template.name))
+            except CamelidError as e:
+                console.print(f"[yellow]warning:[/] {e}; the GGUF carries no chat_template")
             w.add_string("camelid.template", template.name)
             if template.end_token:
                 end = tok.convert_tokens_to_ids(template.end_token)

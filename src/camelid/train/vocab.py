@@ -162,7 +162,8 @@ class Extension:
 
     def info(self) -> dict:
         return {"added_tokens": len(self.tokens), "added_merges": len(self.merges), "words": self.words,
-                "occurrences": self.occurrences, "examples": [token_text(t) for t in self.tokens[:20]]}
+                "occurrences": self.occurrences,
+                "examples": [x for x in map(token_text, self.tokens) if len(x.strip()) > 1 and "\ufffd" not in x][:20]}
 
 
 CHARSETS = {"hangul": "the 2,350 Hangul syllables of KS X 1001", "hanzi": "the 3,755 level-1 hanzi of GB 2312"}
@@ -196,21 +197,19 @@ def learn_merges(base_tokenizer, texts: Iterable[str], add: int, min_frequency: 
     for text in texts:
         for word, _ in backend.pre_tokenizer.pre_tokenize_str(text):
             counts[word] += 1
-    words: list[list[str]] = []
-    freqs: list[int] = []
-    for word, n in sorted(counts.items()):
-        if is_new_script_word(token_text(word)):
-            words.append([t.value for t in backend.model.tokenize(word)])
-            freqs.append(n)
-    seen = {c for w in counts for c in token_text(w)}
-    n_corpus = len(words)
-    for c in sorted(set(coverage) - seen):
-        if is_new_script_word(c):  # a lone character at frequency 1: only phase 1 ever merges it
-            words.append([t.value for t in backend.model.tokenize("".join(_ENCODE[b] for b in c.encode()))])
-            freqs.append(1)
-    if not words:
+    target = [(w, n) for w, n in sorted(counts.items()) if is_new_script_word(token_text(w))]
+    if not target:
         raise CamelidError("the corpus has no words in a non-Latin script: nothing to add")
-
+    words = [[t.value for t in backend.model.tokenize(w)] for w, _ in target]
+    freqs = [n for _, n in target]
+    # every character alone (it may start a line or follow a quote) and, where the script puts spaces
+    # between words, after a space, at frequency 1: only phase 1 below ever merges these
+    spaced = sum(n for w, n in target if w.startswith("Ġ")) >= 0.1 * sum(freqs)
+    chars = {c for w, _ in target for c in token_text(w).lstrip(" ")}
+    for c in sorted(chars | {c for c in coverage if is_new_script_word(c)}):
+        for form in ([c, " " + c] if spaced else [c]):
+            words.append([t.value for t in backend.model.tokenize("".join(_ENCODE[b] for b in form.encode()))])
+            freqs.append(1)
     pair_count: Counter[tuple[str, str]] = Counter()
     where: dict[tuple[str, str], set[int]] = {}
     for i, (w, f) in enumerate(zip(words, freqs)):
@@ -222,7 +221,7 @@ def learn_merges(base_tokenizer, texts: Iterable[str], add: int, min_frequency: 
     # without its leading space), most frequent first; phase 2: ordinary BPE across characters.
     state.run(add, 1, within_char=True)
     state.run(add, min_frequency, within_char=False)
-    return Extension(state.new_tokens, state.merges, n_corpus, sum(freqs[:n_corpus]))
+    return Extension(state.new_tokens, state.merges, len(target), sum(n for _, n in target))
 
 
 def _within_char(pair: tuple[str, str]) -> bool:
@@ -309,7 +308,7 @@ def apply_extension(base_tokenizer, ext: Extension):
 
 
 def extend_tokenizer(base: str, corpus: list[str | os.PathLike], add: int, out_dir: str | os.PathLike,
-                     min_frequency: int = 2):
+                     min_frequency: int = 2, coverage: str = ""):
     """Extend the tokenizer of model spec `base` with up to `add` tokens learned on the `corpus` files and save it
     (tokenizer files + vocab_extension.json) to `out_dir`, replacing what was there atomically per directory.
     Returns the saved transformers tokenizer."""
@@ -322,7 +321,7 @@ def extend_tokenizer(base: str, corpus: list[str | os.PathLike], add: int, out_d
     base_dir = tokenizer_dir(base)
     base_tok = AutoTokenizer.from_pretrained(base_dir)
     texts = [t for path in corpus for t in read_texts(path)]
-    ext = learn_merges(base_tok, texts, add, min_frequency)
+    ext = learn_merges(base_tok, texts, add, min_frequency, coverage)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -332,6 +331,7 @@ def extend_tokenizer(base: str, corpus: list[str | os.PathLike], add: int, out_d
         tok = AutoTokenizer.from_pretrained(tmp)
         write_json(tmp / EXTENSION_FILE, {
             "base": base, "base_vocab_size": len(base_tok), "vocab_size": len(tok), "min_frequency": min_frequency,
+            "coverage_chars": len(coverage),
             "corpus": [{"path": str(p), "sha256": sha256_file(p)} for p in corpus], **ext.info()})
         out.mkdir(exist_ok=True)
         for f in sorted(tmp.iterdir()):

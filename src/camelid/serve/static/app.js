@@ -1,0 +1,184 @@
+// camelid chat page: streams /v1/chat/completions (fetch + SSE parsing), multi-turn, no dependencies.
+// Model text is only ever written with textContent / text nodes, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { messages: [], model: null, apiKey: "", controller: null };
+
+function setBusy(busy) {
+  document.body.dataset.state = busy ? "streaming" : "idle";
+  $("send").disabled = busy;
+  $("stop").hidden = !busy;
+}
+
+function status(text) { $("status").textContent = text || ""; }
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+// Plain text with ``` fences shown as code blocks; built from text nodes only.
+function render(el, text) {
+  const nodes = [];
+  text.split("```").forEach((part, i) => {
+    if (i % 2 === 0) { if (part) nodes.push(document.createTextNode(part)); return; }
+    const pre = document.createElement("pre");
+    const code = document.createElement("code");
+    code.textContent = part.replace(/^[\w+-]*\n/, "");
+    pre.appendChild(code);
+    nodes.push(pre);
+  });
+  el.querySelector(".body").replaceChildren(...nodes);
+}
+
+function bubble(role, text) {
+  const el = document.createElement("div");
+  el.className = "msg " + role;
+  el.dataset.role = role;
+  const label = document.createElement("span");
+  label.className = "role";
+  label.textContent = role === "user" ? "You" : role === "assistant" ? (state.model || "assistant") : "error";
+  const body = document.createElement("div");
+  body.className = "body";
+  el.append(label, body);
+  render(el, text);
+  $("log").appendChild(el);
+  $("log").scrollTop = $("log").scrollHeight;
+  return el;
+}
+
+async function errorText(resp) {
+  try {
+    const body = await resp.json();
+    if (body && body.error && body.error.message) return `HTTP ${resp.status}: ${body.error.message}`;
+  } catch (e) { /* not JSON */ }
+  return `HTTP ${resp.status}`;
+}
+
+async function loadModel() {
+  try {
+    const resp = await fetch("/v1/models", { headers: headers() });
+    if (resp.status === 401) {
+      $("key-label").hidden = false;
+      $("model-name").textContent = "(API key needed)";
+      return;
+    }
+    const body = await resp.json();
+    state.model = body.data[0].id;
+    $("model-name").textContent = state.model;
+  } catch (e) {
+    $("model-name").textContent = "(server unreachable)";
+  }
+}
+
+// Yields the JSON objects of an SSE body ("data: {...}" events, ended by "data: [DONE]").
+async function* sseEvents(resp) {
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    const events = buffer.split(/\r?\n\r?\n/);
+    buffer = events.pop();
+    for (const ev of events) {
+      const data = ev.split(/\r?\n/).filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+      if (!data) continue;
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
+    }
+  }
+}
+
+async function send(text) {
+  if (!state.model) await loadModel();
+  state.messages.push({ role: "user", content: text });
+  bubble("user", text);
+  const el = bubble("assistant", "");
+  el.classList.add("streaming");
+  const controller = new AbortController();
+  state.controller = controller;
+  setBusy(true);
+  status("");
+  let answer = "";
+  let failed = null;
+  const t0 = performance.now();
+  try {
+    const body = {
+      model: state.model || undefined,
+      messages: state.messages,
+      stream: true,
+      stream_options: { include_usage: true },
+      temperature: Number($("temperature").value),
+      max_tokens: Number($("max-tokens").value),
+    };
+    const resp = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
+    });
+    if (resp.status === 401) $("key-label").hidden = false;
+    if (!resp.ok) throw new Error(await errorText(resp));
+    for await (const chunk of sseEvents(resp)) {
+      if (chunk.error) throw new Error(chunk.error.message || "the server reported an error");
+      const choice = chunk.choices && chunk.choices[0];
+      if (choice && choice.delta && typeof choice.delta.content === "string" && choice.delta.content) {
+        answer += choice.delta.content;
+        render(el, answer);
+        $("log").scrollTop = $("log").scrollHeight;
+      }
+      if (chunk.usage) {
+        const secs = (performance.now() - t0) / 1000;
+        status(`${chunk.usage.completion_tokens} tokens in ${secs.toFixed(1)} s`);
+      }
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") failed = e.message || String(e);
+  } finally {
+    el.classList.remove("streaming");
+    if (state.controller === controller) state.controller = null;
+    setBusy(false);
+  }
+  if (controller.signal.aborted && !state.messages.length) return;  // reset while streaming
+  if (failed && !answer) {
+    el.remove();
+    bubble("error", failed);
+    state.messages.pop();  // the turn did not happen; the user can send it again
+    return;
+  }
+  if (failed) bubble("error", failed);
+  state.messages.push({ role: "assistant", content: answer });
+}
+
+function reset() {
+  if (state.controller) state.controller.abort();
+  state.messages = [];
+  $("log").replaceChildren();
+  status("");
+  $("input").focus();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setBusy(false);
+  loadModel();
+  $("composer").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = $("input").value;
+    if (!text.trim() || state.controller) return;
+    $("input").value = "";
+    send(text);
+  });
+  $("input").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {  // isComposing: Korean IME input
+      ev.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("stop").addEventListener("click", () => state.controller && state.controller.abort());
+  $("reset").addEventListener("click", reset);
+  $("settings").addEventListener("submit", (ev) => { ev.preventDefault(); loadModel(); });
+  $("api-key").addEventListener("change", loadModel);
+});
