@@ -24,6 +24,9 @@ def _register() -> None:
     from camelid.models.cli import app as models_app, model_app
 
     app.add_typer(models_app)
+    from camelid.generate.cli import app as generate_app
+
+    app.add_typer(generate_app)
     from camelid.serve.cli import app as serve_app
 
     app.add_typer(serve_app)
@@ -36,6 +39,12 @@ def _register() -> None:
     from camelid.train.cli import app as train_app
 
     app.add_typer(train_app)
+    from camelid.train.export_cli import app as export_app
+
+    app.add_typer(export_app)
+    from camelid.pipeline.cli import app as pipeline_app
+
+    app.add_typer(pipeline_app)
     from camelid.train.tokenizer_cli import app as tokenizer_app
 
     app.add_typer(tokenizer_app, name="tokenizer", help="Extend a tokenizer's vocabulary for a new language; "
@@ -45,17 +54,39 @@ def _register() -> None:
 _register()
 
 
+def _exceptions() -> tuple[tuple, tuple, tuple]:
+    """(exit, usage error, abort) classes of click and of the click that newer typer versions vendor."""
+    exits, errors, aborts = [click.exceptions.Exit], [click.ClickException], [click.exceptions.Abort]
+    try:
+        import typer._click.exceptions as tce
+        import typer.exceptions as te
+
+        exits.append(te.Exit)
+        errors.append(tce.ClickException)
+        aborts.append(te.Abort)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(exits), tuple(errors), tuple(aborts)
+
+
+EXIT, USAGE, ABORT = _exceptions()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 1; no tracebacks for what the user can fix."""
     try:
         rv = app(args=argv, prog_name="camelid", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as e:
-        code = e.exit_code
-    except click.ClickException as e:
-        e.show()
-        code = e.exit_code
-    except click.exceptions.Abort:
+    except EXIT as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0)) or 0
+    except USAGE as e:
+        if getattr(e, "ctx", None) is not None and type(e).__name__ == "NoArgsIsHelpError":
+            print(e.ctx.get_help())
+            code = 0
+        else:
+            e.show()
+            code = e.exit_code
+    except ABORT:
         print("camelid: aborted", file=sys.stderr)
         code = 130
     except CamelidError as e:

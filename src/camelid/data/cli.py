@@ -269,3 +269,90 @@ def split(
 
         write_json(report, d)
         console.print(f"wrote {report}")
+
+
+# ---------------------------------------------------------------------------------------------- render
+# (appended by the training stage: what `camelid train` sees, token for token)
+
+TRAIN_OPEN, TRAIN_CLOSE = "\u27e6", "\u27e7"  # ⟦trained⟧ when there is no colour
+
+
+@app.command()
+def render(
+    file: Annotated[Path, typer.Argument(help="Dataset file (alpaca, seed-tasks, sharegpt, openai).")],
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template; default: the model's "
+                                                    "camelid.json, else its tokenizer's chat_template.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Whose tokenizer: embedded | hf:PATH | gguf:PATH.")]
+    = "embedded",
+    mask: Annotated[str, typer.Option("--mask", help="assistant | last | all (as in training).")] = "assistant",
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Cut as training would.")] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many records.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {id, input_ids, labels} per record (JSONL).")] = False,
+    color: Annotated[Optional[bool], typer.Option("--color/--no-color", help="Highlight trained text (default: "
+                                                  "when stdout is a terminal); without colour ⟦trained⟧ marks it.")]
+    = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Force the input format.")] = None,
+) -> None:
+    """Show records exactly as training tokenizes them, with the trained (loss-bearing) tokens marked."""
+    import sys
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from camelid.core.templates import get_template
+    from camelid.train.data import render_file
+    from camelid.train.model import tokenizer_for
+
+    tok, run_template = tokenizer_for(model)
+    name = template or run_template or ("tokenizer" if tok.chat_template else "alpaca")
+    tmpl = get_template(name, tok.chat_template, tok.bos_token, tok.eos_token)
+    out = Console(file=sys.stdout, highlight=False, soft_wrap=True, force_terminal=color)
+    use_color = out.is_terminal if color is None else color
+    for rec in render_file(file, tok, tmpl, mask, max_length, limit=n, fmt=fmt):
+        if as_json:
+            print(json.dumps({"id": rec["id"], "input_ids": rec["input_ids"], "labels": rec["labels"]}))
+            continue
+        info = rec["info"]
+        trained = sum(1 for x in rec["labels"] if x != -100)
+        note = (" [red]TRUNCATED[/]" if info["truncated"] else "") + \
+            (f" [red]TOKENIZATION MISMATCH {info['mismatch']}[/]" if info["mismatch"] else "")
+        console.print(f"[bold]── {rec['id']}[/] ({len(rec['input_ids'])} tokens, {trained} trained, template "
+                      f"{name}){note}", highlight=False)
+        if use_color:
+            text = Text()
+            for piece, on in rec["spans"]:
+                text.append(piece, style="bold green on grey19" if on else "dim")
+            out.print(text)
+        else:
+            sys.stdout.write("".join(f"{TRAIN_OPEN}{p}{TRAIN_CLOSE}" if on else p for p, on in rec["spans"]) + "\n")
+            sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------- dedup
+# (appended by the generation stage: Stanford's ROUGE-L near-duplicate filter, exact and fast)
+
+
+@app.command()
+def dedup(
+    src: Annotated[Path, typer.Argument(metavar="IN", help="Dataset with an instruction per record (alpaca or "
+                                        "seed-task rows; JSON list or JSONL).", show_default=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Kept records (.json: JSON list, else JSONL), with "
+                                      "most_similar_instructions and avg_similarity_score.", show_default=False)],
+    threshold: Annotated[float, typer.Option("--threshold", help="Reject when ROUGE-L F1 to a seed or an earlier "
+                                             "kept record is above this (Stanford: 0.7).")] = 0.7,
+    lang: Annotated[str, typer.Option("--lang", help="auto | en (rouge_score's tokens, Stanford's decisions "
+                                      "exactly) | ko (Kiwi morphemes) | zh (characters).")] = "auto",
+    seeds: Annotated[Optional[list[Path]], typer.Option("--seeds", help="Seed task files: compared against, "
+                                                        "never written (repeatable).")] = None,
+    key: Annotated[str, typer.Option("--field", help="Which string field to compare.")] = "instruction",
+) -> None:
+    """Drop near-duplicate instructions greedily in file order, as Stanford's generate_instruction.py does.
+
+    Rejected records go to OUT's sidecar <name>.rejected.jsonl with reason, similar_to and similarity.
+    """
+    from camelid.data.dedup import dedup_file
+
+    rep = dedup_file(src, out, threshold, lang, seeds or (), key)
+    console.print(f"kept {rep.kept:,}, rejected {rep.rejected:,} near-duplicates (lang {rep.lang}, ROUGE-L > "
+                  f"{threshold}) in {rep.seconds:.1f} s -> {rep.output}"
+                  + (f", rejected -> {rep.rejected_path}" if rep.rejected_path else ""))

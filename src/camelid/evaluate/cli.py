@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -37,17 +36,6 @@ def _merge_answers(files: list[Path]) -> dict:
         for model, rows in load_answers(f).items():
             merged.setdefault(model, {}).update(rows)
     return merged
-
-
-def _clean(obj):
-    """NaN -> None and tuples -> lists, so summaries are strict JSON."""
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 @app.command()
@@ -92,7 +80,7 @@ def answer(
         m.close()
     tps = stats.completion_tokens / stats.seconds if stats.seconds else 0.0
     console.print(f"{output}: {stats.answered} answered, {stats.skipped} already there, {len(stats.failed)} failed "
-                  f"({stats.completion_tokens} tokens in {stats.seconds:.1f} s, {tps:.0f} tokens/s)")
+                  f"({stats.completion_tokens} tokens in {stats.seconds:.1f} s, {tps:.0f} tokens/s)", soft_wrap=True)
     for qid, err in stats.failed[:5]:
         console.print(f"  question {qid}: {err}")
     if stats.failed:
@@ -158,13 +146,14 @@ def judge(
     finally:
         m.close()
     console.print(f"{output}: {stats.judged} judged, {stats.cached} cached, {stats.unparsed} without a parseable "
-                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s")
+                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s", soft_wrap=True)
     single, pair = read_judgments([output])
     res = _print_summary(single, pair, baseline, seed)
     if summary is not None:
         from camelid.core.io import write_json
+        from camelid.evaluate.report import json_safe
 
-        write_json(summary, _clean({"stats": {"judged": stats.judged, "cached": stats.cached,
+        write_json(summary, json_safe({"stats": {"judged": stats.judged, "cached": stats.cached,
                                               "unparsed": stats.unparsed, "failed": stats.failed}, **res}))
     if stats.failed:
         raise CamelidError(f"{len(stats.failed)} judgment(s) failed; rerun the same command to retry them")
@@ -191,8 +180,8 @@ def _print_summary(single: list[dict], pair: list[dict], baseline: str | None, s
         ps = pairwise_summary(pair, seed=seed)
         out["pairwise"] = ps
         t = Table(title="pairwise (both orders; disagreement = tie)")
-        for c in ["model_1 vs model_2", "win/tie/loss", "win rate [95% CI]", "LC win rate [95% CI]", "swap "
-                  "disagreements", "errors"]:
+        for c in ["model_1 vs model_2", "W/T/L", "win rate [95% CI]", "LC win rate [95% CI]", "order flips",
+                  "errors"]:
             t.add_column(c)
         for s in ps:
             t.add_row(f"{s['model_1']} vs {s['model_2']}", f"{s['win']}/{s['tie']}/{s['loss']}",
@@ -216,7 +205,7 @@ def report(
     from camelid.evaluate.report import build_report
 
     build_report(judgments, output, baseline=baseline, seed=seed, title=title)
-    console.print(f"{output}/report.md, report.html and charts written")
+    console.print(f"{output}/report.md, report.html and charts written", soft_wrap=True)
 
 
 @app.command()
@@ -274,9 +263,11 @@ def arena(
     from camelid.evaluate import arena as ar
 
     if results:
+        from camelid.evaluate.report import json_safe
+
         res = ar.results(db)
         _print_arena(res)
-        print(json.dumps(_clean(res), ensure_ascii=False))
+        print(json.dumps(json_safe(res), ensure_ascii=False))
         return
     if questions is None:
         raise CamelidError("--questions is required to serve the arena")

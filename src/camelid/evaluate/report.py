@@ -26,6 +26,17 @@ def _ci(ci: tuple[float, float], fmt: str = ".2f") -> str:
     return f"{_f(ci[0], fmt)} - {_f(ci[1], fmt)}"
 
 
+def json_safe(obj):
+    """NaN -> None and tuples -> lists, so summaries are strict JSON."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def _setup_fonts() -> None:
     """Use a Hangul-capable fallback font when one is installed (Korean categories and model names)."""
     import matplotlib
@@ -64,6 +75,8 @@ def chart_categories(single: list[dict], path: Path) -> bool:
 
 
 def chart_win_rates(pair_summ: list[dict], path: Path) -> bool:
+    """One row per pair: a win/tie/loss stacked bar, with the win rate and the length-controlled win rate as
+    points carrying their 95% bootstrap intervals."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -71,24 +84,29 @@ def chart_win_rates(pair_summ: list[dict], path: Path) -> bool:
         return False
     labels = [f"{s['model_1']}\nvs {s['model_2']}" for s in pair_summ]
     y = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.9 * len(labels)), dpi=110)
-    for off, key, name in ((-0.18, "win_rate", "win rate (ties = 1/2)"), (0.18, "lc_win_rate", "length-controlled")):
+    fig, ax = plt.subplots(figsize=(8, 2.0 + 0.8 * len(labels)), dpi=110)
+    left = np.zeros(len(labels))
+    for key, color, name in (("win_rate_", "#4c9a5a", "win"), ("tie_rate_", "#c9ccd3", "tie"),
+                             ("loss_rate_", "#d0605e", "loss")):
+        vals = np.nan_to_num(np.array([s[key[:-1]] for s in pair_summ], float))
+        ax.barh(y, vals, 0.5, left=left, color=color, label=name)
+        left += vals
+    for off, key, marker, name in ((-0.12, "win_rate", "o", "win rate (tie = 1/2)"),
+                                   (0.12, "lc_win_rate", "D", "length-controlled win rate")):
         vals = np.array([s[key] for s in pair_summ], float)
         lo = np.array([s[key + "_ci"][0] for s in pair_summ], float)
         hi = np.array([s[key + "_ci"][1] for s in pair_summ], float)
         err = np.nan_to_num(np.vstack([vals - lo, hi - vals]).clip(min=0))
-        ax.barh(y + off, vals, 0.34, xerr=err, capsize=4, label=name)
-        for yy, v in zip(y + off, vals):
-            if np.isfinite(v):
-                ax.text(0.01, yy, f"{v:.0%}", va="center", fontsize=8, color="white")
+        ax.errorbar(vals, y + off, xerr=err, fmt=marker, color="black", ms=5, capsize=4, lw=1.2, label=name)
     ax.axvline(0.5, color="k", lw=0.8, ls="--")
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("win rate of the first model, 95% bootstrap CI")
-    ax.set_title("Pairwise win rates (both orders judged; disagreement = tie)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.invert_yaxis()
-    fig.tight_layout()
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel("share of questions for the first model (bars); win rates with 95% bootstrap CI (points)")
+    ax.set_title("Pairwise: both orders judged, a disagreement is a tie")
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=5, frameon=False)
+    fig.tight_layout(rect=(0, 0.12 / (1 + 0.5 * len(labels)), 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return True
@@ -160,13 +178,16 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         items: list[Table | str] = [(head, rows)]
         if chart_categories(single, out / "score_by_category.png"):
             items.append("score_by_category.png")
-        items.append(cat_t)
+        if cats:
+            items.append(cat_t)
         if chart_length(single, out / "length_vs_score.png"):
             items.append("length_vs_score.png")
         judges = sorted({r["judge"] for r in single})
-        sections.append(("Single-answer grading", f"Judge: {', '.join(judges)}. Scores 1-10; a reply without a "
-                         "parseable [[rating]] counts as unparsed and is left out of the means. Relative score: "
-                         "Vicuna's total score of a model over the baseline's, on the turns both were scored.", items))
+        unparsed = sum(s["unparsed"] for s in ss)
+        sections.append(("Single-answer grading", f"Judge: {', '.join(judges)}. Scores 1-10; {unparsed} of "
+                         f"{len(single)} judge replies had no parseable [[rating]]: they are kept in the judgment "
+                         "file with a null score and left out of the means. Relative score: Vicuna's total score "
+                         "of a model over the baseline's, on the turns both were scored.", items))
     if pair:
         ps = pairwise_summary(pair, seed=seed)
         summary["pairwise"] = ps
@@ -201,7 +222,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
                "auto;padding:0 1em;color:#1d2330}table{border-collapse:collapse;margin:1em 0}th,td{padding:4px 10px;"
                "border-bottom:1px solid #ddd;text-align:right}th:first-child,td:first-child{text-align:left}"
                "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>\n")
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", json_safe(summary))
     return summary
 
 

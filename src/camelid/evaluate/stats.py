@@ -54,6 +54,10 @@ def logistic_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, l2: 
     return beta
 
 
+def _order(r: dict) -> tuple[str, int]:
+    return (str(r.get("question_id")), int(r.get("turn") or 1))
+
+
 # ---------------------------------------------------------------------------------------------- pairwise
 
 OUTCOME = {"model_1": 1.0, "tie": 0.5, "model_2": 0.0}
@@ -82,7 +86,7 @@ def pairwise_summary(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> lis
     """Per (model_1, model_2): win/tie/loss/error counts, rates with bootstrap CIs, raw and length-controlled win
     rate of model_1. Rows are combined judgments (`winner` in model_1 | model_2 | tie | error)."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in rows:
+    for r in sorted(rows, key=_order):  # judgments finish in any order: sort so the bootstrap is reproducible
         groups[(r["model_1"], r["model_2"])].append(r)
     out = []
     for (m1, m2), rs in groups.items():
@@ -115,7 +119,7 @@ def pairwise_summary(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> lis
 def single_summary(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """Per model: mean score with a bootstrap CI, per-category means, and how many replies had no parseable score."""
     by_model: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
+    for r in sorted(rows, key=_order):
         by_model[r["model"]].append(r)
     out = []
     for m, rs in by_model.items():

@@ -83,6 +83,18 @@ def trained_end(template: Template, eos_token: str | None, camelid_run: bool) ->
     return eos_token
 
 
+def load_tokenizer(path: str | Path):
+    """AutoTokenizer.from_pretrained, with a one-line error for a directory without a usable tokenizer."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        detail = f" ({first})" if first and not first.endswith(":") else ""
+        raise CamelidError(f"{path}: no usable tokenizer here (tokenizer.json + tokenizer_config.json){detail}") from None
+
+
 def _ids(value: Any) -> list[int]:
     if value is None:
         return []
@@ -140,12 +152,10 @@ def _renders(template: Template, chat_template: str, bos: str, eos: str) -> tupl
 
 
 def check_hf(spec: str, template: str | None = None) -> Report:
-    from transformers import AutoTokenizer
-
     path = spec[3:] if spec.startswith("hf:") else spec
     own, tok_dir, base, run = _locate(path)
     report = Report(spec, "transformers", run=run)
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = load_tokenizer(tok_dir)
     for key in ("bos", "eos", "pad", "unk"):
         report.tokens[key] = {"token": getattr(tok, f"{key}_token"), "id": getattr(tok, f"{key}_token_id")}
     gen, gen_src = _generation_config(own, base)
@@ -192,10 +202,10 @@ def check_hf(spec: str, template: str | None = None) -> Report:
         report.add("warning", "no_pad", "no pad token: batched generation and training collators need one (--fix uses "
                    "the unk token when there is one)", fixable=tok.unk_token is not None and tok.unk_token != end)
     elif tok.pad_token_id in {tok.eos_token_id, end_id}:
-        report.add("warning", "pad_is_eos", f"the pad token is the end token {tok.pad_token!r}: camelid's trainer is "
+        report.add("warning", "pad_is_eos", f"the pad token {tok.pad_token!r} is also an end token: camelid's trainer is "
                    "fine with it (labels come from the template and the EOS is always trained), but collators that "
                    "build labels by masking pad ids (DataCollatorForLanguageModeling, many scripts) mask every EOS "
-                   "too, and the model never learns to stop", fixable=tok.unk_token not in (None, end, tok.eos_token))
+                   "too, and the model never learns to stop", fixable=tok.unk_token not in (None, end))
     if not tok.chat_template:
         report.add("warning", "no_chat_template", "the tokenizer has no chat_template: servers that format chats "
                    "with it (vLLM, TGI, transformers pipelines) cannot prompt the model as it was trained",
@@ -298,8 +308,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def fix_model(spec: str, out: str | Path, template: str | None = None, force: bool = False) -> tuple[Report, Report]:
     """Write a corrected copy of an hf: model to `out`; returns (report before, report of the copy)."""
-    from transformers import AutoTokenizer
-
     from camelid.train.delta import atomic_dir
 
     if spec == "embedded" or spec.startswith("gguf:") or spec.endswith(".gguf"):
@@ -312,7 +320,7 @@ def fix_model(spec: str, out: str | Path, template: str | None = None, force: bo
         raise CamelidError(f"{out}: --fix never writes in place; choose a directory outside {own}")
     codes = {f.code for f in before.findings if f.fixable}
     end = (before.template or {}).get("end_token")
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = load_tokenizer(tok_dir)
     with atomic_dir(out, force) as tmp:
         for f in own.iterdir():
             if f.is_file() and not f.name.startswith("."):
@@ -322,8 +330,9 @@ def fix_model(spec: str, out: str | Path, template: str | None = None, force: bo
         old_eos = tok.eos_token_id
         if "eos_mismatch" in codes:
             tok.eos_token = end
-        if ("no_pad" in codes or "pad_is_eos" in codes) and tok.unk_token is not None:
-            tok.pad_token = tok.unk_token
+        if (tok.pad_token is None or tok.pad_token in (tok.eos_token, end)) and tok.unk_token not in (None, end,
+                                                                                                    tok.eos_token):
+            tok.pad_token = tok.unk_token  # Llama's choice: a token that never ends a reply
         name = (before.template or {}).get("name")
         if codes & {"chat_template_end", "chat_template_differs", "no_chat_template"} and name in TEMPLATES:
             from camelid.train.export import jinja_chat_template

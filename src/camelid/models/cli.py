@@ -60,3 +60,31 @@ def ask(
         if stream:
             sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+@model_app.command("check")
+def check(
+    spec: Annotated[str, typer.Argument(help="hf:PATH (checkpoint, adapter or run dir), gguf:PATH or embedded.")],
+    template: TemplateOpt = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Write a corrected copy to -o (tokenizer EOS/pad, "
+                                      "generation_config, chat_template); never in place.")] = False,
+    out: Annotated[Optional[str], typer.Option("-o", "--output", help="Directory for --fix.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --fix: replace -o if it exists.")] = False,
+) -> int:
+    """Check that tokenizer EOS, generation_config, template end token and chat_template agree (exit 1 if not)."""
+    from camelid.core.io import CamelidError
+    from camelid.models.check import check_model, fix_model, format_report
+
+    if fix and not out:
+        raise CamelidError("--fix needs -o DIR (the model is never changed in place)")
+    if fix:
+        before, report = fix_model(spec, out, template, force=force)
+        if not as_json:
+            print(format_report(before) + f"\n\nfixed copy written to {out}:\n")
+    else:
+        report = check_model(spec, template)
+    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else format_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
+    return 0

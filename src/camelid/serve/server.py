@@ -54,6 +54,7 @@ class Gate:
         self.concurrency, self.max_queue = max(1, concurrency), max(0, max_queue)
         self.admitted = 0  # waiting + running
         self.running = 0
+        self.total = 0  # requests admitted since start
         self._sem: asyncio.Semaphore | None = None
         self._latency = 2.0  # moving average of a generation's seconds, for Retry-After
 
@@ -70,6 +71,7 @@ class Gate:
                            type="rate_limit_exceeded", code="rate_limit_exceeded",
                            headers={"Retry-After": str(min(60, max(1, math.ceil(wait))))})
         self.admitted += 1
+        self.total += 1
 
     def leave(self, seconds: float | None = None) -> None:
         self.admitted -= 1
@@ -77,8 +79,8 @@ class Gate:
             self._latency = 0.8 * self._latency + 0.2 * seconds
 
     def stats(self) -> dict[str, int]:
-        return {"running": self.running, "queued": self.admitted - self.running,
-                "concurrency": self.concurrency, "max_queue": self.max_queue}
+        return {"running": self.running, "queued": self.admitted - self.running, "concurrency": self.concurrency,
+                "max_queue": self.max_queue, "requests": self.total}
 
 
 async def generate(gate: Gate, start: Callable[[], Iterator[Chunk]]) -> AsyncIterator[Chunk]:

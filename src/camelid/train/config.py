@@ -68,8 +68,8 @@ class TrainConfig(BaseModel):
                                    "(gradient accumulation fills the gap); Alpaca used 128")
     packing: bool = Field(True, description="padding-free: a micro-batch is one row of concatenated sequences with "
                           "restarting position_ids (no padding compute; faster); false pads each micro-batch")
-    group_by_length: bool = Field(True, description="sort sequences of similar length together (less padding when "
-                                  "packing is off); order stays seeded")
+    group_by_length: bool = Field(True, description="sort each step's sequences by length so micro-batches need "
+                                  "less padding (packing off); the step's content, and its gradient, is unchanged")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: much less memory, "
                                          "~30% slower")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(

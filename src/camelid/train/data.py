@@ -14,7 +14,6 @@ sequence so no token ever predicts the next sequence's first token.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,26 +208,20 @@ def examples_fingerprint(examples: list[Example]) -> str:
 # ----------------------------------------------------------------------------------------------- batching
 
 
-def epoch_order(examples: list[Example], epoch: int, seed: int, global_batch: int, group_by_length: bool) -> list[int]:
-    """A seeded permutation for one epoch; with grouping, chunks of 16 steps are sorted by length (longest first)
-    so micro-batches hold similar lengths. Depends only on the global batch, never on micro-batch or world size."""
-    order = list(range(len(examples)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    if group_by_length:
-        chunk = global_batch * 16
-        order = [i for s in range(0, len(order), chunk)
-                 for i in sorted(order[s:s + chunk], key=lambda k: -len(examples[k].input_ids))]
-    return order
-
-
 def plan_steps(examples: list[Example], epoch: int, seed: int, global_batch: int, world_size: int,
                group_by_length: bool) -> tuple[list[list[int]], int]:
     """The optimizer steps of one epoch as lists of example indices, and how many examples did not fit.
 
+    A seeded permutation cut into steps of `global_batch`; grouping sorts each step by length (longest first) so
+    its micro-batches hold similar lengths (less padding) while what a step contains, and so its gradient, stays
+    exactly as random as without grouping. Depends only on the global batch, never on micro-batch or world size.
     The last step may be smaller; with several processes it keeps a multiple of the world size so that every
     process gets work (the < world_size left over are counted, never silently lost)."""
-    order = epoch_order(examples, epoch, seed, global_batch, group_by_length)
+    order = list(range(len(examples)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
     steps = [order[s:s + global_batch] for s in range(0, len(order), global_batch)]
+    if group_by_length:
+        steps = [sorted(st, key=lambda k: -len(examples[k].input_ids)) for st in steps]
     left = 0
     if steps and len(steps[-1]) % world_size:
         keep = len(steps[-1]) - len(steps[-1]) % world_size
@@ -245,9 +238,9 @@ def steps_per_epoch(n_examples: int, global_batch: int, world_size: int) -> int:
 
 
 def micro_batches(step: list[int], rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
-    """This process's share of one step (contiguous), cut into micro-batches."""
-    per = math.ceil(len(step) / world_size)
-    mine = step[rank * per:(rank + 1) * per]
+    """This process's share of one step, cut into micro-batches. Dealt round-robin, so with a length-sorted step
+    every process gets a similar amount of work (and at least one sequence: steps hold a multiple of world_size)."""
+    mine = step[rank::world_size]
     return [mine[s:s + micro_batch_size] for s in range(0, len(mine), micro_batch_size)]
 
 
@@ -271,3 +264,40 @@ def collate(batch: list[Example], packing: bool, pad_id: int) -> dict:
         tgt[r, :n] = torch.tensor(e.targets)
         att[r, :n] = 1
     return {"input_ids": ids, "attention_mask": att, "targets": tgt, "tokens": sum(len(e.input_ids) for e in batch)}
+
+
+# ----------------------------------------------------------------------------------------------- inspecting
+
+
+def trained_spans(tokenizer, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
+    """The text as runs of (text, trained). Runs break at segment boundaries, so each decodes exactly."""
+    spans: list[tuple[str, bool]] = []
+    run: list[int] = []
+    flag = None
+    for i, lab in zip(input_ids, labels):
+        t = lab != IGNORE_INDEX
+        if flag is not None and t != flag:
+            spans.append((tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False), flag))
+            run = []
+        run.append(i)
+        flag = t
+    if run:
+        spans.append((tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False), bool(flag)))
+    return spans
+
+
+def render_file(path: str | Path, tokenizer, template: Template, mask: Mask = "assistant", max_length: int | None = None,
+                truncation: str = "drop_partial", limit: int | None = None, fmt: str | None = None):
+    """Yield what training sees for each record: {id, input_ids, labels, spans, info} (`camelid data render`)."""
+    from camelid.data.formats import read_conversations
+
+    for n, conv in enumerate(read_conversations(path, fmt)):
+        if limit is not None and n >= limit:
+            return
+        rid = str(conv.get("id") or f"{Path(path).name}#{n}")
+        try:
+            ids, labels, info = encode_record(tokenizer, template, conv["messages"], mask, max_length, truncation)
+        except TemplateError as e:
+            raise CamelidError(f"{path}: record {rid}: {e}") from None
+        yield {"id": rid, "input_ids": ids, "labels": labels, "spans": trained_spans(tokenizer, ids, labels),
+               "info": info}

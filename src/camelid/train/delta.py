@@ -10,8 +10,10 @@ Encoding: a delta tensor is the bitwise XOR of the tuned tensor's bits with the 
 the integer type of the same width (int32 for fp32, int16 for bf16/fp16). XOR is its own inverse on bit
 patterns, so `apply` reproduces the tuned weights bit for bit in every dtype. FastChat stores `tuned - base`
 as floats instead; `base + (tuned - base)` rounds differently from `tuned` in bf16/fp16 (and in fp32 when the
-exponents differ), so the rebuilt model is only close. XOR deltas are equally useless without the base and
-compress well (fine-tuning leaves sign and exponent bits, the high bits, mostly zero). When a base tensor's
+exponents differ), so the rebuilt model is only close. XOR deltas are equally useless without the base, an
+unchanged tensor is all zeros, and small changes leave the sign and exponent bits zero: on a SmolLM2 MLP
+weight with 0.1% noise, zlib shrinks the XOR delta to 0.73 (fp32) / 0.18 (bf16) of its size, the float
+difference to 0.73 / 0.20 and the raw weights to 0.93 / 0.75. When a base tensor's
 dtype differs from the tuned one it is cast first (a deterministic rounding); when the tuned tensor grew
 (embeddings resized for added tokens) the base is zero-padded, so the new rows are stored as they are; a
 tensor without a usable base counterpart is stored raw (XOR with zeros).
@@ -193,7 +195,11 @@ class Checkpoint:
         return s.get_dtype(), list(s.get_shape())
 
     def get(self, name: str):
-        return self._open[self.where[name]].get_tensor(name)
+        # a handle of its own: pages read through a long-lived handle's mmap stay in RSS until it closes
+        from safetensors import safe_open
+
+        with safe_open(str(self.where[name]), framework="pt") as f:
+            return f.get_tensor(name)
 
     def nbytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
@@ -349,7 +355,7 @@ def apply_delta(base: str | os.PathLike, delta: str | os.PathLike, out: str | os
                 if found != rec["base_sha256"]:
                     raise CamelidError(f"{base_dir}: not the base this delta was made from ({made_from}): tensor "
                                        f"{name!r} differs (sha256 {found[:12]}, expected {rec['base_sha256'][:12]})")
-                bits = bits ^ _bits(_align(b, dtype, rec["shape"]))
+                bits ^= _bits(_align(b, dtype, rec["shape"]))  # in place: `bits` is this call's own copy
                 del b
             t = bits.view(dtype) if bits.dim() else bits.reshape(1).view(dtype).reshape(())
             if tensor_sha256(t) != rec["sha256"]:

@@ -15,7 +15,9 @@ following llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel`):
 - `tokenizer.chat_template` is the template the run was trained with (shipped templates are written as
   equivalent Jinja, checked against `core/templates.py` in the tests); when the template ends turns with a
   token other than EOS (ChatML's `<|im_end|>`) it is also written as the end-of-turn token.
-Tensors are converted and written one at a time (header first, then data), so memory stays near one tensor.
+Tensors are converted and written one at a time (header first, then data), so memory stays near one tensor
+(an adapter run is merged first, which holds the model once). The Ollama Modelfile is written beside the GGUF
+as NAME.Modelfile (FROM ./NAME.gguf, TEMPLATE in Go syntax for the shipped templates, SYSTEM, PARAMETER stop).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from camelid.core.io import CamelidError, read_json, write_json, write_text
 from camelid.core.templates import (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT, ALPACA_PROMPT_INPUT,
                                     ALPACA_PROMPT_NO_INPUT, TEMPLATES, VICUNA_SYSTEM, Template, get_template,
                                     special_prefix)
+from camelid.models.check import load_tokenizer
 from camelid.train.delta import Checkpoint, atomic_dir
 
 OutType = Literal["f32", "f16", "q8_0"]
@@ -64,7 +67,7 @@ def merge_adapter(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
     """Fold a run's PEFT adapter into its base and save a full safetensors checkpoint (default: RUN-merged)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     base, adapter, cfg = _source(run_dir)
     if adapter is None:
@@ -72,7 +75,7 @@ def merge_adapter(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
                            "or use it as it is)")
     out = Path(out) if out else adapter.parent / f"{adapter.name}-merged"
     tok_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -259,18 +262,28 @@ def _tokenizer_kv(w, tok, tok_dir: Path, base_dirs: list[Path], n_vocab: int) ->
             merges.append(m if isinstance(m, str) else " ".join("".join(chr(ord(c) + 256) if c == " " else c
                                                                         for c in part) for part in m))
     elif spm is not None or model.get("byte_fallback"):
-        vocab_obj = gguf.SentencePieceVocab(spm.parent) if spm is not None else gguf.LlamaHfVocab(tok_dir)
         w.add_tokenizer_model("llama")
         w.add_tokenizer_pre("default")
-        entries = list(vocab_obj.all_tokens())
-        tokens = [t.decode("utf-8") for t, _, _ in entries]
-        scores = [s for _, s, _ in entries]
-        toktypes = [int(k) for _, _, k in entries]
-        for a in tj.get("added_tokens", []):  # transformers-added specials missing from tokenizer.model
-            if a["id"] >= len(tokens):
+        if spm is not None:  # the SentencePiece model itself: its scores and piece types
+            entries = list(gguf.SentencePieceVocab(spm.parent).all_tokens())
+            tokens = [t.decode("utf-8") for t, _, _ in entries]
+            scores = [s for _, s, _ in entries]
+            toktypes = [int(k) for _, _, k in entries]
+        else:
+            tokens, scores, toktypes = _spm_from_bpe(model)
+        for a in sorted(tj.get("added_tokens", []), key=lambda a: a["id"]):  # transformers-added tokens
+            kind = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
+            if a["id"] < len(tokens):
+                if tokens[a["id"]] == a["content"] and a.get("special"):
+                    toktypes[a["id"]] = kind
                 continue
-            if a.get("special") and tokens[a["id"]] == a["content"]:
-                toktypes[a["id"]] = gguf.TokenType.CONTROL
+            while len(tokens) < a["id"]:
+                tokens.append(f"[PAD{len(tokens)}]")
+                scores.append(-1000.0)
+                toktypes.append(gguf.TokenType.UNUSED)
+            tokens.append(a["content"])
+            scores.append(-1000.0)
+            toktypes.append(kind)
         w.add_add_space_prefix(_spm_space_prefix(tj, spm))
     else:
         raise CamelidError(f"{tok_dir}: tokenizer type {model.get('type')!r} is not supported for GGUF export "
@@ -297,18 +310,39 @@ def _tokenizer_kv(w, tok, tok_dir: Path, base_dirs: list[Path], n_vocab: int) ->
     w.add_add_eos_token(False)
 
 
-def _spm_space_prefix(tj: dict, spm: Path | None) -> bool:
-    if spm is not None:
-        try:
-            from sentencepiece import sentencepiece_model_pb2
+def _spm_from_bpe(model: dict) -> tuple[list[str], list[float], list[int]]:
+    """SentencePiece-style vocab from a byte-fallback BPE tokenizer.json (Llama 2 saved without tokenizer.model).
 
-            proto = sentencepiece_model_pb2.ModelProto()
-            proto.ParseFromString(spm.read_bytes())
-            return bool(proto.normalizer_spec.add_dummy_prefix)
-        except Exception:  # protobuf missing or an unusual model file: llama's default
-            return True
-    pre = json.dumps([tj.get("pre_tokenizer"), tj.get("normalizer")])
-    return '"never"' not in pre
+    llama.cpp's SPM tokenizer merges the adjacent pair whose joined piece has the highest score, so a piece
+    scores minus the rank of the first merge that makes it: the same order as the BPE merges."""
+    import gguf
+
+    vocab = {i: t for t, i in model["vocab"].items()}
+    rank: dict[str, int] = {}
+    for r, m in enumerate(model.get("merges", [])):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, r)
+    tokens = [vocab.get(i, f"[PAD{i}]") for i in range(max(vocab) + 1)]
+    scores = [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+    unk = model.get("unk_token")
+    toktypes = [gguf.TokenType.BYTE if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+                else gguf.TokenType.UNKNOWN if t == unk else gguf.TokenType.NORMAL for t in tokens]
+    return tokens, scores, [int(k) for k in toktypes]
+
+
+def _spm_space_prefix(tj: dict, spm: Path | None) -> bool:
+    """Does the tokenizer put "▁" before the text (SentencePiece's add_dummy_prefix)?"""
+    if tj:
+        text = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")])
+        return '"Prepend"' in text or ('"Metaspace"' in text and '"never"' not in text)
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # needs protobuf
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(spm.read_bytes())  # type: ignore[union-attr]
+        return bool(proto.normalizer_spec.add_dummy_prefix)
+    except Exception:  # protobuf missing or an unusual model file: llama's default
+        return True
 
 
 # ---------------------------------------------------------------------------------------------- GGUF: weights
@@ -353,7 +387,6 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     import gguf
     import numpy as np
     import torch
-    from transformers import AutoTokenizer
 
     if outtype not in OUTTYPES:
         raise CamelidError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
@@ -416,7 +449,7 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(rope["factor"])
         tok_dir = tok_dir or ckpt
-        tok = tokenizer or AutoTokenizer.from_pretrained(tok_dir)
+        tok = tokenizer or load_tokenizer(tok_dir)
         _tokenizer_kv(w, tok, tok_dir, base_dirs or [], cfg["vocab_size"])
         if template is not None:
             try:
@@ -472,10 +505,8 @@ def export_gguf(source: str | os.PathLike, out: str | os.PathLike | None = None,
                 template: str | None = None, force: bool = False) -> Path:
     """A run dir, adapter, checkpoint or `embedded` -> FILE.gguf plus an Ollama Modelfile beside it.
 
-    Adapters are merged first (into a temp directory that is removed afterwards). The chat template is the
-    run's (camelid.json), else `template`, else the tokenizer's own chat_template."""
-    from transformers import AutoTokenizer
-
+    Adapters are merged first (into a temp directory that is removed afterwards). The chat template is
+    `template` when given, else the run's (camelid.json), else the tokenizer's own chat_template."""
     from camelid.models import EMBEDDED_NAME
 
     ckpt, adapter, cfg = _source(source)
@@ -490,7 +521,7 @@ def export_gguf(source: str | os.PathLike, out: str | os.PathLike | None = None,
     if out.exists() and not force:
         raise CamelidError(f"{out}: already exists (pass --force to replace it)")
     tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else ckpt
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = load_tokenizer(tok_dir)
     tname = template or (cfg or {}).get("template") or ("tokenizer" if tok.chat_template else None)
     tmpl = get_template(tname, tok.chat_template, tok.bos_token, tok.eos_token) if tname else None
     base_dirs = [ckpt] + _base_of(cfg)

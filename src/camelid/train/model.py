@@ -122,3 +122,23 @@ def check_adapter(path: Path) -> dict:
         raise AdapterError(f"{f}: the adapter is empty (all {len(b)} lora_B matrices are zero): nothing was learned. "
                            "Check that records have trained tokens, that lr > 0 and that at least one step ran")
     return {"tensors": len(weights), "lora_B_nonzero": nonzero, "lora_B_total": len(b)}
+
+
+def tokenizer_for(spec: str):
+    """(tokenizer, template name the model would use by default) for a model spec, loading no weights."""
+    from transformers import AutoTokenizer
+
+    from camelid.models import parse_spec
+    from camelid.models.hf import embedded_hf_dir, resolve_checkpoint
+
+    s = parse_spec(spec)
+    if s.kind == "embedded":
+        return load_tokenizer(embedded_hf_dir()), None
+    if s.kind == "gguf":
+        p = Path(s.target)
+        return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name), None
+    if s.kind != "hf":
+        raise CamelidError(f"model {spec!r}: rendering needs a local tokenizer (embedded, hf:PATH or gguf:PATH)")
+    base, adapter, cfg = resolve_checkpoint(s.target)
+    tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
+    return load_tokenizer(tok_dir), (cfg or {}).get("template")

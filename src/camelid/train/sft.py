@@ -79,16 +79,48 @@ def _precision(cfg: TrainConfig) -> str:
     return {"fp32": "no"}.get(cfg.precision, cfg.precision)
 
 
-def _scheduler(optimizer, cfg: TrainConfig, total: int):
-    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
-                              get_linear_schedule_with_warmup)
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """LR multiplier for the 0-based optimizer step. Unlike transformers' schedules no step runs at lr 0: warmup
+    reaches the peak on its last step ((s+1)/w) and decay ends just above 0, so a short run (even one step) learns."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
-    warmup = math.ceil(cfg.warmup_ratio * total)
-    if cfg.lr_scheduler == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
-    if cfg.lr_scheduler == "linear":
-        return get_linear_schedule_with_warmup(optimizer, warmup, total)
-    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+class Schedule:
+    """A LambdaLR-like scheduler whose state is two integers (checkpoint-friendly)."""
+
+    def __init__(self, optimizer, total: int, warmup: int, kind: str):
+        self.optimizer, self.total, self.warmup, self.kind, self.step_num = optimizer, total, warmup, kind, 0
+        self.base = [g["lr"] for g in optimizer.param_groups]
+        self._apply()
+
+    def _apply(self) -> None:
+        f = lr_factor(self.step_num, self.total, self.warmup, self.kind)
+        for g, b in zip(self.optimizer.param_groups, self.base):
+            g["lr"] = b * f
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def step(self) -> None:
+        self.step_num += 1
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return {"step_num": self.step_num, "total": self.total, "warmup": self.warmup, "kind": self.kind,
+                "base": self.base}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self._apply()
+
+
+def _scheduler(optimizer, cfg: TrainConfig, total: int) -> Schedule:
+    return Schedule(optimizer, total, math.ceil(cfg.warmup_ratio * total), cfg.lr_scheduler)
 
 
 def _optimizer(model, cfg: TrainConfig):
@@ -249,18 +281,12 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
             totals = accelerator.reduce(local, "sum")
             loss = (totals[0] / window_tokens).item()
             if not math.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {loss} at step {progress.step + 1} (records {', '.join(train_ex[i].id for i in step_idx[:5])}"
-                    f"{'...' if len(step_idx) > 5 else ''}); stopped before the optimizer step, so the weights are "
-                    f"those of step {progress.step}. Try a lower lr (now {cfg.learning_rate:g}), precision=fp32 or "
-                    "bf16 instead of fp16, max_grad_norm=1.0, and check those records; a rerun resumes from the last "
-                    "checkpoint")
+                raise TrainingError(_diverged(f"loss is {loss}", progress.step + 1, step_idx, train_ex, cfg))
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
             if not math.isfinite(grad_norm) and not sharded:
-                raise TrainingError(f"gradient norm is {grad_norm} at step {progress.step + 1} (loss {loss:.4f}); "
-                                    f"stopped before the optimizer step. Try a lower lr (now {cfg.learning_rate:g}) "
-                                    "or precision=fp32")
+                raise TrainingError(_diverged(f"gradient norm is {grad_norm} (loss {loss:.4f})", progress.step + 1,
+                                              step_idx, train_ex, cfg))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -314,6 +340,13 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
              f"{result.peak_memory_mb:,.0f} MB -> {out}", is_main)
     accelerator.wait_for_everyone()
     return result
+
+
+def _diverged(what: str, step: int, step_idx: list[int], examples: list[Example], cfg: TrainConfig) -> str:
+    ids = ", ".join(examples[i].id for i in step_idx[:5]) + ("..." if len(step_idx) > 5 else "")
+    return (f"{what} at step {step} (records {ids}); stopped before the optimizer step, so the weights are those "
+            f"of step {step - 1}. Try a lower lr (now {cfg.learning_rate:g}), precision=fp32 or bf16 instead of "
+            "fp16, max_grad_norm=1.0, and check those records; a rerun resumes from the last checkpoint")
 
 
 def _eval_and_sample(model, tokenizer, template, eval_ex, cfg, accelerator, pad_id, stop_ids, step, log, console,

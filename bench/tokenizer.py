@@ -1,0 +1,149 @@
+"""Vocabulary extension: tokens per character before/after, English unchanged, and the decoding speed that follows.
+
+    python bench/tokenizer.py [--gen-tokens 64] [--repeats 3] [--json out.json]
+
+All in one process, side by side:
+1. Korean: extend the embedded tokenizer on src/camelid/train/data/ko_corpus.txt (+ the KS X 1001 syllables),
+   measure tokens per character on bench/data/ko_heldout.txt (held out: written separately, other topics).
+   Also: the same extension without charset coverage, and `tokenizer.add_tokens` with the same pieces
+   (the alternative that vocab.py's docstring weighs), with encode throughput for both.
+2. Chinese: extend on bench/data/zh_train.txt (+ GB 2312 level-1 hanzi), measure on bench/data/zh_heldout.txt.
+3. English: bench/data/en_mixed.txt (prose, accents, emoji, code, punctuation) must tokenize identically.
+4. Decoding: transformers greedy generation of a fixed number of tokens with the base model and with the model
+   resized to the Korean vocabulary; chars/s = tokens/s / (tokens per Korean character on held-out text), since
+   the same Korean text needs that many fewer decoding steps. (The resized model is untrained: only its speed
+   is measured here, not its Korean.)
+Chinese-LLaMA reported roughly half the tokens for Chinese text after extension.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / "data"
+KO_CORPUS = ROOT / "src" / "camelid" / "train" / "data" / "ko_corpus.txt"
+
+
+def encode_rate(tok, text: str, seconds: float = 1.0) -> float:
+    """Characters encoded per second (single text, repeated)."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        tok(text, add_special_tokens=False)
+        n += 1
+    return n * len(text) / (time.perf_counter() - t0)
+
+
+def gen_rate(model, ids, new_tokens: int, repeats: int) -> float:
+    import torch
+
+    x = torch.tensor([ids])
+    rates = []
+    with torch.no_grad():
+        model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=4, do_sample=False,
+                       pad_token_id=0)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+            assert out.shape[1] - x.shape[1] == new_tokens
+            rates.append(new_tokens / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--add", type=int, default=8000)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from camelid.models.hf import embedded_hf_dir
+    from camelid.train.vocab import charset, extend_tokenizer, resize_embeddings, token_stats, token_text
+
+    torch.manual_seed(0)
+    base_dir = embedded_hf_dir()
+    base = AutoTokenizer.from_pretrained(base_dir)
+    text = {name: (DATA / f"{name}.txt").read_text(encoding="utf-8") for name in ("ko_heldout", "zh_heldout", "en_mixed")}
+    results: dict = {"add": args.add}
+    toks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, corpus, cs in (("ko", KO_CORPUS, "hangul"), ("ko_no_charset", KO_CORPUS, ""),
+                                 ("zh", DATA / "zh_train.txt", "hanzi")):
+            t0 = time.perf_counter()
+            toks[name] = extend_tokenizer("embedded", [corpus], args.add, Path(tmp) / name,
+                                          coverage=charset(cs) if cs else "")
+            held = text["zh_heldout" if name == "zh" else "ko_heldout"]
+            before, after = token_stats(base, held), token_stats(toks[name], held)
+            results[name] = {
+                "corpus_chars": len(corpus.read_text(encoding="utf-8")), "held_out_chars": len(held),
+                "added_tokens": len(toks[name]) - len(base), "extend_s": round(time.perf_counter() - t0, 2),
+                "tokens_per_char_before": round(before["tokens_per_char"], 3),
+                "tokens_per_char_after": round(after["tokens_per_char"], 3),
+                "tokens_per_word_before": round(before["tokens_per_word"], 3),
+                "tokens_per_word_after": round(after["tokens_per_word"], 3),
+                "token_cut": round(1 - after["tokens"] / before["tokens"], 3),
+                "english_unchanged": toks[name](text["en_mixed"]).input_ids == base(text["en_mixed"]).input_ids,
+            }
+
+        # the alternative: the same pieces as added tokens (matched in raw text before pre-tokenization)
+        added = AutoTokenizer.from_pretrained(base_dir)
+        new_ids = range(len(base), len(toks["ko"]))
+        added.add_tokens([token_text(t) for t in toks["ko"].convert_ids_to_tokens(list(new_ids))])
+        held = text["ko_heldout"]
+        results["ko_add_tokens"] = {
+            "tokens_per_char_after": round(token_stats(added, held)["tokens_per_char"], 3),
+            "english_unchanged": added(text["en_mixed"]).input_ids == base(text["en_mixed"]).input_ids,
+            "round_trip": added.decode(added(held, add_special_tokens=False).input_ids) == held,
+            "encode_chars_per_s": round(encode_rate(added, held)),
+        }
+        results["ko"]["encode_chars_per_s"] = round(encode_rate(toks["ko"], held))
+        results["base_encode_chars_per_s_ko"] = round(encode_rate(base, held))
+
+        # decoding speed: same number of greedy steps, base vs resized model; chars/s via tokens per character
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        prompt = base("<|im_start|>user\nTell me about Seoul.<|im_end|>\n<|im_start|>assistant\n").input_ids
+        model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+        base_tps = gen_rate(model, prompt, args.gen_tokens, args.repeats)
+        resize_embeddings(model, toks["ko"])
+        ext_tps = gen_rate(model, prompt, args.gen_tokens, args.repeats)
+        tpc_b, tpc_a = results["ko"]["tokens_per_char_before"], results["ko"]["tokens_per_char_after"]
+        results["generation"] = {
+            "new_tokens": args.gen_tokens, "threads": torch.get_num_threads(),
+            "vocab_before": len(base), "vocab_after": len(toks["ko"]),
+            "tokens_per_s_before": round(base_tps, 1), "tokens_per_s_after": round(ext_tps, 1),
+            "korean_chars_per_s_before": round(base_tps / tpc_b, 1), "korean_chars_per_s_after": round(ext_tps / tpc_a, 1),
+            "korean_chars_per_s_ratio": round((ext_tps / tpc_a) / (base_tps / tpc_b), 2),
+        }
+
+    for key in ("ko", "ko_no_charset", "zh"):
+        r = results[key]
+        print(f"{key:14s} +{r['added_tokens']:5d} tokens  tokens/char {r['tokens_per_char_before']:.3f} -> "
+              f"{r['tokens_per_char_after']:.3f}  ({r['token_cut']:.1%} fewer)  English unchanged: "
+              f"{r['english_unchanged']}", file=sys.stderr)
+    a = results["ko_add_tokens"]
+    print(f"ko add_tokens   tokens/char {a['tokens_per_char_after']:.3f}  English unchanged: {a['english_unchanged']}  "
+          f"encode {a['encode_chars_per_s']:,} chars/s vs merges {results['ko']['encode_chars_per_s']:,} "
+          f"(base {results['base_encode_chars_per_s_ko']:,})", file=sys.stderr)
+    g = results["generation"]
+    print(f"generation      {g['tokens_per_s_before']} -> {g['tokens_per_s_after']} tokens/s; Korean "
+          f"{g['korean_chars_per_s_before']} -> {g['korean_chars_per_s_after']} chars/s "
+          f"(x{g['korean_chars_per_s_ratio']})", file=sys.stderr)
+    out = json.dumps(results, ensure_ascii=False, indent=2)
+    print(out)
+    if args.json:
+        args.json.write_text(out + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

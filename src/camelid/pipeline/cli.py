@@ -1,0 +1,26 @@
+"""`camelid run RECIPE.yaml`: the whole loop in one command."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command("run")
+def run_command(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML (e.g. recipes/quickstart.yaml).")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="section.key=value overrides, e.g. generate.num=100 train.method=full", show_default=False)] = None,
+    from_stage: Annotated[Optional[str], typer.Option("--from", help="Rerun from this stage on (generate, train, "
+                                                      "eval, serve); earlier stages must have finished.")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Run just this stage (its inputs must exist).")] = None,
+) -> None:
+    """Generate data, fine-tune, evaluate before vs after, (serve): each stage's output in the run directory; a
+    rerun skips stages whose inputs are unchanged and resumes an interrupted one."""
+    from camelid.pipeline.recipe import load_recipe
+    from camelid.pipeline.run import run_recipe
+
+    run_recipe(load_recipe(recipe, overrides), from_stage=from_stage, only=only)

@@ -1,0 +1,109 @@
+"""Honest before/after: the student before and after training, on instructions it never trained on.
+
+Three measures, reported whatever they show: response-token loss on the held-out reference answers (same
+template, same tokens as training), the share of answers that stop by themselves within the token budget, and a
+pairwise LLM-judge comparison with the position swap. Both sides run on the same backend (transformers) with the
+same template and greedy decoding, so the only difference is the training.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from pathlib import Path
+
+from camelid.core.cli import console
+from camelid.core.io import read_json, write_json
+from camelid.core.templates import IGNORE_INDEX, encode
+from camelid.pipeline.recipe import Recipe
+
+BEFORE, AFTER = "before", "after"
+
+
+def response_loss(model, questions) -> tuple[float | None, int]:
+    """Mean loss per trained token of the reference answers under `model` (an HFModel), and the token count."""
+    import torch
+
+    total, count = 0.0, 0
+    for q in questions:
+        if not q.reference_output:
+            continue
+        msgs = [q.message(0), {"role": "assistant", "content": q.reference_output}]
+        ids, labels = encode(model.tokenizer, model.template, msgs)
+        ids, labels = ids[: model.context_length], labels[: model.context_length]
+        x = torch.tensor([ids], device=model.model.device)
+        y = torch.tensor([labels[1:] + [IGNORE_INDEX]], device=model.model.device)
+        with torch.no_grad():
+            logits = model.model(input_ids=x, use_cache=False).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[0], y[0], ignore_index=IGNORE_INDEX, reduction="sum")
+        total += float(loss)
+        count += int((y != IGNORE_INDEX).sum())
+    return (total / count if count else None), count
+
+
+def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Path) -> dict:
+    from camelid.evaluate.answer import answer_questions
+    from camelid.evaluate.judge import judge_answers, read_judgments
+    from camelid.evaluate.questions import load_answers, load_questions
+    from camelid.evaluate.report import build_report
+    from camelid.evaluate.stats import pairwise_summary
+    from camelid.models import load_model
+    from camelid.models.hf import HFModel
+
+    ev = recipe.eval
+    out.mkdir(parents=True, exist_ok=True)
+    questions = load_questions(questions_path)
+    run_cfg = read_json(train_dir / "camelid.json")
+    base = run_cfg.get("base_model", "embedded")
+    base = base.removeprefix("hf:")
+    answers = out / "answers.jsonl"
+    metrics: dict = {"questions": len(questions), "max_tokens": ev.max_tokens, "temperature": ev.temperature,
+                     "template": run_cfg.get("template")}
+    for model_id, load in ((BEFORE, lambda: HFModel(base, template=run_cfg.get("template"))),
+                           (AFTER, lambda: load_model(f"hf:{train_dir}"))):
+        console.print(f"answering {len(questions)} held-out instructions: {model_id} training")
+        model = load()
+        answer_questions(model, questions, answers, model_id=model_id, temperature=ev.temperature,
+                         max_tokens=ev.max_tokens, seed=recipe.seed)
+        loss, n = response_loss(model, questions)
+        metrics[model_id] = {"response_loss": loss, "response_tokens": n}
+        del model
+        gc.collect()
+    got = load_answers(answers)
+    for model_id in (BEFORE, AFTER):
+        finishes = [a.finish_reason[0] for a in got[model_id].values() if a.finish_reason]
+        words = [len(a.turns[0].split()) for a in got[model_id].values()]
+        metrics[model_id]["self_stop_rate"] = sum(f == "stop" for f in finishes) / len(finishes) if finishes else None
+        metrics[model_id]["mean_answer_words"] = sum(words) / len(words) if words else None
+
+    console.print(f"judging after vs before with {ev.judge} (both orders)")
+    judge = load_model(ev.judge, base_urls=ev.judge_base_url or None)
+    judgments = out / "judgments.jsonl"
+    judge_answers(judge, questions, {AFTER: got[AFTER], BEFORE: got[BEFORE]}, judgments, mode="pairwise",
+                  lang=ev.lang, max_tokens=ev.judge_max_tokens, seed=recipe.seed, baseline=BEFORE)
+    judge.close()
+    _, pair = read_judgments([judgments])
+    summ = [s for s in pairwise_summary(pair, seed=recipe.seed) if s["model_1"] == AFTER] or \
+        pairwise_summary(pair, seed=recipe.seed)
+    if summ:
+        s = summ[0]
+        sign = 1 if s["model_1"] == AFTER else -1
+        metrics["pairwise"] = {k: s[k] for k in ("win", "tie", "loss", "errors", "swap_disagreements", "n")}
+        metrics["pairwise"]["after_win_rate"] = s["win_rate"] if sign == 1 else 1 - s["win_rate"]
+        metrics["pairwise"]["after_win_rate_ci"] = s["win_rate_ci"] if sign == 1 else [1 - s["win_rate_ci"][1],
+                                                                                         1 - s["win_rate_ci"][0]]
+        metrics["pairwise"]["judge"] = ev.judge
+    build_report([judgments], out / "report", title="camelid: after vs before training")
+    write_json(out / "metrics.json", _finite(metrics))
+    return _finite(metrics)
+
+
+def _finite(obj):
+    """NaN is not JSON; write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,120 @@
+"""A recipe: the whole run (generate -> train -> eval -> serve) in one YAML file.
+
+Each stage's section is the config of the command it drives: `generate:` holds `camelid generate` settings,
+`train:` is a `camelid train` config (the same schema, checked here), `eval:` the before/after evaluation. Scaling
+up is changing a few lines: `generate.model: openai:NAME` with `base_url`, `train.model: hf:PATH`, and launching
+with `accelerate launch` / `torchrun` on GPUs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from camelid.core.io import CamelidError
+
+STAGES = ("generate", "train", "eval", "serve")
+
+
+class EvalSection(BaseModel):
+    """Before/after evaluation of the student on instructions it never trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heldout: int = Field(16, ge=1, description="seed tasks held out from generation and training, answered by the "
+                         "student before and after (their reference outputs give the response-token loss)")
+    questions: Optional[str] = Field(None, description="an eval file instead of held-out seeds (any eval shape)")
+    judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME")
+    judge_base_url: list[str] = Field(default_factory=list, description="servers for an openai: judge")
+    max_tokens: int = Field(128, ge=1, description="answer budget: an answer that needs all of it did not stop "
+                            "by itself")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy, comparable before/after")
+    judge_max_tokens: int = Field(256, ge=16)
+    lang: Literal["auto", "en", "ko"] = "auto"
+
+
+class ServeSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="serve the trained model at the end (blocks until Ctrl-C)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", description="used for the default run directory runs/NAME")
+    run_dir: Optional[str] = Field(None, description="where every stage writes (default runs/NAME)")
+    seed: int = 0
+    seeds: Optional[str] = Field(None, description="seed tasks file (self-instruct format); default: the shipped "
+                                 "seeds for generate.lang")
+    data: list[str] = Field(default_factory=list, description="existing training files; with them the generate "
+                            "stage is skipped (e.g. ShareGPT conversations for a Vicuna recipe)")
+    generate: Optional[dict[str, Any]] = Field(None, description="`camelid generate` settings (model, num, lang, "
+                                               "mode, ...)")
+    train: dict[str, Any] = Field(default_factory=dict, description="a `camelid train` config (data and "
+                                  "output_dir are filled in by the run)")
+    eval: Optional[EvalSection] = None
+    serve: ServeSection = Field(default_factory=ServeSection)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    def enabled(self, stage: str) -> bool:
+        return {"generate": self.generate is not None and not self.data, "train": True,
+                "eval": self.eval is not None, "serve": self.serve.enabled}[stage]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML, apply `section.key=value` overrides, validate every section against its command."""
+    from camelid.train.config import apply_overrides, load_config
+
+    p = Path(path)
+    if not p.is_file():
+        raise CamelidError(f"{p}: no such recipe file")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise CamelidError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise CamelidError(f"{p}: expected a mapping with generate/train/eval sections")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        recipe = Recipe(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise CamelidError(f"{p}: {loc}: {err['msg']}") from None
+    base = p.resolve().parent
+    # relative data paths in a recipe are relative to the recipe file, like a Makefile's
+    recipe.data = [str(_resolve(base, d)) for d in recipe.data]
+    if recipe.seeds:
+        recipe.seeds = str(_resolve(base, recipe.seeds))
+    if recipe.eval and recipe.eval.questions:
+        recipe.eval.questions = str(_resolve(base, recipe.eval.questions))
+    for key in ("data", "output_dir"):
+        if key in recipe.train:
+            raise CamelidError(f"{p}: train.{key} is set by the run (use the recipe's top-level data / run_dir)")
+    try:  # the train section must be a valid `camelid train` config
+        load_config(None, [], **recipe.train)
+    except CamelidError as e:
+        raise CamelidError(f"{p}: train: {e}") from None
+    if recipe.generate is not None:
+        from camelid.generate.pipeline import GenerateConfig
+
+        try:
+            GenerateConfig(**{"output": "x.jsonl", **recipe.generate})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise CamelidError(f"{p}: generate.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return recipe
+
+
+def _resolve(base: Path, path: str) -> Path:
+    q = Path(path)
+    return q if q.is_absolute() or q.exists() else base / q

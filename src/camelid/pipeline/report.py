@@ -1,0 +1,152 @@
+"""The run's summary table (terminal) and one Markdown + HTML report with a chart per stage."""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+
+from rich.table import Table
+
+from camelid.core.cli import console
+from camelid.core.io import read_jsonl, write_json, write_text
+from camelid.pipeline.recipe import Recipe
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    if x is None:
+        return "–"
+    return format(x, spec) if isinstance(x, float) else str(x)
+
+
+def summary_rows(s: dict) -> list[tuple[str, str, str]]:
+    """(stage, measure, value) rows: what a person wants to see at a glance."""
+    rows: list[tuple[str, str, str]] = []
+    g = s.get("generate")
+    if g:
+        rows.append(("generate", "kept / candidates", f"{g.get('kept')} / {g.get('candidates')}"))
+        for reason, n in sorted((g.get("rejected") or {}).items(), key=lambda kv: -kv[1]):
+            rows.append(("generate", f"rejected: {reason}", str(n)))
+        rows.append(("generate", "teacher tokens", _fmt(g.get("tokens"))))
+        rows.append(("generate", "time", f"{g.get('seconds')} s"))
+    t = s.get("train")
+    if t:
+        rows += [("train", "method / template", f"{t.get('method')} / {t.get('template')}"),
+                 ("train", "records kept / read", f"{t.get('kept')} / {t.get('records')}"),
+                 ("train", "steps", str(t.get("steps"))), ("train", "final loss", _fmt(t.get("final_loss"))),
+                 ("train", "time", f"{t.get('train_time_s')} s"),
+                 ("train", "tokens seen", str(t.get("tokens_seen"))),
+                 ("train", "peak memory", f"{t.get('peak_memory_mb')} MB"),
+                 ("train", "trainable parameters", f"{t.get('trainable_params'):,}" if t.get("trainable_params")
+                  else "–")]
+        rows += [("train", "note", p) for p in t.get("problems") or []]
+    e = s.get("eval")
+    if e:
+        b, a = e.get("before", {}), e.get("after", {})
+        rows += [("eval", "held-out response loss (before → after)",
+                  f"{_fmt(b.get('response_loss'))} → {_fmt(a.get('response_loss'))}"),
+                 ("eval", "answers that stop by themselves", f"{_fmt(b.get('self_stop_rate'), '.0%')} → "
+                  f"{_fmt(a.get('self_stop_rate'), '.0%')}"),
+                 ("eval", "mean answer words", f"{_fmt(b.get('mean_answer_words'), '.0f')} → "
+                  f"{_fmt(a.get('mean_answer_words'), '.0f')}")]
+        p = e.get("pairwise")
+        if p:
+            ci = p.get("after_win_rate_ci") or [None, None]
+            rows += [("eval", "judge: after vs before (win/tie/loss)", f"{p['win']}/{p['tie']}/{p['loss']}"
+                      + (f" ({p['errors']} unparsed)" if p.get("errors") else "")),
+                     ("eval", "after win rate (95% CI)", f"{_fmt(p.get('after_win_rate'), '.0%')} "
+                      f"({_fmt(ci[0], '.0%')}–{_fmt(ci[1], '.0%')})")]
+    return rows
+
+
+def _charts(run_dir: Path, s: dict, out: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts: list[tuple[str, str]] = []
+    g = s.get("generate")
+    if g and (g.get("rejected") or g.get("kept")):
+        items = [("kept", g.get("kept", 0))] + sorted((g.get("rejected") or {}).items(), key=lambda kv: -kv[1])
+        fig, ax = plt.subplots(figsize=(7, 0.4 * len(items) + 1.2))
+        ax.barh([k for k, _ in items][::-1], [v for _, v in items][::-1],
+                color=["#888"] * (len(items) - 1) + ["#2a7"])
+        ax.set_title("Generated candidates: kept and rejected by reason")
+        fig.tight_layout()
+        fig.savefig(out / "generate.png", dpi=110)
+        plt.close(fig)
+        charts.append(("generate.png", "Generation: kept vs rejected by reason"))
+    log = run_dir / "train" / "trainer_log.jsonl"
+    if log.is_file():
+        rows = [r for _, r in read_jsonl(log) if isinstance(r, dict) and r.get("loss") is not None]
+        if rows:
+            fig, ax = plt.subplots(figsize=(7, 3.2))
+            ax.plot([r.get("step", i) for i, r in enumerate(rows)], [r["loss"] for r in rows], label="train loss")
+            ev = [r for _, r in read_jsonl(log) if isinstance(r, dict) and r.get("eval_loss") is not None]
+            if ev:
+                ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval loss")
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("loss per trained token")
+            ax.legend()
+            ax.set_title("Training loss")
+            fig.tight_layout()
+            fig.savefig(out / "train_loss.png", dpi=110)
+            plt.close(fig)
+            charts.append(("train_loss.png", "Training loss"))
+    e = s.get("eval")
+    if e:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+        for ax, key, title in ((axes[0], "response_loss", "held-out response loss"),
+                               (axes[1], "self_stop_rate", "answers that stop")):
+            vals = [e.get(m, {}).get(key) for m in ("before", "after")]
+            ax.bar(["before", "after"], [v if v is not None else 0 for v in vals], color=["#999", "#2a7"])
+            ax.set_title(title)
+        p = e.get("pairwise")
+        if p:
+            axes[2].bar(["after wins", "tie", "before wins"], [p["win"], p["tie"], p["loss"]],
+                        color=["#2a7", "#bbb", "#999"])
+            axes[2].set_title("judge verdicts (swap-checked)")
+        fig.tight_layout()
+        fig.savefig(out / "eval.png", dpi=110)
+        plt.close(fig)
+        charts.append(("eval.png", "Before vs after training"))
+        sub = run_dir / "eval" / "report" / "win_rates.png"
+        if sub.is_file():
+            shutil.copyfile(sub, out / "win_rates.png")
+            charts.append(("win_rates.png", "Pairwise win rate with bootstrap 95% CI"))
+    return charts
+
+
+def write_report(recipe: Recipe, run_dir: Path, summaries: dict) -> Path:
+    """Print the summary table and write RUN_DIR/report/{report.md, report.html, summary.json, *.png}."""
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(summaries)
+    table = Table(title=f"camelid run: {recipe.name}", show_lines=False)
+    for col in ("stage", "measure", "value"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    charts = _charts(run_dir, summaries, out)
+    md = [f"# camelid run: {recipe.name}", "", f"Run directory: `{run_dir}`", "", "| stage | measure | value |",
+          "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
+    body = [f"<h1>camelid run: {html.escape(recipe.name)}</h1>",
+            "<table><tr><th>stage</th><th>measure</th><th>value</th></tr>"]
+    body += [f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>" for a, b, c in rows]
+    body.append("</table>")
+    for name, caption in charts:
+        md += [f"## {caption}", "", f"![{caption}]({name})", ""]
+        body += [f"<h2>{html.escape(caption)}</h2>", f"<img src='{name}' alt='{html.escape(caption)}'>"]
+    if (run_dir / "eval" / "report" / "report.html").is_file():
+        md += ["Judge details: [eval/report/report.md](../eval/report/report.md)", ""]
+        body.append("<p>Judge details: <a href='../eval/report/report.html'>eval/report/report.html</a></p>")
+    write_text(out / "report.md", "\n".join(md))
+    write_text(out / "report.html", "<!doctype html><html><head><meta charset='utf-8'><title>camelid run</title>"
+               "<style>body{font-family:system-ui,'Nanum Gothic',sans-serif;max-width:1000px;margin:2em auto;"
+               "padding:0 1em}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}"
+               "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    write_json(out / "summary.json", summaries)
+    console.print(f"report: {out / 'report.html'}")
+    return out

@@ -1,0 +1,208 @@
+"""`camelid run RECIPE.yaml`: generate -> train -> eval -> (serve) in one run directory.
+
+Each stage writes into `RUN_DIR/<stage>/` and records `RUN_DIR/.stages/<stage>.json`: the hash of its inputs
+(its settings plus the digests of the upstream outputs it reads), its status and its summary. A rerun skips a stage
+whose inputs hash is unchanged and that finished; an interrupted stage resumes (generation and answers are
+append-only, training continues from its last checkpoint); a stage whose inputs changed starts over. The stages call
+the same library functions as their commands: nothing here re-implements them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from camelid.core.cli import console
+from camelid.core.io import CamelidError, read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
+from camelid.pipeline.recipe import STAGES, Recipe
+
+
+# ----------------------------------------------------------------------------------------------- stage state
+
+
+def is_main_process() -> bool:
+    """Under torchrun/accelerate every rank runs the recipe; only rank 0 writes run state and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class Stages:
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / ".stages"
+
+    def get(self, stage: str) -> dict | None:
+        p = self.dir / f"{stage}.json"
+        return read_json(p) if p.is_file() else None
+
+    def put(self, stage: str, state: dict) -> None:
+        if is_main_process():
+            write_json(self.dir / f"{stage}.json", state)
+
+
+def digest(paths: list[Path]) -> str:
+    """Content hash of output files (directories: every file inside but checkpoints and logs)."""
+    parts = []
+    for p in paths:
+        files = sorted(f for f in p.rglob("*") if f.is_file() and "checkpoints" not in f.parts
+                       and f.suffix not in (".log", ".png")) if p.is_dir() else [p]
+        parts += [(str(f.relative_to(p.parent)), sha256_file(f)) for f in files if f.exists()]
+    return sha256_json(parts)
+
+
+def run_recipe(recipe: Recipe, *, from_stage: str | None = None, only: str | None = None) -> dict:
+    """Run (or resume) every enabled stage; returns the summary of each stage."""
+    for name, value in (("--from", from_stage), ("--only", only)):
+        if value is not None and value not in STAGES:
+            raise CamelidError(f"{name} {value!r}: choose one of {', '.join(STAGES)}")
+    run_dir = recipe.directory
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "recipe.json", recipe.model_dump())
+    stages = Stages(run_dir)
+    summaries: dict[str, Any] = {}
+    upstream: dict[str, str] = {}  # stage -> digest of its outputs
+    prepare(recipe, run_dir)
+    for stage in STAGES:
+        if not recipe.enabled(stage):
+            continue
+        runner, inputs = RUNNERS[stage](recipe, run_dir, upstream)
+        key = sha256_json(inputs)
+        state = stages.get(stage)
+        forced = (only == stage) or (from_stage is not None and STAGES.index(stage) >= STAGES.index(from_stage))
+        skip_by_flag = only is not None and only != stage or (
+            from_stage is not None and STAGES.index(stage) < STAGES.index(from_stage))
+        if skip_by_flag or (state and state["status"] == "done" and state["inputs"] == key and not forced):
+            if not state or state["status"] != "done":
+                raise CamelidError(f"stage {stage} has not finished yet; run it first (drop --from/--only)")
+            console.print(f"[green]✓[/] {stage}: unchanged, skipped")
+            summaries[stage] = state["summary"]
+            upstream[stage] = state["outputs"]
+            continue
+        out_dir = run_dir / stage
+        if state and (state["inputs"] != key or forced) and out_dir.exists() and is_main_process():
+            console.print(f"[yellow]↻[/] {stage}: inputs changed or rerun asked, starting it over")
+            shutil.rmtree(out_dir)
+        elif state and state["status"] == "running":
+            console.print(f"[yellow]↻[/] {stage}: resuming an interrupted run")
+        console.rule(f"[bold]{stage}")
+        stages.put(stage, {"status": "running", "inputs": key, "started": time.time()})
+        t0 = time.perf_counter()
+        summary, outputs = runner(out_dir)
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        upstream[stage] = digest(outputs)
+        stages.put(stage, {"status": "done", "inputs": key, "outputs": upstream[stage], "summary": summary,
+                           "finished": time.time()})
+        summaries[stage] = summary
+    if is_main_process():
+        from camelid.pipeline.report import write_report
+
+        write_report(recipe, run_dir, summaries)
+    return summaries
+
+
+# ----------------------------------------------------------------------------------------------- preparation
+
+
+def prepare(recipe: Recipe, run_dir: Path) -> None:
+    """Split the seed tasks once: held-out tasks for eval, the rest for generation (seeded, idempotent)."""
+    out = run_dir / "prepare"
+    if (out / "seeds.jsonl").is_file() and (out / "heldout.jsonl").is_file():
+        return
+    from camelid.generate.prompts import default_seeds
+
+    lang = (recipe.generate or {}).get("lang", "en")
+    seeds_path = Path(recipe.seeds) if recipe.seeds else default_seeds(lang)
+    tasks = [row for _, row in read_jsonl(seeds_path)]
+    n = recipe.eval.heldout if recipe.eval and not recipe.eval.questions else 0
+    if n >= len(tasks):
+        raise CamelidError(f"eval.heldout {n} leaves no seed tasks for generation ({len(tasks)} in {seeds_path})")
+    order = list(range(len(tasks)))
+    random.Random(recipe.seed).shuffle(order)
+    held = sorted(order[:n])
+    write_jsonl(out / "heldout.jsonl", [tasks[i] for i in held])
+    write_jsonl(out / "seeds.jsonl", [t for i, t in enumerate(tasks) if i not in set(held)])
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+Runner = Callable[[Path], tuple[dict, list[Path]]]
+
+
+def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    from camelid.generate.pipeline import GenerateConfig, generate
+
+    seeds = run_dir / "prepare" / "seeds.jsonl"
+    settings = {"seed": recipe.seed, **(recipe.generate or {})}
+    inputs = {"settings": settings, "seeds": sha256_file(seeds)}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        cfg = GenerateConfig(**{**settings, "seeds": str(seeds), "output": str(out / "data.jsonl")})
+        r = generate(cfg)
+        if r.kept == 0:
+            raise CamelidError(f"generate kept no instruction ({r.stopped or 'see ' + str(out)}); nothing to train on")
+        summary = {"kept": r.kept, "target": r.target, "candidates": r.kept + sum(r.rejected.values()),
+                   "rejected": dict(r.rejected), "requests": r.requests, "failed_requests": r.failed_requests,
+                   "tokens": r.prompt_tokens + r.completion_tokens, "stopped": r.stopped}
+        return summary, [out / "data.jsonl"]
+
+    return run, inputs
+
+
+def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    from camelid.train.config import load_config
+    from camelid.train.sft import train
+
+    data = recipe.data or [str(run_dir / "generate" / "data.jsonl")]
+    settings = {"seed": recipe.seed, **recipe.train}
+    inputs = {"settings": settings, "data": recipe.data and [sha256_file(Path(d)) for d in data]
+              or upstream.get("generate")}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        cfg = load_config(None, [], **{**settings, "data": data, "output_dir": str(out)})
+        if cfg.save_steps is None:  # an interrupted quick run should still resume
+            cfg.save_steps = 10
+        r = train(cfg, console=console)
+        summary = {"steps": r.steps, "final_loss": r.final_loss, "eval_loss": r.eval_loss,
+                   "train_time_s": round(r.train_time_s, 1), "tokens_seen": r.tokens_seen,
+                   "peak_memory_mb": round(r.peak_memory_mb), "trainable_params": r.trainable_params,
+                   "records": r.stats.records, "kept": r.stats.kept, "problems": r.stats.problems(),
+                   "method": cfg.method, "template": cfg.template}
+        return summary, [out]
+
+    return run, inputs
+
+
+def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    from camelid.pipeline.compare import before_after
+
+    ev = recipe.eval
+    assert ev is not None
+    questions = Path(ev.questions) if ev.questions else run_dir / "prepare" / "heldout.jsonl"
+    inputs = {"settings": ev.model_dump(), "questions": sha256_file(questions), "model": upstream.get("train"),
+              "base": recipe.train.get("model", "embedded"), "seed": recipe.seed}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        summary = before_after(recipe, questions, run_dir / "train", out)
+        return summary, [out / "metrics.json"]
+
+    return run, inputs
+
+
+def serve_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        from camelid.models import load_model
+        from camelid.serve.server import create_app, run_server
+
+        model = load_model(f"hf:{run_dir / 'train'}")
+        console.print(f"serving {run_dir / 'train'} on http://{recipe.serve.host}:{recipe.serve.port} (Ctrl-C ends)")
+        run_server(create_app(model), recipe.serve.host, recipe.serve.port)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "served.json", {"host": recipe.serve.host, "port": recipe.serve.port})
+        return {"served": True}, [out / "served.json"]
+
+    return run, {"always": time.time()}  # serving is never "unchanged"
+
+
+RUNNERS = {"generate": generate_stage, "train": train_stage, "eval": eval_stage, "serve": serve_stage}

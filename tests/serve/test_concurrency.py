@@ -1,0 +1,124 @@
+"""Many clients at once, clients that vanish, and a server fronting several workers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import httpx
+import pytest
+
+from camelid.models import Sampling, load_model
+from camelid.serve.server import BackgroundServer, create_app
+from tests.serve.helpers import MODEL, assert_error, sse_events
+
+N = 16
+
+
+def ask(i: int) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": f"Write the number {i} in words."}],
+            "max_tokens": 6, "temperature": 0, "seed": 1000 + i}
+
+
+def wait_idle(app, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while app.state.gate.admitted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.gate.admitted == 0, app.state.gate.stats()
+
+
+def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixed(server, embedded):
+    results: dict[int, httpx.Response] = {}
+    barrier = threading.Barrier(N)
+
+    def client(i: int) -> None:
+        barrier.wait()
+        results[i] = httpx.post(server.url + "/v1/chat/completions", json={**ask(i), "stream": True}, timeout=120)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(N)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    served = 0
+    for i, r in results.items():
+        if r.status_code == 429:
+            assert_error(r, 429, code="rate_limit_exceeded")
+            assert int(r.headers["Retry-After"]) >= 1
+            continue
+        assert r.status_code == 200, r.text
+        events = sse_events(r)
+        assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+        chunks = events[:-1]
+        assert len({c["id"] for c in chunks}) == 1
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        # greedy answers are deterministic: each stream must be exactly its own prompt's answer (the prompts'
+        # answers differ, "2 in words" vs "3 in words", so a mix-up would show)
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert text == embedded.chat(ask(i)["messages"], Sampling(temperature=0, max_tokens=6)).text
+        assert str(i) in text or "nine" in text.lower()
+        served += 1
+    # one generation at a time + max_queue=4 waiting: at most 5 served, the rest told to retry
+    assert len(results) == N and 1 <= served <= 1 + 4
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    wait_idle(server.app)
+
+
+def test_a_client_that_disconnects_mid_stream_releases_the_model(server, embedded):
+    body = {"messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+            "max_tokens": 1500, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        content = 0
+        for line in r.iter_lines():
+            if '"content":"' in line and '"role"' not in line:
+                content += 1
+                if content == 3:
+                    break
+    wait_idle(server.app)
+    # llama.cpp's context holds prompt + generated tokens: the generation stopped near where the client left
+    prompt_tokens = embedded.count_tokens(embedded.chat_prompt(body["messages"]))
+    assert embedded.llm.n_tokens - prompt_tokens < 200
+    assert not embedded._lock.locked()
+    r = httpx.post(server.url + "/v1/chat/completions", json=ask(3), timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_a_queued_client_that_gives_up_never_runs(server, caplog):
+    long = {"messages": [{"role": "user", "content": "Count from 1 to 1000."}], "max_tokens": 1500,
+            "temperature": 0, "stream": True}
+    with caplog.at_level(logging.INFO, logger="camelid.serve"):
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=long, timeout=120) as busy:
+            next(busy.iter_lines())  # the model is now generating for this client
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(server.url + "/v1/chat/completions", json={**ask(5), "max_tokens": 2}, timeout=0.5)
+            deadline = time.monotonic() + 30
+            while server.app.state.gate.admitted > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.app.state.gate.stats()["queued"] == 0  # it left the queue while the model was busy
+        wait_idle(server.app)
+    lines = [r.getMessage() for r in caplog.records if r.name == "camelid.serve"]
+    assert any(x.startswith("POST /v1/chat/completions 499 ") for x in lines), lines
+
+
+@pytest.mark.slow
+def test_a_front_server_spreads_requests_over_several_workers(embedded):
+    import openai
+
+    with BackgroundServer(create_app(embedded)) as a, BackgroundServer(create_app(embedded)) as b:
+        front_model = load_model(f"openai:{MODEL}", base_urls=[a.url + "/v1", b.url + "/v1"], max_retries=1)
+        with BackgroundServer(create_app(front_model)) as front:
+            client = openai.OpenAI(base_url=front.url + "/v1", api_key="x", max_retries=0)
+            plain = [client.chat.completions.create(model=MODEL, messages=ask(i)["messages"], max_tokens=4,
+                                                    temperature=0) for i in range(2)]
+            streamed = list(client.chat.completions.create(model=MODEL, messages=ask(0)["messages"], max_tokens=4,
+                                                           temperature=0, stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+            assert text == plain[0].choices[0].message.content
+            assert plain[1].usage.completion_tokens >= 1
+            assert httpx.get(front.url + "/").status_code == 200  # the page on top
+        counts = [srv.server.config.app.state.gate.total for srv in (a, b)]
+        assert all(c >= 1 for c in counts) and sum(counts) == 3

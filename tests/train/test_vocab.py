@@ -1,0 +1,232 @@
+"""Vocabulary extension: fewer tokens per Korean character, every old id and all English tokenization unchanged,
+and a model with the extended tokenizer trains (LoRA + full embeddings), saves, reloads and chats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from camelid.cli import main
+from camelid.train.vocab import (EXTENSION_FILE, charset, extend_tokenizer, lora_embedding_kwargs,
+                                 lora_modules_to_save, read_texts, resize_embeddings, ties_embeddings,
+                                 token_stats, token_text)
+
+ROOT = Path(__file__).resolve().parents[2]
+KO_CORPUS = ROOT / "src" / "camelid" / "train" / "data" / "ko_corpus.txt"
+BENCH = ROOT / "bench" / "data"
+
+
+@pytest.fixture(scope="module")
+def base_tok():
+    from camelid.train.vocab import load_tokenizer
+
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="module")
+def ko_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok") / "ko"
+    extend_tokenizer("embedded", [KO_CORPUS], 8000, out, coverage=charset("hangul"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ko_tok(ko_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ko_dir)
+
+
+def test_extension_cuts_korean_tokens_per_character_by_60_percent_on_held_out_text(base_tok, ko_tok):
+    held = (BENCH / "ko_heldout.txt").read_text(encoding="utf-8")
+    assert not set(held.split("\n\n")) & set(KO_CORPUS.read_text(encoding="utf-8").split("\n\n"))
+    before, after = token_stats(base_tok, held), token_stats(ko_tok, held)
+    assert before["tokens_per_char"] > 1.9  # the embedded tokenizer spends ~2 tokens per Korean character
+    assert after["tokens_per_char"] <= 0.4 * before["tokens_per_char"]
+    assert ko_tok.decode(ko_tok(held, add_special_tokens=False).input_ids) == held
+
+
+def test_extension_also_cuts_tokens_on_the_kullm_translation(base_tok, ko_tok, shared_data):
+    texts = read_texts(shared_data / "kullm" / "user_oriented_instructions_eval_ko.jsonl")
+    ko = "\n".join(t for t in texts if any("\uac00" <= c <= "\ud7a3" for c in t))
+    assert token_stats(ko_tok, ko)["tokens"] <= 0.45 * token_stats(base_tok, ko)["tokens"]
+
+
+def test_every_old_token_keeps_its_id_and_merge_rank(base_tok, ko_tok):
+    old = json.loads(base_tok.backend_tokenizer.to_str())["model"]
+    new = json.loads(ko_tok.backend_tokenizer.to_str())["model"]
+    assert all(new["vocab"][t] == i for t, i in old["vocab"].items())
+    assert new["merges"][: len(old["merges"])] == old["merges"]
+    assert sorted(set(new["vocab"].values()) - set(old["vocab"].values())) == list(range(len(base_tok), len(ko_tok)))
+    assert ko_tok.convert_ids_to_tokens(list(range(17))) == base_tok.convert_ids_to_tokens(list(range(17)))
+
+
+def test_english_code_and_punctuation_tokenize_exactly_as_before(base_tok, ko_tok):
+    en = (BENCH / "en_mixed.txt").read_text(encoding="utf-8")
+    assert ko_tok(en).input_ids == base_tok(en).input_ids
+    # every base token's own text (all scripts the base knows, Korean pieces included) is cut as before
+    strings = [s for s in map(token_text, json.loads(base_tok.backend_tokenizer.to_str())["model"]["vocab"])
+               if "\ufffd" not in s]
+    assert ko_tok(strings, add_special_tokens=False).input_ids == base_tok(strings, add_special_tokens=False).input_ids
+
+
+def test_english_eval_answers_tokenize_exactly_as_before(base_tok, ko_tok, shared_data):
+    rows = json.loads((shared_data / "alpaca_eval" / "example_outputs.json").read_text(encoding="utf-8"))
+    text = "\n".join(r["instruction"] + "\n" + r["output"] for r in rows[:300])
+    assert ko_tok(text).input_ids == base_tok(text).input_ids
+
+
+def test_extension_is_deterministic_and_records_what_it_did(ko_dir, tmp_path):
+    again = tmp_path / "again"
+    extend_tokenizer("embedded", [KO_CORPUS], 8000, again, coverage=charset("hangul"))
+    assert (again / "tokenizer.json").read_bytes() == (ko_dir / "tokenizer.json").read_bytes()
+    info = json.loads((ko_dir / EXTENSION_FILE).read_text(encoding="utf-8"))
+    assert info["base"] == "embedded" and info["base_vocab_size"] == 49152
+    assert info["vocab_size"] == 49152 + info["added_tokens"] and info["corpus"][0]["sha256"]
+    assert all(len(x.strip()) > 1 for x in info["examples"])
+
+
+def test_corpus_text_fields_are_read_from_alpaca_sharegpt_and_openai_files(tmp_path):
+    alpaca = tmp_path / "a.json"
+    alpaca.write_text(json.dumps([{"instruction": "번역하세요", "input": "hello", "output": "안녕"}]), "utf-8")
+    sharegpt = tmp_path / "s.json"
+    sharegpt.write_text(json.dumps([{"id": "x1", "conversations": [{"from": "human", "value": "질문"},
+                                                                     {"from": "gpt", "value": "답변"}]}]), "utf-8")
+    openai = tmp_path / "o.jsonl"
+    openai.write_text(json.dumps({"messages": [{"role": "user", "content": "하나"},
+                                               {"role": "assistant", "content": "둘"}]}) + "\n", "utf-8")
+    assert read_texts(alpaca) == ["번역하세요", "hello", "안녕"]
+    assert read_texts(sharegpt) == ["질문", "답변"]
+    assert read_texts(openai) == ["하나", "둘"]
+
+
+def test_cli_extends_and_reports_stats(tmp_path, capsys):
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "extend", "--corpus", str(KO_CORPUS), "--add", "500", "-o", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["added_tokens"] == 500 and (out / "tokenizer.json").is_file()
+    assert main(["tokenizer", "stats", "--tokenizer", str(out), str(BENCH / "ko_heldout.txt")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["base"] == "embedded" and stats["after"]["tokens_per_char"] < stats["before"]["tokens_per_char"]
+
+
+def test_cli_rejects_a_corpus_with_nothing_to_add_and_missing_files(tmp_path, capsys):
+    en = tmp_path / "en.txt"
+    en.write_text("Only English words here, and numbers 1 2 3.\n", "utf-8")
+    assert main(["tokenizer", "extend", "--corpus", str(en), "--add", "10", "-o", str(tmp_path / "x")]) == 1
+    assert "no words in a non-Latin script" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["tokenizer", "extend", "--corpus", str(tmp_path / "nope.txt"), "--add", "10", "-o",
+                 str(tmp_path / "y")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- model side
+
+
+def _tiny_untied_llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg)
+
+
+def test_resize_sets_new_rows_to_the_mean_of_the_old_ones_in_both_untied_matrices(base_tok, ko_tok):
+    import torch
+
+    model = _tiny_untied_llama(len(base_tok))
+    emb0 = model.get_input_embeddings().weight.detach().clone()
+    head0 = model.get_output_embeddings().weight.detach().clone()
+    added = resize_embeddings(model, ko_tok)
+    assert added == len(ko_tok) - len(base_tok)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert emb.shape[0] == head.shape[0] == len(ko_tok) and not ties_embeddings(model)
+    assert torch.equal(emb[: len(base_tok)], emb0) and torch.equal(head[: len(base_tok)], head0)
+    assert torch.allclose(emb[len(base_tok):], emb0.mean(0).expand(added, -1), atol=1e-6)
+    assert torch.allclose(head[len(base_tok):], head0.mean(0).expand(added, -1), atol=1e-6)
+    assert resize_embeddings(model, ko_tok) == 0
+    assert lora_modules_to_save(model) == ["model.embed_tokens", "lm_head"]
+    assert lora_embedding_kwargs(model)["ensure_weight_tying"] is False
+
+
+def test_resize_pads_to_a_multiple(ko_tok):
+    model = _tiny_untied_llama(100)
+    resize_embeddings(model, ko_tok, pad_to_multiple_of=64)
+    assert model.get_input_embeddings().weight.shape[0] % 64 == 0 >= 0
+    assert model.get_input_embeddings().weight.shape[0] >= len(ko_tok)
+
+
+@pytest.mark.slow
+def test_model_with_extended_tokenizer_trains_saves_reloads_and_chats(ko_tok, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from camelid.models import Sampling, load_model
+    from camelid.models.hf import embedded_hf_dir
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(embedded_hf_dir())
+    old = model.get_input_embeddings().weight.shape[0]
+    assert ties_embeddings(model)
+    assert resize_embeddings(model, ko_tok) == len(ko_tok) - old and ties_embeddings(model)
+    kw = lora_embedding_kwargs(model)
+    assert kw == {"modules_to_save": ["model.embed_tokens"], "ensure_weight_tying": True}
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                  target_modules=["q_proj", "v_proj"], **kw))
+    inner = peft_model.base_model.model
+    assert inner.lm_head.weight is inner.model.embed_tokens.weight  # the trainable copy is shared
+    text = KO_CORPUS.read_text(encoding="utf-8")
+    ids = ko_tok(text[:2000], add_special_tokens=False).input_ids[:192]
+    assert max(ids) >= old  # new tokens are in play
+    batch = torch.tensor(ids).view(3, 64)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
+    peft_model.train()
+    losses = []
+    for _ in range(5):
+        loss = peft_model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0, losses
+    peft_model.eval()
+    probe = batch[:1, :32]
+    with torch.no_grad():
+        ref = peft_model(input_ids=probe).logits
+
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    ko_tok.save_pretrained(adapter)
+    (adapter / "camelid.json").write_text(json.dumps({"template": "chatml"}), "utf-8")
+
+    merged_dir = tmp_path / "merged"
+    merged = peft_model.merge_and_unload()
+    assert ties_embeddings(merged)
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    ko_tok.save_pretrained(merged_dir)
+    (merged_dir / "camelid.json").write_text(json.dumps({"template": "chatml"}), "utf-8")
+    assert (merged_dir / "model.safetensors").is_file()
+    del peft_model, merged, model
+
+    reloaded = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    assert len(tok) == len(ko_tok) == reloaded.get_input_embeddings().weight.shape[0]
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=probe).logits, ref, atol=1e-3)
+        prompt = tok("한국어는", return_tensors="pt")
+        out = reloaded.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == prompt.input_ids.shape[1] + 4
+    del reloaded
+
+    for path in (merged_dir, adapter):
+        chat = load_model(f"hf:{path}")
+        assert len(chat.tokenizer) == len(ko_tok)
+        with torch.no_grad():
+            assert torch.allclose(chat.model(input_ids=probe).logits, ref, atol=1e-3)
+        reply = chat.chat([{"role": "user", "content": "안녕하세요"}], Sampling(temperature=0, max_tokens=4))
+        assert reply.completion_tokens >= 1 and reply.prompt_tokens > 0
+        del chat
