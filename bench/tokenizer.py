@@ -74,7 +74,8 @@ def main() -> None:
     torch.manual_seed(0)
     base_dir = embedded_hf_dir()
     base = AutoTokenizer.from_pretrained(base_dir)
-    text = {name: (DATA / f"{name}.txt").read_text(encoding="utf-8") for name in ("ko_heldout", "zh_heldout", "en_mixed")}
+    text = {name: (DATA / f"{name}.txt").read_text(encoding="utf-8")
+            for name in ("ko_heldout", "zh_heldout", "en_mixed")}
     results: dict = {"add": args.add}
     toks = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +123,8 @@ def main() -> None:
             "new_tokens": args.gen_tokens, "threads": torch.get_num_threads(),
             "vocab_before": len(base), "vocab_after": len(toks["ko"]),
             "tokens_per_s_before": round(base_tps, 1), "tokens_per_s_after": round(ext_tps, 1),
-            "korean_chars_per_s_before": round(base_tps / tpc_b, 1), "korean_chars_per_s_after": round(ext_tps / tpc_a, 1),
+            "korean_chars_per_s_before": round(base_tps / tpc_b, 1),
+            "korean_chars_per_s_after": round(ext_tps / tpc_a, 1),
             "korean_chars_per_s_ratio": round((ext_tps / tpc_a) / (base_tps / tpc_b), 2),
         }
 

@@ -7,7 +7,8 @@ seeds) rendered with the Alpaca template, LoRA r 8 / alpha 16 / dropout 0.05 on 
 
 - camelid: padding-free packing, logits only on trained tokens (its defaults)
 - trl: SFTTrainer defaults (padded batches, completion-only loss on prompt/completion data)
-- trl-padding-free: SFTTrainer with padding_free=True (optional: --contenders camelid,trl,trl-padding-free)
+- trl-packed: SFTTrainer with packing=True (BFD packing into max_length rows, padding-free; its fastest mode;
+  a row then holds several sequences, so a step sees more tokens) (--contenders camelid,trl,trl-packed)
 
 Reported: real (non-padding) tokens/s over the steps after the first, peak RSS, and each contender's loss on the
 same first batch before training (they must agree: same per-token loss).
@@ -76,7 +77,7 @@ def run_camelid(args, out: Path) -> dict:
             "seconds": sum(x["tokens"] / x["tokens_per_s"] for x in rows), "steps": r.steps}
 
 
-def run_trl(args, out: Path, padding_free: bool) -> dict:
+def run_trl(args, out: Path, packed: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -92,8 +93,8 @@ def run_trl(args, out: Path, padding_free: bool) -> dict:
     conf = SFTConfig(output_dir=str(out / "trl"), per_device_train_batch_size=args.batch,
                      gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=3e-4,
                      lr_scheduler_type="cosine", warmup_steps=0, max_length=args.max_length, logging_steps=1,
-                     save_strategy="no", report_to=[], seed=0, padding_free=padding_free, bf16=False,
-                     use_cpu=True, dataloader_num_workers=0)
+                     save_strategy="no", report_to=[], seed=0, bf16=False,
+                     use_cpu=True, dataloader_num_workers=0, packing=packed)
     peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
 
@@ -138,7 +139,7 @@ def worker(args) -> None:
     if args.worker == "camelid":
         res = run_camelid(args, out)
     else:
-        res = run_trl(args, out, padding_free=args.worker == "trl-padding-free")
+        res = run_trl(args, out, packed=args.worker == "trl-packed")
     print("RESULT " + json.dumps(res), flush=True)
 
 

@@ -94,7 +94,9 @@ def test_a_queued_client_that_gives_up_never_runs(server, caplog):
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=long, timeout=120) as busy:
             next(busy.iter_lines())  # the model is now generating for this client
             with pytest.raises(httpx.ReadTimeout):
-                httpx.post(server.url + "/v1/chat/completions", json={**ask(5), "max_tokens": 2}, timeout=0.5)
+                r = httpx.post(server.url + "/v1/chat/completions", json={**ask(5), "max_tokens": 2}, timeout=0.5)
+                print("DEBUG", r.status_code, r.text, server.app.state.gate.stats())
+                print("DEBUG2", list(busy.iter_lines())[:10])
             deadline = time.monotonic() + 30
             while server.app.state.gate.admitted > 1 and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -51,7 +51,8 @@ class Parsed:
 def parse_reply(text: str, finish_reason: str, num_prompt_instructions: int) -> list[Parsed]:
     """stanford_alpaca's post_process_gpt3_response before its filters: split the numbered list on `###`,
     drop the last piece when the reply was cut by the token limit, and read `N. Instruction:/Input:/Output:`
-    with the numbering expected at that position. Unreadable non-blank pieces come back with a reason."""
+    with the numbering expected at that position (and, unlike Stanford, the three labels in that order).
+    Unreadable non-blank pieces come back with a reason."""
     pieces = re.split("###", f"{num_prompt_instructions + 1}. Instruction:" + text)
     out = []
     for idx, piece in enumerate(pieces):
@@ -62,7 +63,9 @@ def parse_reply(text: str, finish_reason: str, num_prompt_instructions: int) -> 
             continue
         n = idx + num_prompt_instructions + 1
         parts = re.split(rf"{n}\.\s+(Instruction|Input|Output):", piece)
-        if len(parts) != 7:
+        # Stanford reads parts 2/4/6 whatever their labels; a reply that says `Output:` before `Input:` would
+        # swap them, so the labels must come in order here
+        if len(parts) != 7 or parts[1::2] != ["Instruction", "Input", "Output"]:
             if piece.strip():
                 out.append(Parsed(reason="malformed", raw=piece))
             continue

@@ -28,6 +28,8 @@ PROGRAM = {"en": ["Write a program"], "ko": ["프로그램을 작성", "프로�
            "zh": ["编写程序", "写一个程序", "编写一个程序"]}
 # Stanford rejects <= 3 or > 150 words; Korean and Chinese are counted in letters (about 2-3 per English word)
 LENGTH_BOUNDS = {"en": (3, 150), "ko": (6, 400), "zh": (5, 300)}
+# Korean and Chinese instructions often open with a quoted phrase ('일석이조'와 ...): quotes and brackets may lead
+CJK_PUNCTUATION = "".join(c for c in string.punctuation if c not in "'\"([<")
 SCRIPT = {"ko": re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]"),
           "zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")}
 _LETTER = re.compile(r"[^\W_]")
@@ -90,7 +92,7 @@ class InstructionFilter:
                 return "write_a_program"
         elif any(p in inst for p in PROGRAM[self.lang]):
             return "write_a_program"
-        if inst[0] in string.punctuation:
+        if inst[0] in (string.punctuation if self.lang == "en" else CJK_PUNCTUATION):
             return "starts_with_punctuation"
         if self.lang == "en":
             if not inst[0].isascii():

@@ -24,3 +24,16 @@ def run_command(
     from camelid.pipeline.run import run_recipe
 
     run_recipe(load_recipe(recipe, overrides), from_stage=from_stage, only=only)
+
+
+@app.command("sweep")
+def sweep_command(
+    sweep: Annotated[str, typer.Argument(help="Sweep YAML: a base recipe plus axes (e.g. recipes/sweep_methods.yaml).")],
+    print_commands: Annotated[bool, typer.Option("--print-commands", help="Print one `camelid run` command per "
+                                                 "cell (for a cluster launcher) instead of running them.")] = False,
+) -> None:
+    """Run a grid of recipes (methods x datasets x models x seeds), each cell a normal run directory evaluated
+    the same way; finished cells are skipped, a failed cell does not stop the rest; one comparable report."""
+    from camelid.pipeline.sweep import run_sweep
+
+    run_sweep(sweep, print_only=print_commands)

@@ -46,7 +46,7 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
     from camelid.evaluate.judge import judge_answers, read_judgments
     from camelid.evaluate.questions import load_answers, load_questions
     from camelid.evaluate.report import build_report
-    from camelid.evaluate.stats import pairwise_summary
+    from camelid.evaluate.stats import pairwise_summary, single_summary
     from camelid.models import load_model
     from camelid.models.hf import HFModel
 
@@ -81,8 +81,14 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
     judgments = out / "judgments.jsonl"
     judge_answers(judge, questions, {AFTER: got[AFTER], BEFORE: got[BEFORE]}, judgments, mode="pairwise",
                   lang=ev.lang, max_tokens=ev.judge_max_tokens, seed=recipe.seed, baseline=BEFORE)
+    if ev.single:
+        judge_answers(judge, questions, {AFTER: got[AFTER], BEFORE: got[BEFORE]}, judgments, mode="single",
+                      lang=ev.lang, max_tokens=ev.judge_max_tokens, seed=recipe.seed)
     judge.close()
-    _, pair = read_judgments([judgments])
+    single, pair = read_judgments([judgments])
+    for s in single_summary(single, seed=recipe.seed) if single else []:
+        if s["model"] in metrics:
+            metrics[s["model"]]["single_score"] = s["mean"]
     summ = [s for s in pairwise_summary(pair, seed=recipe.seed) if s["model_1"] == AFTER] or \
         pairwise_summary(pair, seed=recipe.seed)
     if summ:

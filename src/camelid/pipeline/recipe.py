@@ -33,6 +33,8 @@ class EvalSection(BaseModel):
                             "by itself")
     temperature: float = Field(0.0, ge=0, description="0 = greedy, comparable before/after")
     judge_max_tokens: int = Field(256, ge=16)
+    single: bool = Field(False, description="also grade each after-training answer 1-10 (one more judge call per "
+                         "question)")
     lang: Literal["auto", "en", "ko"] = "auto"
 
 
@@ -50,6 +52,8 @@ class Recipe(BaseModel):
     name: str = Field("run", description="used for the default run directory runs/NAME")
     run_dir: Optional[str] = Field(None, description="where every stage writes (default runs/NAME)")
     seed: int = 0
+    lang: Literal["en", "ko", "zh"] = Field("en", description="language of the shipped seeds used for held-out "
+                                           "eval (and generation, unless generate.lang says otherwise)")
     seeds: Optional[str] = Field(None, description="seed tasks file (self-instruct format); default: the shipped "
                                  "seeds for generate.lang")
     data: list[str] = Field(default_factory=list, description="existing training files; with them the generate "

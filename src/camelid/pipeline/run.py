@@ -112,7 +112,7 @@ def prepare(recipe: Recipe, run_dir: Path) -> None:
         return
     from camelid.generate.prompts import default_seeds
 
-    lang = (recipe.generate or {}).get("lang", "en")
+    lang = (recipe.generate or {}).get("lang") or recipe.lang
     seeds_path = Path(recipe.seeds) if recipe.seeds else default_seeds(lang)
     tasks = [row for _, row in read_jsonl(seeds_path)]
     n = recipe.eval.heldout if recipe.eval and not recipe.eval.questions else 0
@@ -134,7 +134,7 @@ def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runne
     from camelid.generate.pipeline import GenerateConfig, generate
 
     seeds = run_dir / "prepare" / "seeds.jsonl"
-    settings = {"seed": recipe.seed, **(recipe.generate or {})}
+    settings = {"seed": recipe.seed, "lang": recipe.lang, **(recipe.generate or {})}
     inputs = {"settings": settings, "seeds": sha256_file(seeds)}
 
     def run(out: Path) -> tuple[dict, list[Path]]:

@@ -117,6 +117,22 @@ def trainable_only_hooks(accelerator, model) -> None:
     accelerator.register_save_state_pre_hook(save_hook)
 
 
+def check_restored(ckpt: Path, model) -> None:
+    """After a non-strict load: every trainable tensor must have come from the checkpoint (never a silent fresh
+    adapter because names changed)."""
+    from safetensors import safe_open
+
+    f = ckpt / "model.safetensors"
+    if not f.is_file():  # FSDP / DeepSpeed write their own sharded formats, loaded strictly
+        return
+    with safe_open(str(f), "pt") as st:
+        saved = {k.removeprefix("module.") for k in st.keys()}
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n.removeprefix("module.") not in saved]
+    if missing:
+        raise CamelidError(f"{ckpt}: the checkpoint lacks {len(missing)} trainable tensor(s), e.g. {missing[0]}; it "
+                           "was made for another model or method (set overwrite=true to start over)")
+
+
 def trim_log(path: Path, step: int) -> None:
     """On resume, drop log rows past the checkpoint (they will be written again by the resumed steps)."""
     if path.is_file():

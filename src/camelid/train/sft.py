@@ -145,21 +145,29 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def evaluate(model, examples: list[Example], cfg: TrainConfig, accelerator, pad_id: int) -> float | None:
-    """Mean token loss over held-out examples (split over processes)."""
+def evaluate(model, examples: list[Example], cfg: TrainConfig, accelerator, pad_id: int,
+             sharded: bool = False) -> float | None:
+    """Mean token loss over held-out examples, split over processes. Every process runs the same number of
+    forwards (sharded models need all of them; a process short of data runs a zero-weighted one)."""
     import torch
 
     if not examples:
         return None
-    mine = examples[accelerator.process_index::accelerator.num_processes]
+    world = accelerator.num_processes
+    mine = examples[accelerator.process_index::world]
+    n_batches = math.ceil(math.ceil(len(examples) / world) / cfg.micro_batch_size)
+    net = model if sharded else accelerator.unwrap_model(model)  # unwrapped DDP: no collectives in forward
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    model.eval()
+    net.eval()
     with torch.no_grad():
-        for s in range(0, len(mine), cfg.micro_batch_size):
-            batch = collate(mine[s:s + cfg.micro_batch_size], cfg.packing, pad_id)
-            total[0] += token_loss_sum(model, batch, accelerator.device).double()
-            total[1] += sum(e.n_trained for e in mine[s:s + cfg.micro_batch_size])
-    model.train()
+        for b in range(n_batches):
+            part = mine[b * cfg.micro_batch_size:(b + 1) * cfg.micro_batch_size]
+            if part:
+                total[0] += token_loss_sum(net, collate(part, cfg.packing, pad_id), accelerator.device).double()
+                total[1] += sum(e.n_trained for e in part)
+            elif sharded:
+                token_loss_sum(net, collate(examples[:1], cfg.packing, pad_id), accelerator.device)
+    net.train()
     total = accelerator.reduce(total, "sum")
     return (total[0] / total[1]).item()
 
@@ -237,7 +245,8 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     ck.trainable_only_hooks(accelerator, model)
     if resume_from is not None:
         ck.check_resumable(resume_from, cfg, fingerprint)
-        accelerator.load_state(str(resume_from), strict=False)
+        accelerator.load_state(str(resume_from), strict=False)  # adapter checkpoints hold the trained tensors only
+        ck.check_restored(resume_from, model)
         _log(console, f"resuming from {resume_from} (step {progress.step})", is_main)
         if is_main:
             ck.trim_log(out / "trainer_log.jsonl", progress.step)
@@ -351,7 +360,7 @@ def _diverged(what: str, step: int, step_idx: list[int], examples: list[Example]
 
 def _eval_and_sample(model, tokenizer, template, eval_ex, cfg, accelerator, pad_id, stop_ids, step, log, console,
                      sharded) -> float | None:
-    eval_loss = evaluate(model, eval_ex, cfg, accelerator, pad_id)
+    eval_loss = evaluate(model, eval_ex, cfg, accelerator, pad_id, sharded)
     if eval_loss is not None:
         _log(console, f"step {step} | eval loss {eval_loss:.4f}", accelerator.is_main_process)
         if log is not None:

@@ -1,0 +1,218 @@
+"""`camelid sweep SWEEP.yaml`: a base recipe times axes (methods x datasets x models x seeds), one comparable report.
+
+Every cell is a normal run directory (`camelid run` with overrides), so a cell can be rerun or inspected alone, and
+a finished cell is skipped on a rerun (its stages are unchanged). Every cell is evaluated the same way: the base
+recipe's eval section (same held-out set, judge, judge prompts and decoding) against the same fixed baseline, the
+untrained base model. A failing cell is reported and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shlex
+import statistics
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from camelid.core.cli import console
+from camelid.core.io import CamelidError, write_json, write_text
+
+METRICS = [  # (key, label, higher is better)
+    ("after_response_loss", "held-out response loss", False),
+    ("after_win_rate", "win rate vs base (judge)", True),
+    ("after_single_score", "judge score 1-10", True),
+    ("after_self_stop_rate", "self-stop rate", True),
+    ("train_time_s", "training time (s)", False),
+    ("peak_memory_mb", "peak memory (MB)", False),
+    ("trainable_params", "trainable parameters", False),
+    ("tokens_seen", "tokens seen", False),
+]
+
+
+class Sweep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "sweep"
+    recipe: str = Field(..., description="base recipe (path relative to this file)")
+    axes: dict[str, list[Any]] = Field(..., description="override key -> values, e.g. train.method: [full, lora]")
+    run_dir: str | None = Field(None, description="cells go to RUN_DIR/<cell> (default runs/NAME)")
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+def load_sweep(path: str | Path) -> tuple[Sweep, Path]:
+    p = Path(path)
+    if not p.is_file():
+        raise CamelidError(f"{p}: no such sweep file")
+    try:
+        sweep = Sweep(**(yaml.safe_load(p.read_text(encoding="utf-8")) or {}))
+    except yaml.YAMLError as e:
+        raise CamelidError(f"{p}: not valid YAML: {e}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise CamelidError(f"{p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    base = Path(sweep.recipe)
+    base = base if base.is_absolute() else p.resolve().parent / base
+    if not base.is_file():
+        raise CamelidError(f"{p}: recipe {sweep.recipe!r} not found")
+    for key, values in sweep.axes.items():
+        if not isinstance(values, list) or not values:
+            raise CamelidError(f"{p}: axes.{key}: expected a non-empty list of values")
+    return sweep, base
+
+
+def cells(sweep: Sweep) -> list[dict[str, Any]]:
+    keys = list(sweep.axes)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep.axes[k] for k in keys))]
+
+
+def cell_name(cell: dict[str, Any]) -> str:
+    return "_".join(f"{k.split('.')[-1]}-{Path(str(v)).stem if '/' in str(v) else v}" for k, v in cell.items())
+
+
+def cell_overrides(sweep: Sweep, cell: dict[str, Any]) -> list[str]:
+    over = [f"{k}={v if not isinstance(v, (list, dict)) else yaml.safe_dump(v, default_flow_style=True).strip()}"
+            for k, v in cell.items()]
+    return over + [f"run_dir={sweep.directory / cell_name(cell)}", f"name={cell_name(cell)}"]
+
+
+def command(base: Path, overrides: list[str]) -> str:
+    return shlex.join(["camelid", "run", str(base), *overrides])
+
+
+def run_sweep(path: str | Path, print_only: bool = False) -> dict:
+    """Run every cell in turn (or print the commands, one per cell, for a cluster launcher); write the report."""
+    from camelid.pipeline.recipe import load_recipe
+    from camelid.pipeline.run import run_recipe
+
+    sweep, base = load_sweep(path)
+    grid = cells(sweep)
+    if print_only:
+        for c in grid:
+            print(command(base, cell_overrides(sweep, c)))
+        return {}
+    results = []
+    for i, c in enumerate(grid, 1):
+        over = cell_overrides(sweep, c)
+        console.rule(f"[bold]cell {i}/{len(grid)}: {cell_name(c)}")
+        row: dict[str, Any] = {"cell": cell_name(c), **{k: c[k] for k in c}, "command": command(base, over)}
+        try:
+            summaries = run_recipe(load_recipe(base, over))
+            row.update(flatten(summaries))
+            row["status"] = "done"
+        except (CamelidError, RuntimeError, ValueError, OSError) as e:
+            row["status"] = "failed"
+            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+            console.print(f"[red]cell {cell_name(c)} failed:[/] {row['error']}")
+            (sweep.directory / cell_name(c)).mkdir(parents=True, exist_ok=True)
+            write_text(sweep.directory / cell_name(c) / "error.txt", traceback.format_exc())
+        results.append(row)
+        write_json(sweep.directory / "cells.json", results)  # after every cell: a killed sweep keeps what it had
+    write_sweep_report(sweep, results)
+    return {"cells": results}
+
+
+def flatten(s: dict) -> dict:
+    t, e = s.get("train") or {}, s.get("eval") or {}
+    after, before, pair = e.get("after") or {}, e.get("before") or {}, e.get("pairwise") or {}
+    return {"after_response_loss": after.get("response_loss"), "before_response_loss": before.get("response_loss"),
+            "after_self_stop_rate": after.get("self_stop_rate"), "after_win_rate": pair.get("after_win_rate"),
+            "after_single_score": after.get("single_score"), "train_time_s": t.get("train_time_s"),
+            "peak_memory_mb": t.get("peak_memory_mb"), "trainable_params": t.get("trainable_params"),
+            "tokens_seen": t.get("tokens_seen"), "final_loss": t.get("final_loss"),
+            "eval_settings": {k: e.get(k) for k in ("questions", "max_tokens", "temperature")} | {
+                "judge": pair.get("judge")}}
+
+
+def _group(results: list[dict], axes: list[str]) -> dict[str, list[dict]]:
+    """Cells that differ only by seed form one group (its spread is the seed variance)."""
+    keys = [a for a in axes if a != "seed"]
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("status") == "done":
+            groups.setdefault(" ".join(f"{k.split('.')[-1]}={r[k]}" for k in keys) or "all", []).append(r)
+    return groups
+
+
+def _mean_sd(vals: list) -> tuple[float | None, float]:
+    v = [x for x in vals if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return None, 0.0
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
+
+
+def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rich.table import Table
+
+    out = sweep.directory / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    axes = list(sweep.axes)
+    groups = _group(results, axes)
+    cols = [m for m in METRICS if any(r.get(m[0]) is not None for r in results)]
+    table = Table(title=f"camelid sweep: {sweep.name}")
+    for h in ["cell", "status"] + [label for _, label, _ in cols]:
+        table.add_column(h)
+    md = [f"# camelid sweep: {sweep.name}", "", "| cell | status | " + " | ".join(l for _, l, _ in cols) + " |",
+          "|---" * (len(cols) + 2) + "|"]
+    for r in results:
+        vals = [_fmt(r.get(k)) for k, _, _ in cols]
+        table.add_row(r["cell"], r["status"], *vals)
+        md.append(f"| {r['cell']} | {r['status']} | " + " | ".join(vals) + " |")
+    console.print(table)
+    md += ["", "## Best cell per metric (mean over seeds)", "", "| metric | best | mean ± sd |", "|---|---|---|"]
+    best: dict[str, Any] = {}
+    for key, label, higher in cols:
+        scored = [(g, *_mean_sd([r.get(key) for r in rs])) for g, rs in groups.items()]
+        scored = [s for s in scored if s[1] is not None]
+        if scored:
+            g, m, sd = (max if higher else min)(scored, key=lambda s: s[1])
+            best[key] = {"group": g, "mean": m, "sd": sd}
+            md.append(f"| {label} | {g} | {_fmt(m)} ± {_fmt(sd)} |")
+    charts = []
+    for y_key, x_key, name in (("after_response_loss", "train_time_s", "loss_vs_time.png"),
+                               ("after_win_rate", "train_time_s", "winrate_vs_time.png"),
+                               ("after_response_loss", "peak_memory_mb", "loss_vs_memory.png")):
+        pts = [(g, *_mean_sd([r.get(x_key) for r in rs]), *_mean_sd([r.get(y_key) for r in rs]))
+               for g, rs in groups.items()]
+        pts = [p for p in pts if p[1] is not None and p[3] is not None]
+        if not pts:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for g, x, xsd, y, ysd in pts:
+            ax.errorbar(x, y, xerr=xsd, yerr=ysd, fmt="o", capsize=4, label=g)
+        ax.set_xlabel(dict((k, l) for k, l, _ in METRICS)[x_key])
+        ax.set_ylabel(dict((k, l) for k, l, _ in METRICS)[y_key])
+        ax.set_title("score vs cost (error bars: sd over seeds)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        charts.append(name)
+    md += [""] + [f"![{c}]({c})\n" for c in charts]
+    md += ["## Reproduce a cell", ""] + [f"- {r['cell']}: `{r['command']}`" for r in results]
+    failed = [r for r in results if r["status"] != "done"]
+    if failed:
+        md += ["", "## Failed cells", ""] + [f"- {r['cell']}: {r.get('error')}" for r in failed]
+    write_text(out / "report.md", "\n".join(md) + "\n")
+    write_json(out / "summary.json", {"cells": results, "best": best, "axes": sweep.axes})
+    console.print(f"sweep report: {out / 'report.md'}")
+    return out
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)

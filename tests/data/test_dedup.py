@@ -1,0 +1,199 @@
+"""Near-duplicate filtering: Stanford's decisions exactly (against rouge_score itself), Korean and Chinese."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import numpy as np
+import pytest
+
+from camelid.cli import main
+from camelid.data.dedup import Deduper, chinese_tokens, dedup_file, detect_lang, korean_tokens, rouge_tokens
+
+rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+
+
+def _real_instructions(shared_data) -> tuple[list[str], list[str]]:
+    seeds = [json.loads(x)["instruction"] for x in open(shared_data / "self-instruct/seed_tasks.jsonl")]
+    cands = [json.loads(x)["instruction"] for x in open(shared_data / "self-instruct/user_oriented_instructions.jsonl")]
+    cands += [r["instruction"] for r in json.load(open(shared_data / "alpaca_eval/example_outputs.json"))]
+    for name in ("mt_bench_question.jsonl", "vicuna_bench_question.jsonl"):
+        for line in open(shared_data / "fastchat" / name):
+            cands += json.loads(line)["turns"]
+    return seeds, cands
+
+
+def _stanford(seeds: list[str], cands: list[str], threshold: float = 0.7) -> list[dict | None]:
+    """generate_instruction.py's loop (without its per-candidate process pool)."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    pool = list(seeds)
+    pool_tokens = [scorer._tokenizer.tokenize(x) for x in pool]
+    out: list[dict | None] = []
+    for inst in cands:
+        toks = scorer._tokenizer.tokenize(inst)
+        scores = [rouge_scorer._score_lcs(toks, t).fmeasure for t in pool_tokens]
+        if max(scores) > threshold:
+            out.append(None)
+            continue
+        top = {pool[i]: scores[i] for i in np.argsort(scores)[-10:][::-1]}
+        out.append({"most_similar_instructions": top, "avg_similarity_score": float(np.mean(scores))})
+        pool.append(inst)
+        pool_tokens.append(toks)
+    return out
+
+
+def _camelid(seeds: list[str], cands: list[str], block: int = 256, threshold: float = 0.7) -> list[dict | None]:
+    dd = Deduper(threshold, "en", block=block)
+    dd.add(seeds)
+    return [v.fields() if v.keep else None for v in dd.offer_many(cands)]
+
+
+def _assert_same(ref: list[dict | None], ours: list[dict | None]) -> None:
+    assert [r is None for r in ref] == [o is None for o in ours]
+    for r, o in zip(ref, ours):
+        if r is not None:
+            assert list(r["most_similar_instructions"].values()) == list(o["most_similar_instructions"].values())
+            assert r["avg_similarity_score"] == pytest.approx(o["avg_similarity_score"], abs=1e-12)
+
+
+def test_tokenizer_is_rouge_scores_token_for_token(shared_data):
+    seeds, cands = _real_instructions(shared_data)
+    tricky = ["İstanbul's ÇAĞ-2 naïve café_au_lait", "x\ny\tz  ", "ＡＢＣ１２３ full width", "한국어 only", "!!!", "",
+              "e.g. 3.14 — ok?", "snake_case_word and CamelCase", "ß and ǅ letters", "x²+y³ ≤ 10"]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for text in seeds + cands + tricky:
+        assert rouge_tokens(text) == scorer._tokenizer.tokenize(text), text
+
+
+def test_decisions_and_scores_equal_stanfords_loop_on_real_instructions(shared_data):
+    seeds, cands = _real_instructions(shared_data)
+    cands = cands[:160] + cands[252:300] + cands[-90:]  # includes exact repeats (AlpacaEval holds both sets)
+    ref = _stanford(seeds, cands)
+    assert any(r is None for r in ref) and any(r is not None for r in ref)
+    _assert_same(ref, _camelid(seeds, cands))
+    _assert_same(ref, _camelid(seeds, cands, block=7))  # many blocks: the in-block greedy order matters
+
+
+def test_scores_exactly_at_the_threshold_decide_as_rouge_score_does():
+    # pairs whose ROUGE-L is 0.7 on paper: rouge_score's float lands on either side of 0.7 by an ulp
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(200)]
+    seeds, cands = [], []
+    for a in range(3, 40):
+        for b in range(3, 40):
+            for lcs in range(1, min(a, b) + 1):
+                if 20 * lcs == 7 * (a + b):
+                    base = rng.sample(words, a)
+                    other = base[:lcs] + [f"z{i}" for i in range(b - lcs)]
+                    seeds.append(" ".join(base))
+                    cands.append(" ".join(other))
+    decisions = []
+    for s, c in zip(seeds, cands):  # one seed each, so every pair is decided on its own
+        ref = _stanford([s], [c])
+        _assert_same(ref, _camelid([s], [c]))
+        decisions.append(ref[0] is None)
+    assert 0 < sum(decisions) < len(decisions)  # rounding put some above 0.7 and some not
+
+
+def test_empty_token_lists_score_zero_like_rouge_score():
+    dd = Deduper()
+    dd.add(["!!!", "Describe a sunny day at the beach."])
+    v = dd.offer("???")  # no tokens: rouge_score returns 0 against everything (RapidFuzz would say 1.0)
+    assert v.keep and v.score == 0.0 and v.avg == 0.0
+    assert list(v.most_similar.values()) == [0, 0] and all(type(x) is int for x in v.most_similar.values())
+
+
+def test_offer_many_gives_the_verdicts_of_offer_one_at_a_time():
+    rng = random.Random(1)
+    vocab = [f"t{i}" for i in range(400)] + ["the", "a", "of", "to", "and"] * 40
+    texts = []
+    for _ in range(600):
+        if texts and rng.random() < 0.3:
+            w = rng.choice(texts).split()
+            w[rng.randrange(len(w))] = rng.choice(vocab)
+            texts.append(" ".join(w))
+        else:
+            texts.append(" ".join(rng.choices(vocab, k=rng.randint(4, 18))))
+    one = Deduper(block=1)
+    singles = [one.offer(t) for t in texts]
+    many = Deduper(block=64).offer_many(texts)
+    assert [v.keep for v in singles] == [v.keep for v in many]
+    assert sum(not v.keep for v in many) > 50
+    for a, b in zip(singles, many):
+        assert a.most_similar == b.most_similar and a.score == b.score
+        assert a.avg == pytest.approx(b.avg, abs=1e-12)
+
+
+def _perturb_ko(text: str, rng: random.Random) -> str:
+    words = text.split()
+    op = rng.randrange(3)
+    if op == 0 and len(words) >= 4:
+        del words[rng.randrange(1, len(words) - 1)]
+    elif op == 1:
+        words.insert(0, rng.choice(["다음", "주어진", "아래의"]))
+    else:
+        changed = re.sub(r"합니다\.?$", "하세요.", re.sub(r"하세요\.?$", "해 주세요.", text))
+        if changed != text:
+            return changed
+        words.append("부탁합니다.")
+    return " ".join(words)
+
+
+def test_korean_near_duplicates_are_caught(shared_data):
+    rows = [json.loads(x) for x in open(shared_data / "kullm/user_oriented_instructions_eval_ko.jsonl")]
+    originals = [r["instruction"] for r in rows]
+    rng = random.Random(0)
+    near = [_perturb_ko(t, rng) for t in originals]
+    assert detect_lang(originals) == "ko"
+
+    ko = Deduper(lang="ko")
+    kept_originals = sum(v.keep for v in ko.offer_many(originals))
+    caught = sum(not v.keep for v in ko.offer_many(near))
+    assert kept_originals >= 0.95 * len(originals)  # distinct tasks stay (English set: 248 of 252)
+    assert caught >= 0.95 * len(near)
+
+    en = Deduper(lang="en")  # rouge_score drops every Hangul character: most pairs score 0
+    en.offer_many(originals)
+    assert sum(not v.keep for v in en.offer_many(near)) < 0.3 * len(near)
+
+
+def test_korean_and_chinese_tokens():
+    assert korean_tokens("요약해 주세요.") == ["요약", "하", "어", "주", "세요"]
+    assert "api" in korean_tokens("API를 호출하는 Python 코드")
+    assert chinese_tokens("用Python写一个函数, 3.14!") == ["用", "python", "写", "一", "个", "函", "数", "3", "14"]
+    assert detect_lang(["解释下面这个成语的意思。"]) == "zh" and detect_lang(["Hello there"]) == "en"
+    zh = Deduper(lang="zh")
+    zh.add(["解释下面这个成语的意思，并用它造一个句子。"])
+    assert not zh.offer("请解释下面这个成语的意思，并用它造句。").keep
+    assert zh.offer("中国古代的四大发明指的是什么？").keep
+
+
+def test_dedup_command_writes_kept_records_and_the_rejected_sidecar(tmp_path, capsys):
+    rows = [{"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat, sleep, move."},
+            {"instruction": "Give three tips for staying very healthy.", "input": "", "output": "Same."},
+            {"instruction": "Translate the sentence into French.", "input": "I like tea.", "output": "J'aime le thé."}]
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "dedup.jsonl"
+    assert main(["data", "dedup", str(src), "-o", str(out)]) == 0
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["instruction"] for r in kept] == [rows[0]["instruction"], rows[2]["instruction"]]
+    assert kept[0]["most_similar_instructions"] == {} and kept[0]["avg_similarity_score"] == 0.0
+    assert set(kept[1]["most_similar_instructions"]) == {rows[0]["instruction"]}
+    rejected = [json.loads(x) for x in (tmp_path / "dedup.rejected.jsonl").read_text().splitlines()]
+    assert rejected[0]["reason"] == "near_duplicate" and rejected[0]["similar_to"] == rows[0]["instruction"]
+    assert rejected[0]["similarity"] > 0.7
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"instruction": "Translate the sentence into French.", "instances": []}) + "\n")
+    rep = dedup_file(src, tmp_path / "d2.json", seeds=[seeds])
+    assert (rep.kept, rep.rejected, rep.lang) == (1, 2, "en")
+    assert len(json.loads((tmp_path / "d2.json").read_text())) == 1
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"input": "x"}) + "\n")
+    assert main(["data", "dedup", str(bad), "-o", str(tmp_path / "x.jsonl")]) == 1
+    assert f"{bad}:2: field 'instruction': missing" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
