@@ -68,7 +68,7 @@ def stanford(seeds: list[str], cands: list[str], threshold: float = 0.7) -> list
 def camelid(seeds: list[str], cands: list[str], threshold: float = 0.7) -> list[dict | None]:
     dd = Deduper(threshold, "en")
     seed_tokens, tokens = dd.tokenize(seeds), dd.tokenize(cands)
-    dd._intern(seed_tokens + tokens)
+    dd.intern(seed_tokens + tokens)
     dd.add(seeds, seed_tokens)
     return [v.fields() if v.keep else None for v in dd.offer_many(cands, tokens)]
 

@@ -19,6 +19,7 @@ Chinese-LLaMA reported roughly half the tokens for Chinese text after extension.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -40,21 +41,23 @@ def encode_rate(tok, text: str, seconds: float = 1.0) -> float:
     return n * len(text) / (time.perf_counter() - t0)
 
 
-def gen_rate(model, ids, new_tokens: int, repeats: int) -> float:
+def gen_rates(models: list, ids: list[int], new_tokens: int, repeats: int) -> list[float]:
+    """Greedy decoding tokens/s of each model, median of `repeats` runs interleaved so load drifts hit all alike."""
     import torch
 
     x = torch.tensor([ids])
-    rates = []
+    kw = dict(attention_mask=torch.ones_like(x), do_sample=False, pad_token_id=0)
+    rates: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
-        model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=4, do_sample=False,
-                       pad_token_id=0)  # warm-up
+        for m in models:
+            m.generate(input_ids=x, max_new_tokens=4, **kw)  # warm-up
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-            assert out.shape[1] - x.shape[1] == new_tokens
-            rates.append(new_tokens / (time.perf_counter() - t0))
-    return statistics.median(rates)
+            for m, r in zip(models, rates):
+                t0 = time.perf_counter()
+                out = m.generate(input_ids=x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+                assert out.shape[1] - x.shape[1] == new_tokens
+                r.append(new_tokens / (time.perf_counter() - t0))
+    return [statistics.median(r) for r in rates]
 
 
 def main() -> None:
@@ -108,24 +111,33 @@ def main() -> None:
             "round_trip": added.decode(added(held, add_special_tokens=False).input_ids) == held,
             "encode_chars_per_s": round(encode_rate(added, held)),
         }
+        # ... and without their leading space, as SentencePiece pieces (`▁x` -> `x`) would be added
+        bare = AutoTokenizer.from_pretrained(base_dir)
+        bare.add_tokens(sorted({token_text(t).strip() for t in toks["ko"].convert_ids_to_tokens(list(new_ids))}
+                               - {""}))
+        results["ko_add_tokens"]["tokens_per_char_without_space"] = round(token_stats(bare, held)["tokens_per_char"], 3)
         results["ko"]["encode_chars_per_s"] = round(encode_rate(toks["ko"], held))
         results["base_encode_chars_per_s_ko"] = round(encode_rate(base, held))
 
         # decoding speed: same number of greedy steps, base vs resized model; chars/s via tokens per character
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         prompt = base("<|im_start|>user\nTell me about Seoul.<|im_end|>\n<|im_start|>assistant\n").input_ids
         model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-        base_tps = gen_rate(model, prompt, args.gen_tokens, args.repeats)
-        resize_embeddings(model, toks["ko"])
-        ext_tps = gen_rate(model, prompt, args.gen_tokens, args.repeats)
+        resized = copy.deepcopy(model)
+        resize_embeddings(resized, toks["ko"])
+        base_tps, ext_tps = gen_rates([model, resized], prompt, args.gen_tokens, args.repeats)
+        # load-independent: multiply-adds per decoded token (every Linear, the LM head included)
+        macs = [sum(m.weight.numel() for m in x.modules() if isinstance(m, torch.nn.Linear)) for x in (model, resized)]
         tpc_b, tpc_a = results["ko"]["tokens_per_char_before"], results["ko"]["tokens_per_char_after"]
         results["generation"] = {
             "new_tokens": args.gen_tokens, "threads": torch.get_num_threads(),
             "vocab_before": len(base), "vocab_after": len(toks["ko"]),
-            "tokens_per_s_before": round(base_tps, 1), "tokens_per_s_after": round(ext_tps, 1),
-            "korean_chars_per_s_before": round(base_tps / tpc_b, 1),
-            "korean_chars_per_s_after": round(ext_tps / tpc_a, 1),
+            "tokens_per_s_before": round(base_tps, 2), "tokens_per_s_after": round(ext_tps, 2),
+            "korean_chars_per_s_before": round(base_tps / tpc_b, 2),
+            "korean_chars_per_s_after": round(ext_tps / tpc_a, 2),
+            "tokens_per_s_ratio": round(ext_tps / base_tps, 3),
             "korean_chars_per_s_ratio": round((ext_tps / tpc_a) / (base_tps / tpc_b), 2),
+            "macs_per_token_before": macs[0], "macs_per_token_after": macs[1],
+            "expected_chars_per_s_ratio": round((tpc_b / tpc_a) * macs[0] / macs[1], 2),
         }
 
     for key in ("ko", "ko_no_charset", "zh"):
@@ -134,13 +146,15 @@ def main() -> None:
               f"{r['tokens_per_char_after']:.3f}  ({r['token_cut']:.1%} fewer)  English unchanged: "
               f"{r['english_unchanged']}", file=sys.stderr)
     a = results["ko_add_tokens"]
-    print(f"ko add_tokens   tokens/char {a['tokens_per_char_after']:.3f}  English unchanged: {a['english_unchanged']}  "
+    print(f"ko add_tokens   tokens/char {a['tokens_per_char_after']:.3f} ({a['tokens_per_char_without_space']:.3f} "
+          f"without their spaces)  English unchanged: {a['english_unchanged']}  "
           f"encode {a['encode_chars_per_s']:,} chars/s vs merges {results['ko']['encode_chars_per_s']:,} "
           f"(base {results['base_encode_chars_per_s_ko']:,})", file=sys.stderr)
     g = results["generation"]
     print(f"generation      {g['tokens_per_s_before']} -> {g['tokens_per_s_after']} tokens/s; Korean "
           f"{g['korean_chars_per_s_before']} -> {g['korean_chars_per_s_after']} chars/s "
-          f"(x{g['korean_chars_per_s_ratio']})", file=sys.stderr)
+          f"(x{g['korean_chars_per_s_ratio']}; from multiply-adds per token x{g['expected_chars_per_s_ratio']})",
+          file=sys.stderr)
     out = json.dumps(results, ensure_ascii=False, indent=2)
     print(out)
     if args.json:

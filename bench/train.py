@@ -54,9 +54,8 @@ def prompt_completion(path: Path) -> list[dict]:
 def run_camelid(args, out: Path) -> dict:
     import torch
 
-    from camelid.core.templates import get_template
     from camelid.train.config import load_config
-    from camelid.train.data import build_examples, collate, read_files
+    from camelid.train.data import collate
     from camelid.train.model import load_for_training
     from camelid.train.sft import token_loss_sum, train
 
@@ -65,8 +64,7 @@ def run_camelid(args, out: Path) -> dict:
                       max_steps=args.steps, max_length=args.max_length, packing=True, warmup_ratio=0.0,
                       precision="fp32", output_dir=str(out / "run"), seed=0)
     model, tok, _ = load_for_training(cfg, "cpu", False)
-    t = get_template("alpaca", None, tok.bos_token, tok.eos_token)
-    first, _ = build_examples(read_files(cfg.data)[:args.batch], tok, t, max_length=args.max_length)
+    first = camelid_examples(args, tok)[:args.batch]
     model.eval()
     with torch.no_grad():
         first_loss = token_loss_sum(model, collate(first, True, 0), "cpu").item() / sum(e.n_trained for e in first)
@@ -121,17 +119,34 @@ def run_trl(args, out: Path, packed: bool) -> dict:
                       else int(batch["input_ids"].numel()))
         return batch
 
-    first = collate([trainer.train_dataset[i] for i in range(args.batch)])  # the first records, like camelid's
+    # the loss on the first records: on trl's own tokenization, and on camelid's tokens (the same batch)
+    first = collate([trainer.train_dataset[i] for i in range(args.batch)])
+    ours = camelid_examples(args, tok)
+    same = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in ours[:args.batch]])
     trainer.model.eval()
     with torch.no_grad():
-        first_loss = trainer.compute_loss(trainer.model, {k: v for k, v in first.items()}).item()
+        first_loss = trainer.compute_loss(trainer.model, dict(first)).item()
+        same_batch_loss = trainer.compute_loss(trainer.model, dict(same)).item() if not packed else None
     trainer.model.train()
+    # trl tokenizes prompt+completion as one string: where tokens merge across the boundary its training
+    # sequence differs from the prompt the model is served with
+    differ = sum(1 for i, e in enumerate(ours) if i < len(trainer.train_dataset)
+                 and trainer.train_dataset[i]["input_ids"] != e.input_ids) if not packed else None
     trainer.data_collator = counting
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     # tokens[i] is the batch of step i (the dataloader may prefetch one more; it is not timed)
-    return {"first_batch_loss": first_loss, "losses": losses, "tokens": sum(tokens[1:args.steps]),
-            "seconds": sum(clock.times[1:]), "steps": len(clock.times)}
+    return {"first_batch_loss": first_loss, "same_batch_loss": same_batch_loss, "records_tokenized_differently":
+            differ, "losses": losses, "tokens": sum(tokens[1:args.steps]), "seconds": sum(clock.times[1:]),
+            "steps": len(clock.times)}
+
+
+def camelid_examples(args, tok):
+    from camelid.core.templates import get_template
+    from camelid.train.data import build_examples, read_files
+
+    t = get_template("alpaca", None, tok.bos_token, tok.eos_token)
+    return build_examples(read_files([args.data]), tok, t, max_length=args.max_length)[0]
 
 
 def worker(args) -> None:
@@ -197,14 +212,21 @@ def main() -> None:
                   f"first-batch loss {res['first_batch_loss']:.4f}, wall {res['wall_s']:.0f} s", flush=True)
     summary = {n: {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in v),
                    "peak_rss_mb": max(x["peak_rss_mb"] for x in v),
-                   "first_batch_loss": v[0]["first_batch_loss"]} for n, v in runs.items()}
+                   "first_batch_loss": v[0]["first_batch_loss"],
+                   "same_batch_loss": v[0].get("same_batch_loss", v[0]["first_batch_loss"]),
+                   "records_tokenized_differently": v[0].get("records_tokenized_differently")}
+               for n, v in runs.items()}
     ref = summary.get("trl")
     print("\nmedian tokens/s (real tokens), peak RSS:")
     for n, s in summary.items():
         ratio = f"  {s['tokens_per_s'] / ref['tokens_per_s']:.2f}x trl speed, " \
                 f"{s['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x trl memory" if ref and n != "trl" else ""
-        print(f"  {n:>17}: {s['tokens_per_s']:7.1f} tokens/s  {s['peak_rss_mb']:7.0f} MB  "
-              f"first-batch loss {s['first_batch_loss']:.4f}{ratio}")
+        print(f"  {n:>17}: {s['tokens_per_s']:7.1f} tokens/s  {s['peak_rss_mb']:7.0f} MB{ratio}")
+    if "camelid" in summary and ref:
+        print(f"\nloss on the same first batch (camelid's tokens): camelid {summary['camelid']['same_batch_loss']:.5f}"
+              f", trl {ref['same_batch_loss']:.5f}; trl on its own tokenization {ref['first_batch_loss']:.5f} "
+              f"({ref['records_tokenized_differently']} of the records tokenize differently in trl: prompt and "
+              "answer merged at the boundary, unlike the prompt served at inference)")
     if args.json:
         args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
                                          "summary": summary}, indent=2))

@@ -197,3 +197,15 @@ def test_dedup_command_writes_kept_records_and_the_rejected_sidecar(tmp_path, ca
     assert main(["data", "dedup", str(bad), "-o", str(tmp_path / "x.jsonl")]) == 1
     assert f"{bad}:2: field 'instruction': missing" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_dedup_command_detects_korean_and_catches_its_near_duplicates(shared_data, tmp_path):
+    rows = [json.loads(x) for x in open(shared_data / "kullm/user_oriented_instructions_eval_ko.jsonl")][:60]
+    rng = random.Random(5)
+    near = [{**r, "instruction": _perturb_ko(r["instruction"], rng)} for r in rows[:20]]
+    src = tmp_path / "ko.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows + near), encoding="utf-8")
+    rep = dedup_file(src, tmp_path / "out.jsonl")
+    assert rep.lang == "ko" and rep.rejected >= 20 and rep.kept >= 55
+    rejected = [json.loads(x) for x in (tmp_path / "out.rejected.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sum(r["instruction"] in {n["instruction"] for n in near} for r in rejected) >= 19

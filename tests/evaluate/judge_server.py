@@ -2,8 +2,8 @@
 
 The embedded 135M model rarely writes a verdict, so the verdict logic (swap, tie rule, win rates) is checked against
 judges whose behaviour is known: `first` always prefers the answer shown first (pure position bias), `longer`
-prefers the longer answer (length bias) unless one answer is marked BEST or WORST. Single grading scores 1 + len(answer) // 40 (capped at 10), and any
-answer containing NOVERDICT gets a reply without a rating.
+prefers the longer answer (length bias) unless one answer is marked BEST or WORST. Single grading scores
+1 + len(answer) // 40 (capped at 10), and any answer containing NOVERDICT gets a reply without a rating.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ def _section(text: str, name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _last_reply(conv: str | None) -> str | None:
+    """The assistant's last reply in a multi-turn conversation section."""
+    return re.split(r"### [^\n]*Assistant[^\n]*:\n", conv)[-1] if conv is not None else None
+
+
 def judge_reply(policy: str, user: str) -> str:
-    a = _section(user, "Assistant A's answer") or _section(user, "어시스턴트 A의 답변")
-    b = _section(user, "Assistant B's answer") or _section(user, "어시스턴트 B의 답변")
+    a = _section(user, "Assistant A's answer") or _last_reply(_section(user, "Conversation with Assistant A"))
+    b = _section(user, "Assistant B's answer") or _last_reply(_section(user, "Conversation with Assistant B"))
     if a is not None and b is not None:
         if policy == "first":
             return "Assistant A looks better to me.\n\n[[A]]"

@@ -42,26 +42,28 @@ def test_vicuna_bench_slice_is_answered_judged_and_reported_with_the_embedded_mo
                  "--baseline", "smol-greedy"]) == 0
     md = (out / "report.md").read_text()
     assert "## Single-answer grading" in md and "| smol-greedy vs smol-sampled |" in md
-    assert (out / "win_rates.png").is_file() and "<table>" in (out / "report.html").read_text()
+    assert "<table>" in (out / "report.html").read_text()
+    # a chart is drawn only from parseable verdicts (the 135M judge seldom writes one)
+    assert (out / "win_rates.png").is_file() == any(r["winner"] != "error" for r in prow)
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(s["model"] for s in summary["single"]) == ["smol-greedy", "smol-sampled"]
     assert all(s["n"] == 10 and s["n"] == s["scored"] + s["unparsed"] for s in summary["single"])
 
 
 def test_korean_user_oriented_set_is_answered_and_judged_with_the_korean_prompts(smol, shared_data, tmp_path):
-    qs = load_questions(shared_data / "kullm" / "user_oriented_instructions_eval_ko.jsonl", limit=2)
+    qs = load_questions(shared_data / "kullm" / "user_oriented_instructions_eval_ko.jsonl", limit=1)
     answer_questions(smol, qs, tmp_path / "ko.jsonl", model_id="smol", max_tokens=16, temperature=0.0)
     answers = load_answers(tmp_path / "ko.jsonl")
-    stats = judge_answers(smol, qs, answers, tmp_path / "judge.jsonl", mode="single", max_tokens=24)  # lang: auto
+    stats = judge_answers(smol, qs, answers, tmp_path / "judge.jsonl", mode="single", max_tokens=16)  # lang: auto
     rows = [r for _, r in read_jsonl(tmp_path / "judge.jsonl")]
-    assert stats.judged == len(rows) == 2 and all(r["lang"] == "ko" and r["prompt"] == "single" for r in rows)
-    for r, q in zip(sorted(rows, key=lambda r: r["question_id"]), qs):
-        user = r["user_prompts"][0]
-        assert user.startswith("## 질문\n") and q.turns[0] in user and "## 어시스턴트의 답변 (시작)" in user
-    # --lang en forces the English prompts on the same Korean questions (a separate cache entry)
-    judge_answers(smol, qs[:1], answers, tmp_path / "judge.jsonl", mode="single", max_tokens=24, lang="en")
+    assert stats.judged == len(rows) == 1 and rows[0]["lang"] == "ko" and rows[0]["prompt"] == "single"
+    user = rows[0]["user_prompts"][0]
+    assert user.startswith("## 질문\n") and qs[0].turns[0] in user and "## 어시스턴트의 답변 (시작)" in user
+    assert rows[0]["score"] is not None or stats.unparsed == 1
+    # --lang en forces the English prompts on the same Korean question (a separate cache entry)
+    judge_answers(smol, qs, answers, tmp_path / "judge.jsonl", mode="single", max_tokens=16, lang="en")
     rows = [r for _, r in read_jsonl(tmp_path / "judge.jsonl")]
-    assert [r["lang"] for r in rows] == ["ko", "ko", "en"] and rows[2]["user_prompts"][0].startswith("## Question")
+    assert [r["lang"] for r in rows] == ["ko", "en"] and rows[1]["user_prompts"][0].startswith("## Question")
 
 
 @pytest.mark.slow

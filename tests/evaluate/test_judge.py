@@ -160,3 +160,23 @@ def test_killed_judge_run_loses_nothing_and_the_rerun_finishes(judge_server, vic
     keys = [r["key"] for _, r in read_jsonl(out)]
     assert len(keys) == len(set(keys)) == 10 and keys[: len(first)] == first
     assert f"{10 - len(first)} judged, {len(first)} cached" in r.stderr
+
+
+def test_mt_bench_pairs_are_judged_per_turn_with_the_multi_turn_prompts(judge_server, shared_data, tmp_path):
+    mt = [json.loads(x) for x in (shared_data / "fastchat" / "mt_bench_question.jsonl").read_text().splitlines()]
+    picked = [q for q in mt if q["category"] == "math"][:1] + [q for q in mt if q["category"] == "writing"][:1]
+    qfile = tmp_path / "mt.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in picked))
+    ids = [q["question_id"] for q in picked]
+    a = write_answers(tmp_path / "a.jsonl", "a", {i: ["a short first", "a much longer second answer"] for i in ids})
+    b = write_answers(tmp_path / "b.jsonl", "b", {i: ["a longer first answer", "short"] for i in ids})
+    srv = judge_server("longer")
+    out = tmp_path / "j.jsonl"
+    assert _judge_cli(srv, "--mode", "pairwise", "-q", str(qfile), "--answers", str(a), str(b), "-o", str(out)) == 0
+    got = {(r["category"], r["turn"]): r for _, r in read_jsonl(out)}
+    assert {k: r["prompt"] for k, r in got.items()} == {
+        ("math", 1): "pair-ref", ("math", 2): "pair-ref-multi", ("writing", 1): "pair", ("writing", 2): "pair-multi"}
+    assert {k: r["winner_model"] for k, r in got.items()} == {
+        ("math", 1): "b", ("math", 2): "a", ("writing", 1): "b", ("writing", 2): "a"}
+    g2 = got[("writing", 2)]["user_prompts"][1]  # game 2 shows b's conversation as A
+    assert g2.index("a longer first answer") < g2.index("a short first")

@@ -179,6 +179,8 @@ def test_config_file_and_flags(tmp_path):
     cfg = load_config(cfg_path, {"num": 9, "temperature": None})
     assert (cfg.mode, cfg.num, cfg.lang, cfg.max_tokens, cfg.blacklist) == ("self-instruct", 9, "ko", 99, ["foo"])
     assert cfg.setting("temperature") == 0.7 and GenerateConfig().setting("temperature") == 1.0
+    assert GenerateConfig(model="openai:teacher").setting("max_tokens") == 3072  # Stanford's
+    assert GenerateConfig().setting("max_tokens") == 512  # the embedded 135M teacher loops rather than stopping
     cfg_path.write_text("num: 0\nbogus: 1\n")
     with pytest.raises(DataError) as e:
         load_config(cfg_path, {})

@@ -34,3 +34,10 @@ def sse_events(resp: httpx.Response) -> list:
                 data = line[6:]
                 out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+def forget(model) -> None:
+    """Drop llama.cpp's prompt cache so the next prompt is evaluated whole. A prompt that repeats the previous one
+    is re-evaluated one token at a time from the cache, which can change greedy output in the last decimals; tests
+    that compare two greedy answers to the same prompt start both from the same state."""
+    model.llm.reset()

@@ -8,7 +8,7 @@ import logging
 import httpx
 
 from camelid.models import Sampling
-from tests.serve.helpers import MODEL, sse_events
+from tests.serve.helpers import MODEL, forget, sse_events
 
 HI = [{"role": "user", "content": "Write the number 2 in words."}]
 
@@ -21,7 +21,9 @@ def test_models_lists_the_served_model(client, server):
 
 
 def test_chat_completion_answers_like_the_backend_with_usage(client, embedded):
+    forget(embedded)
     r = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=8, temperature=0)
+    forget(embedded)
     direct = embedded.chat(HI, Sampling(temperature=0, max_tokens=8))
     assert r.object == "chat.completion" and r.model == MODEL and r.id.startswith("chatcmpl-")
     assert r.choices[0].message.role == "assistant"
@@ -31,8 +33,10 @@ def test_chat_completion_answers_like_the_backend_with_usage(client, embedded):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
-def test_streamed_chat_equals_the_plain_answer_and_reports_usage(client):
+def test_streamed_chat_equals_the_plain_answer_and_reports_usage(client, embedded):
+    forget(embedded)
     plain = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=8, temperature=0)
+    forget(embedded)
     stream = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=8, temperature=0, stream=True,
                                             stream_options={"include_usage": True})
     chunks = list(stream)
@@ -55,10 +59,13 @@ def test_chat_stops_at_the_templates_end_of_turn(client):
 
 def test_completions_plain_and_streamed_agree(client, embedded):
     prompt = "The capital of France is"
+    forget(embedded)
     r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0)
     assert r.object == "text_completion"
+    forget(embedded)
     assert r.choices[0].text == embedded.complete(prompt, Sampling(temperature=0, max_tokens=6)).text
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 6
+    forget(embedded)
     chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text

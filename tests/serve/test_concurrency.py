@@ -11,7 +11,7 @@ import pytest
 
 from camelid.models import Sampling, load_model
 from camelid.serve.server import BackgroundServer, create_app
-from tests.serve.helpers import MODEL, assert_error, sse_events
+from tests.serve.helpers import MODEL, assert_error, forget, sse_events
 
 N = 16
 
@@ -58,6 +58,7 @@ def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixe
         # greedy answers are deterministic: each stream must be exactly its own prompt's answer (the prompts'
         # answers differ, "2 in words" vs "3 in words", so a mix-up would show)
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        forget(embedded)  # a fresh evaluation, as the server's (after another prompt) was
         assert text == embedded.chat(ask(i)["messages"], Sampling(temperature=0, max_tokens=6)).text
         assert str(i) in text or "nine" in text.lower()
         served += 1
@@ -92,11 +93,10 @@ def test_a_queued_client_that_gives_up_never_runs(server, caplog):
             "temperature": 0, "stream": True}
     with caplog.at_level(logging.INFO, logger="camelid.serve"):
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=long, timeout=120) as busy:
-            next(busy.iter_lines())  # the model is now generating for this client
+            lines = busy.iter_lines()  # keep the iterator: dropping it would close the stream
+            assert next(lines).startswith("data: ")  # the model is now generating for this client
             with pytest.raises(httpx.ReadTimeout):
-                r = httpx.post(server.url + "/v1/chat/completions", json={**ask(5), "max_tokens": 2}, timeout=0.5)
-                print("DEBUG", r.status_code, r.text, server.app.state.gate.stats())
-                print("DEBUG2", list(busy.iter_lines())[:10])
+                httpx.post(server.url + "/v1/chat/completions", json={**ask(5), "max_tokens": 2}, timeout=0.5)
             deadline = time.monotonic() + 30
             while server.app.state.gate.admitted > 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -114,6 +114,7 @@ def test_a_front_server_spreads_requests_over_several_workers(embedded):
         front_model = load_model(f"openai:{MODEL}", base_urls=[a.url + "/v1", b.url + "/v1"], max_retries=1)
         with BackgroundServer(create_app(front_model)) as front:
             client = openai.OpenAI(base_url=front.url + "/v1", api_key="x", max_retries=0)
+            forget(embedded)
             plain = [client.chat.completions.create(model=MODEL, messages=ask(i)["messages"], max_tokens=4,
                                                     temperature=0) for i in range(2)]
             streamed = list(client.chat.completions.create(model=MODEL, messages=ask(0)["messages"], max_tokens=4,

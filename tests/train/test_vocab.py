@@ -11,7 +11,7 @@ import pytest
 from camelid.cli import main
 from camelid.train.vocab import (EXTENSION_FILE, charset, extend_tokenizer, lora_embedding_kwargs,
                                  lora_modules_to_save, read_texts, resize_embeddings, ties_embeddings,
-                                 token_stats, token_text)
+                                 token_stats, token_text, train_only_embeddings)
 
 ROOT = Path(__file__).resolve().parents[2]
 KO_CORPUS = ROOT / "src" / "camelid" / "train" / "data" / "ko_corpus.txt"
@@ -152,10 +152,18 @@ def test_resize_sets_new_rows_to_the_mean_of_the_old_ones_in_both_untied_matrice
     assert lora_embedding_kwargs(model)["ensure_weight_tying"] is False
 
 
+def test_stage_one_trains_only_the_embedding_matrices(ko_tok):
+    model = _tiny_untied_llama(100)
+    resize_embeddings(model, ko_tok)
+    n = train_only_embeddings(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"model.embed_tokens.weight", "lm_head.weight"} and n == 2 * len(ko_tok) * 16
+
+
 def test_resize_pads_to_a_multiple(ko_tok):
     model = _tiny_untied_llama(100)
     resize_embeddings(model, ko_tok, pad_to_multiple_of=64)
-    assert model.get_input_embeddings().weight.shape[0] % 64 == 0 >= 0
+    assert model.get_input_embeddings().weight.shape[0] % 64 == 0
     assert model.get_input_embeddings().weight.shape[0] >= len(ko_tok)
 
 

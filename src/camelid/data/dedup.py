@@ -2,14 +2,11 @@
 
 Stanford's generate_instruction.py keeps an instruction only when its ROUGE-L F1 (rouge_score, no stemmer)
 against every seed and every instruction kept so far is <= 0.7, and stores its 10 most similar instructions
-and the mean score. ROUGE-L F1 over token sequences is 2*LCS/(len_a+len_b); RapidFuzz computes LCS lengths
-with bit-parallel C++ (`LCSseq.similarity`), and the F1 is then computed here with rouge_score's own
-precision/recall/fmeasure formula, so every score is bit-identical and the `> threshold` decisions are the same.
-
-Speed comes from three things: tokens are interned to one character each (frequent tokens get codes < 256,
-which RapidFuzz looks up in a flat table instead of a hash map), candidates are scored in blocks with one
-`cdist` call against the whole pool, and the greedy order inside a block is resolved with the block's own
-pairwise matrix.
+and the mean score. ROUGE-L F1 over token sequences is 2*LCS/(len_a+len_b): RapidFuzz's normalized Indel
+similarity computes exactly that with bit-parallel C++, a whole block of candidates against the whole pool in
+one `cdist` call. Wherever a decision or a stored score depends on the last bits, the LCS length is recovered
+and the score recomputed with rouge_score's own precision/recall/fmeasure formula, so the decisions (`>`
+threshold, ties included) and the top-10 scores are rouge_score's floats (see Deduper for the details).
 
 Korean and Chinese are first-class: rouge_score deletes every non-ASCII character (all Korean pairs score 0),
 so `lang="ko"` tokenizes into Kiwi morphemes and `lang="zh"` into single Han characters plus ASCII words.
@@ -215,7 +212,8 @@ class Deduper:
         return len(self.texts)
 
     # ---- interning: tokens -> ids; the most frequent get the smallest ids (and the one-byte codes)
-    def _intern(self, token_lists: Sequence[Sequence[str]]) -> None:
+    def intern(self, token_lists: Sequence[Sequence[str]]) -> None:
+        """Give ids to new tokens, commonest first (call it with everything up front for the best speed)."""
         new = Counter(t for toks in token_lists for t in toks if t not in self._ids)
         if len(self._ids) + len(new) > MAX_IDS:
             raise CamelidError("more than a million distinct tokens: too many to deduplicate in one pool")
@@ -259,7 +257,7 @@ class Deduper:
         """Put texts in the pool unchecked (seeds, or instructions kept by an earlier run)."""
         with self._lock:
             tokens = self.tokenize(texts) if tokens is None else tokens
-            self._intern(tokens)
+            self.intern(tokens)
             for text, toks in zip(texts, tokens):
                 ids = self._encode(toks)
                 self._append(text, ids, _full(ids))
@@ -268,7 +266,7 @@ class Deduper:
         """Score `text` against the pool without adding it."""
         with self._lock:
             tokens = self.tokenize([text])[0] if tokens is None else tokens
-            self._intern([tokens])
+            self.intern([tokens])
             return self._offer_block([text], [self._encode(tokens)], add=False)[0]
 
     def offer(self, text: str, tokens: Sequence[str] | None = None) -> Verdict:
@@ -280,7 +278,7 @@ class Deduper:
         """`[offer(t) for t in texts]`: the same verdicts, scored a block at a time."""
         with self._lock:
             tokens = self.tokenize(texts) if tokens is None else tokens
-            self._intern(tokens)
+            self.intern(tokens)
             ids = [self._encode(t) for t in tokens]
             out: list[Verdict] = []
             for start in range(0, len(ids), self.block):
@@ -428,7 +426,7 @@ def dedup_file(path: str | Path, out: str | Path, threshold: float = 0.7, lang: 
     lang = detect_lang(seed_texts + texts) if lang == "auto" else check_lang(lang)
     dd = Deduper(threshold, lang)
     seed_tokens, tokens = dd.tokenize(seed_texts), dd.tokenize(texts)
-    dd._intern(seed_tokens + tokens)  # one frequency order for all: the commonest tokens get the fast codes
+    dd.intern(seed_tokens + tokens)  # one frequency order for all: the commonest tokens get the fast codes
     dd.add(seed_texts, seed_tokens)
     verdicts = dd.offer_many(texts, tokens, progress=progress)
     kept = [{**rec, **v.fields()} for rec, v in zip(records, verdicts) if v.keep]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from camelid.core.io import CamelidError, JsonlAppender, sha256_json
+from camelid.core.io import CamelidError, JsonlAppender, repair_jsonl_tail, sha256_json
 from camelid.evaluate.questions import Question, load_answers
 from camelid.models.base import Model, Sampling
 
@@ -62,9 +62,7 @@ def answer_questions(model: Model, questions: list[Question], out: str | Path, *
     model_id = model_id or model.name
     done: set[str] = set()
     if out.exists() and out.stat().st_size:
-        from camelid.core.io import repair_jsonl_tail
-
-        repair_jsonl_tail(out)
+        repair_jsonl_tail(out)  # a torn last line from a killed run must not stop the resume
         done = set(load_answers(out).get(model_id, {}))
     stats = AnswerStats(skipped=sum(str(q.question_id) in done for q in questions))
     todo = [q for q in questions if str(q.question_id) not in done]

@@ -95,7 +95,8 @@ def judge(
     answers: Annotated[Optional[list[Path]], typer.Option("--answers", "-a", help="Answer JSONL file(s).")] = None,
     more: MoreAnswers = None,
     judge_spec: Annotated[str, typer.Option("--judge", "-j", help="Judge model spec (like --model).")] = "embedded",
-    mode: Annotated[str, typer.Option("--mode", help="single (1-10 score) | pairwise (A vs B, both orders).")] = "single",
+    mode: Annotated[str, typer.Option("--mode", help="single (1-10 score) | pairwise (A vs B, both "
+                                      "orders).")] = "single",
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference answers (answer JSONL) for "
                                                       "math/reasoning/coding questions.")] = None,
     lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | auto (from each "
@@ -122,7 +123,9 @@ def judge(
     qs = load_questions(questions, limit)
     ans = _merge_answers(_answers(answers, more))
     refs = reference_answers(qs)
-    if refs and (len(ans) == 1 or (baseline in refs)):
+    # the question file's reference outputs (AlpacaEval `output`) are a contestant when named as the baseline, or
+    # as the default opponent of a single model in pairwise mode
+    if refs and (baseline in refs or (mode == "pairwise" and len(ans) == 1)):
         for gen, rows in refs.items():
             ans.setdefault(gen, rows)
         if baseline is None and mode == "pairwise":
@@ -140,9 +143,9 @@ def judge(
                 n[0] += 1
                 st.update(f"judged {n[0]}")
 
-            stats = judge_answers(m, qs, ans, output, mode=mode, lang=lang, ref_answers=ref_answers,  # type: ignore[arg-type]
-                                  baseline=baseline, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                  concurrency=concurrency, on_done=done)
+            stats = judge_answers(m, qs, ans, output, mode=mode, lang=lang,  # type: ignore[arg-type]
+                                  ref_answers=ref_answers, baseline=baseline, max_tokens=max_tokens,
+                                  temperature=temperature, seed=seed, concurrency=concurrency, on_done=done)
     finally:
         m.close()
     console.print(f"{output}: {stats.judged} judged, {stats.cached} cached, {stats.unparsed} without a parseable "
@@ -189,7 +192,27 @@ def _print_summary(single: list[dict], pair: list[dict], baseline: str | None, s
                       f"{s['lc_win_rate']:.1%} [{s['lc_win_rate_ci'][0]:.0%}-{s['lc_win_rate_ci'][1]:.0%}]",
                       str(s["swap_disagreements"]), str(s["errors"]))
         console.print(t)
+        if len(pair) <= 20:
+            console.print(_pair_details(pair))
     return out
+
+
+def _pair_details(pair: list[dict]):
+    """Each pair's two games (who was A, the raw verdict) and the combined result: the swap and the tie rule."""
+    from rich.table import Table
+
+    t = Table(title="each pair, judged in both orders")
+    for c in ("question", "game 1: A / B -> verdict", "game 2 (swapped): A / B -> verdict", "result"):
+        t.add_column(c)
+    for r in sorted(pair, key=lambda r: (str(r["question_id"]), r.get("turn") or 1)):
+        g1, g2 = r["g1"], r["g2"]
+        res = r["winner_model"] if r["winner"] != "error" else "error (unparsed verdict)"
+        if r["winner"] == "tie" and not r["swap_agree"]:
+            res = "tie (the orders disagree)"
+        t.add_row(f"{r['question_id']}" + (f" turn {r['turn']}" if r.get("turn", 1) > 1 else ""),
+                  f"{g1['A']} / {g1['B']} -> {g1['verdict'] or '?'}",
+                  f"{g2['A']} / {g2['B']} -> {g2['verdict'] or '?'}", res)
+    return t
 
 
 @app.command()

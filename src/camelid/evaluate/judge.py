@@ -153,7 +153,8 @@ def single_tasks(questions: list[Question], answers: dict[str, dict[str, Answer]
             else:
                 fields = {"conversation": conversation(q, a.turns, t, lg)}
                 if has_ref:
-                    fields["reference_conversation"] = conversation(q, ref, t, lg, assistant_label=LABELS[lg]["reference"])
+                    fields["reference_conversation"] = conversation(q, ref, t, lg,
+                                                                    assistant_label=LABELS[lg]["reference"])
             msgs = p.messages(**fields)
             key = sha256_json({"judge": judge_id, "messages": msgs, "sampling": sampling.__dict__})[:24]
             tasks.append(_Task(key, [msgs], {
@@ -219,7 +220,8 @@ def _finish_pair(row: dict, replies: list) -> dict:
         verdict = parse_verdict(reply.text)
         winner_model = {"A": order[0], "B": order[1], "C": "tie"}.get(verdict or "", None)
         winner = {m1: "model_1", m2: "model_2", "tie": "tie"}.get(winner_model or "", "error")
-        games[g] = {"A": order[0], "B": order[1], "verdict": verdict, "winner": winner, "judgment": reply.text}
+        games[g] = {"A": order[0], "B": order[1], "verdict": verdict, "winner": winner, "judgment": reply.text,
+                    "finish_reason": reply.finish_reason}
     result = combine(games[1]["winner"], games[2]["winner"])
     return {**row, "g1": games[1], "g2": games[2], "g1_winner": games[1]["winner"], "g2_winner": games[2]["winner"],
             "winner": result, "winner_model": {"model_1": m1, "model_2": m2}.get(result, result),

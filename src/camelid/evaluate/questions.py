@@ -144,7 +144,7 @@ def load_answers(path: str | Path) -> dict[str, dict[str, Answer]]:
             if f not in rec:
                 raise _problem(path, line, i, f, "missing (expected FastChat's answer shape)")
         ch = rec["choices"]
-        if not isinstance(ch, list) or not ch or not isinstance(ch[0], dict) or not isinstance(ch[0].get("turns"), list):
+        if not (isinstance(ch, list) and ch and isinstance(ch[0], dict) and isinstance(ch[0].get("turns"), list)):
             raise _problem(path, line, i, "choices", "must be a list whose first item has 'turns'")
         usage = ch[0].get("usage") or []
         out.setdefault(str(rec["model_id"]), {})[str(rec["question_id"])] = Answer(

@@ -23,7 +23,7 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
 
 
 def _ci(ci: tuple[float, float], fmt: str = ".2f") -> str:
-    return f"{_f(ci[0], fmt)} - {_f(ci[1], fmt)}"
+    return "-" if all(math.isnan(x) for x in ci) else f"{_f(ci[0], fmt)} - {_f(ci[1], fmt)}"
 
 
 def json_safe(obj):
@@ -80,6 +80,7 @@ def chart_win_rates(pair_summ: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    pair_summ = [s for s in pair_summ if s["n"]]  # pairs with no parseable verdict have nothing to draw
     if not pair_summ:
         return False
     labels = [f"{s['model_1']}\nvs {s['model_2']}" for s in pair_summ]
@@ -174,7 +175,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
                 + [_f(s["by_turn"].get(t)) for t in turns if len(turns) > 1]
                 + ([_f(rel.get(s["model"]), ".1%")] if rel else []) for s in sorted(ss, key=lambda s: -_nz(s["mean"]))]
         cats = sorted({c for s in ss for c in s["by_category"]})
-        cat_t = (["category"] + [s["model"] for s in ss], [[c] + [_f(s["by_category"].get(c)) for s in ss] for c in cats])
+        cat_t = (["category"] + [s["model"] for s in ss],
+                 [[c] + [_f(s["by_category"].get(c)) for s in ss] for c in cats])
         items: list[Table | str] = [(head, rows)]
         if chart_categories(single, out / "score_by_category.png"):
             items.append("score_by_category.png")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from camelid.core.io import CamelidError, DataError, JsonlAppender, Problem, read_jsonl
+from camelid.core.io import CamelidError, DataError, JsonlAppender, Problem, read_jsonl, repair_jsonl_tail
 from camelid.data.dedup import Deduper
 from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter, filter_instances
@@ -40,8 +40,8 @@ DEFAULTS = {
     "self-instruct": {"temperature": 0.7, "top_p": 0.5, "max_tokens": 1024,
                       "num_prompt_instructions": self_instruct.NUM_PROMPT_INSTRUCTIONS},
 }
-INSTANCE_MAX_TOKENS = 350  # Wang et al.: 300 (classification) / 350
 MIN_MAX_TOKENS = 64
+EMBEDDED_MAX_TOKENS = 512
 
 
 class GenerateConfig(BaseModel):
@@ -68,12 +68,19 @@ class GenerateConfig(BaseModel):
     threshold: float = Field(0.7, gt=0, le=1, description="Reject above this ROUGE-L F1")
     num_prompt_instructions: Optional[int] = Field(None, ge=1)
     max_instances: int = Field(5, ge=1, description="Self-Instruct: instances per instruction")
+    instance_max_tokens: int = Field(350, ge=1, description="Self-Instruct: tokens per instance request (Wang: 350)")
     blacklist: Optional[list[str]] = Field(None, description="Keywords that reject an instruction")
     max_requests: Optional[int] = Field(None, ge=1, description="Stop after this many generation requests")
 
     def setting(self, name: str) -> Any:
+        """A mode-dependent setting: the value given, else the mode's default."""
         value = getattr(self, name)
-        return DEFAULTS[self.mode][name] if value is None else value
+        if value is not None:
+            return value
+        if name == "max_tokens" and self.model == "embedded":
+            # the 135M embedded teacher loops instead of ending its list: 3072 tokens would mostly be repeats
+            return min(EMBEDDED_MAX_TOKENS, DEFAULTS[self.mode][name])
+        return DEFAULTS[self.mode][name]
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> GenerateConfig:
@@ -139,23 +146,24 @@ class Generator:
         self.dedup = Deduper(cfg.threshold, cfg.lang)
         self.dedup.add([t.instruction for t in self.seeds])
         self.rejected_path, self.requests_path = sidecar_paths(cfg.output)
-        # opening repairs a torn last line left by a crash, so read only after opening
-        self.out = JsonlAppender(cfg.output)
-        self.rejected = JsonlAppender(self.rejected_path)
-        self.requests = JsonlAppender(self.requests_path)
         self._log_lock = threading.Lock()
         self.machine: list[str] = []  # kept instructions, in order
         self.reasons: Counter = Counter()
         self.next_request = 0
         self.tokens = [0, 0]  # prompt, completion (all runs)
+        for path in (Path(cfg.output), self.rejected_path, self.requests_path):
+            repair_jsonl_tail(path)  # a line torn by a crash is cut before anything is read
         self._reload()
+        self.out = JsonlAppender(cfg.output)
+        self.rejected = JsonlAppender(self.rejected_path)
+        self.requests = JsonlAppender(self.requests_path)
         self.report = Report(Path(cfg.output), len(self.machine), cfg.num, len(self.machine))
 
     # ------------------------------------------------------------------ resume
     def _reload(self) -> None:
         seen: set[str] = set()
         kept: list[str] = []
-        for line, row in read_jsonl(self.cfg.output):
+        for line, row in _read(self.cfg.output):
             if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
                 raise DataError(Problem(str(self.cfg.output), line, "instruction", "not a generated Alpaca row: "
                                         "pass a new -o file, or the output of an earlier `camelid generate`"))
@@ -164,10 +172,10 @@ class Generator:
                 kept.append(row["instruction"])
         self.dedup.add(kept)
         self.machine = kept
-        for _, row in read_jsonl(self.rejected_path):
+        for _, row in _read(self.rejected_path):
             self.reasons[row.get("reason", "unknown") if isinstance(row, dict) else "unknown"] += 1
         main = MAIN_STEP[self.cfg.mode]
-        for _, row in read_jsonl(self.requests_path):
+        for _, row in _read(self.requests_path):
             if not isinstance(row, dict):
                 continue
             if row.get("step") == main and isinstance(row.get("request"), int):
@@ -341,7 +349,7 @@ class Generator:
                                 instruction=inst)
             is_clf = self_instruct.parse_classify(clf.text)
             prompt = self_instruct.instances_prompt(inst, is_clf, lang)
-            sampling = self._sampling(seed, temperature=0.0, top_p=1.0, max_tokens=INSTANCE_MAX_TOKENS,
+            sampling = self._sampling(seed, temperature=0.0, top_p=1.0, max_tokens=self.cfg.instance_max_tokens,
                                       stop=self_instruct.instances_stop(self.cfg.max_instances))
             return is_clf, self._request(k, "instances", prompt, sampling, instruction=inst,
                                          is_classification=is_clf)
@@ -434,6 +442,10 @@ class Generator:
         bar = getattr(self, "_bar", None)
         if bar is not None:
             bar.update(self._task, completed=self.kept, info=self._info())
+
+
+def _read(path: Path) -> Iterator[tuple[int, Any]]:
+    return read_jsonl(path) if Path(path).exists() else iter(())
 
 
 def _strip_echo(text: str, pattern: str) -> str:

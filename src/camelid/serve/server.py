@@ -57,6 +57,7 @@ class Gate:
         self.total = 0  # requests admitted since start
         self._sem: asyncio.Semaphore | None = None
         self._latency = 2.0  # moving average of a generation's seconds, for Retry-After
+        self.workers: dict[threading.Thread, threading.Event] = {}  # live generations and their cancel flags
 
     @property
     def sem(self) -> asyncio.Semaphore:
@@ -77,6 +78,15 @@ class Gate:
         self.admitted -= 1
         if seconds is not None:
             self._latency = 0.8 * self._latency + 0.2 * seconds
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Cancel every generation and wait for the workers (call before closing the model at shutdown)."""
+        for cancel in list(self.workers.values()):
+            cancel.set()
+        deadline = time.monotonic() + timeout
+        for thread in list(self.workers):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in list(self.workers))
 
     def stats(self) -> dict[str, int]:
         return {"running": self.running, "queued": self.admitted - self.running, "concurrency": self.concurrency,
@@ -121,6 +131,7 @@ async def generate(gate: Gate, start: Callable[[], Iterator[Chunk]]) -> AsyncIte
         except BaseException as e:  # delivered to the request; the server stays up
             post(e)
         finally:
+            gate.workers.pop(threading.current_thread(), None)
             post(_END)
             try:
                 loop.call_soon_threadsafe(finished)
@@ -132,7 +143,9 @@ async def generate(gate: Gate, start: Callable[[], Iterator[Chunk]]) -> AsyncIte
         await gate.sem.acquire()
         acquired = True
         gate.running += 1
-        threading.Thread(target=work, name="camelid-generate", daemon=True).start()
+        worker = threading.Thread(target=work, name="camelid-generate", daemon=True)
+        gate.workers[worker] = cancel
+        worker.start()
         started = True
         while True:
             item = await queue.get()
@@ -451,7 +464,10 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: st
     """Run the app with uvicorn until Ctrl-C (uvicorn's own access log is off: AccessLog writes one line)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    finally:
+        app.state.gate.drain()
 
 
 class BackgroundServer(AbstractContextManager):
@@ -484,3 +500,4 @@ class BackgroundServer(AbstractContextManager):
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.config.app.state.gate.drain()  # no generation may outlive the server (the model may be closed next)

@@ -91,7 +91,8 @@ class TrainConfig(BaseModel):
     overwrite: bool = Field(False, description="replace a finished run in output_dir")
     resume: bool = Field(True, description="continue from the newest checkpoint in output_dir when there is one")
     save_steps: Optional[int] = Field(None, ge=1, description="checkpoint every N steps (optimizer, scheduler, RNG, "
-                                      "data position); None = only at the end")
+                                      "data position) so a killed run resumes; null = none (the final model is "
+                                      "always saved)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept (oldest removed)")
     log_steps: int = Field(1, ge=1)
     eval_steps: Optional[int] = Field(None, ge=1, description="eval loss (and samples) every N steps and at the end")

@@ -201,6 +201,9 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
 
     if not cfg.data:
         raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # a second run in this process may use another precision (process group kept)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
     is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)

@@ -1,0 +1,124 @@
+"""The chat page in headless Chromium (Debian's, offline): a real streamed answer, multi-turn, reset, errors, and
+model output that looks like HTML shown as text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from camelid.models import Sampling
+from tests.serve.helpers import MODEL, forget
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+EVIL = ('<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+        '<b onmouseover="window.__pwned = 3">bold</b> & 한국어 "quotes"')
+
+
+@pytest.fixture(scope="module")
+def browser():
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is not installed (apt-get install -y chromium fonts-nanum)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("dialog", lambda d: (pg.errors.append("dialog: " + d.message), d.dismiss()))
+    pg.bodies = []
+    pg.on("request", lambda r: pg.bodies.append(json.loads(r.post_data)) if r.method == "POST" else None)
+    pg.goto(server.url + "/")
+    playwright.expect(pg.locator("#model-name")).to_have_text(MODEL)
+    pg.fill("#temperature", "0")
+    pg.fill("#max-tokens", "12")
+    yield pg
+    context.close()
+
+
+def send(page, text: str) -> None:
+    """Type a message, press Enter, wait until the answer is complete."""
+    n = page.locator("#log > .msg").count()
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+    # (locators, not wait_for_function: the page's CSP forbids the eval that the latter needs)
+    page.locator("#log > .msg").nth(n).wait_for(state="attached")  # the user's bubble: the turn has begun
+    page.locator("body[data-state=idle]").wait_for(state="attached", timeout=120_000)
+
+
+def watch_assistant_text(page) -> None:
+    """Record every length the newest assistant bubble's text goes through."""
+    page.evaluate("""() => {
+        window.__lengths = [];
+        new MutationObserver(() => {
+            const b = [...document.querySelectorAll('.msg.assistant .body')].pop();
+            if (b) window.__lengths.push(b.textContent.length);
+        }).observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true});
+    }""")
+
+
+def test_page_streams_a_real_answer_keeps_the_conversation_and_resets(page, embedded):
+    watch_assistant_text(page)
+    forget(embedded)
+    send(page, "Write the number 2 in words.")
+    answer = page.inner_text(".msg.assistant .body")
+    forget(embedded)
+    expected = embedded.chat([{"role": "user", "content": "Write the number 2 in words."}],
+                             Sampling(temperature=0, max_tokens=12)).text
+    assert answer.strip() == expected.strip() and answer.strip()
+    lengths = [n for n in page.evaluate("window.__lengths") if n]
+    assert len(set(lengths)) >= 2  # it grew piece by piece
+    assert page.bodies[-1]["stream"] is True and page.bodies[-1]["max_tokens"] == 12
+    assert page.inner_text("#status").endswith(" s")  # usage shown from the last chunk
+
+    send(page, "And the number 3?")
+    assert [m["role"] for m in page.bodies[-1]["messages"]] == ["user", "assistant", "user"]
+    assert page.bodies[-1]["messages"][1]["content"] == expected
+    assert page.locator(".msg.assistant").count() == 2
+
+    page.click("#reset")
+    assert page.locator(".msg").count() == 0
+    send(page, "Hi")
+    assert page.bodies[-1]["messages"] == [{"role": "user", "content": "Hi"}]
+    assert page.errors == []
+
+
+def test_page_shows_server_errors_as_text(page):
+    page.fill("#max-tokens", "999999")  # the real server refuses: beyond the context
+    send(page, "Hello")
+    assert "max_tokens" in page.inner_text(".msg.error")
+    assert page.locator(".msg.assistant").count() == 0
+    page.fill("#max-tokens", "4")
+    send(page, "Hello")  # the failed turn was dropped: the conversation goes on from a clean state
+    assert [m["role"] for m in page.bodies[-1]["messages"]] == ["user"]
+
+
+def test_model_output_that_looks_like_html_is_shown_as_text(page):
+    # a routed SSE response (this tests the page's rendering): markup split across chunks, plus a code fence
+    pieces = [EVIL[:9], EVIL[9:40], EVIL[40:], "\n```html\n<i>code</i>\n```"]
+    events = [{"id": "x", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+               "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+    send(page, "show me some html")
+    bubble = page.locator(".msg.assistant .body")
+    assert bubble.evaluate("b => b.firstChild.textContent") == EVIL + "\n"
+    assert page.inner_text(".msg.assistant pre code") == "<i>code</i>\n"
+    assert page.locator("#log img, #log script, #log b, #log i").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.hover(".msg.assistant .body")
+    assert page.evaluate("window.__pwned") is None and page.errors == []
