@@ -10,7 +10,6 @@ the per-request overhead of HTTP (1-token requests), and the ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models.servers import LlamaCppServer  # noqa: E402
 
 from camelid.models import Sampling, embedded_gguf, load_model  # noqa: E402
-from camelid.models.llamacpp import LlamaCppModel  # noqa: E402
+from camelid.models.llamacpp import LlamaCppModel, default_threads  # noqa: E402
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -41,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads, the same on both paths")
+    ap.add_argument("--threads", type=int, default=default_threads(), help="llama.cpp threads, both paths")
     args = ap.parse_args()
 
     direct = LlamaCppModel(embedded_gguf(), n_ctx=2048, n_threads=args.threads)

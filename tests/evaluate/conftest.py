@@ -9,15 +9,9 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def smol():
-    """The embedded SmolLM2-135M on ONE llama.cpp thread: on this shared 2-core machine, with other jobs running,
-    two spinning threads measured 10x slower (50 s vs 5 s for 32 tokens); alone the two are about the same."""
-    from camelid.models import EMBEDDED_NAME, embedded_gguf
-    from camelid.models.llamacpp import LlamaCppModel
-
-    model = LlamaCppModel(embedded_gguf(), n_ctx=2048, n_threads=1, name=EMBEDDED_NAME)
-    yield model
-    model.close()
+def smol(embedded):
+    """The embedded SmolLM2-135M (llama.cpp, one thread per physical core: see models.llamacpp.default_threads)."""
+    return embedded
 
 
 def write_answers(path: Path, model_id: str, answers: dict) -> Path:
