@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import statistics
 import threading
 import time
 
 import httpx
+
+# before llama_cpp loads: with OpenMP's default spinning, the direct baseline on the main thread ran 15-20x slower
+# than the same calls on a worker thread on a busy machine, which would flatter the server (see the report)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from camelid.models import Sampling, load_model
 from camelid.serve.server import BackgroundServer, create_app
@@ -98,6 +103,11 @@ def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: in
             "errors": errors[0]}
 
 
+def merge(runs: list[dict]) -> dict:
+    """The median round (by wall time) of repeated runs: this machine's load drifts, so conditions interleave."""
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+
+
 def row(name: str, r: dict, n: int, base: dict, reference: list[str]) -> str:
     rps = n / r["wall"]
     same = sum(a == b for a, b in zip(r["texts"], reference))
@@ -105,7 +115,7 @@ def row(name: str, r: dict, n: int, base: dict, reference: list[str]) -> str:
     p95 = sorted(r["ttft"])[max(0, int(0.95 * len(r["ttft"])) - 1)] * 1000
     overhead = (r["wall"] - base["wall"]) / n * 1000
     return (f"{name:<18} {rps:>7.2f} {r['tokens'] / r['wall']:>8.1f} {p50:>9.0f} {p95:>9.0f} "
-            f"{base['wall'] / r['wall']:>7.2f} {overhead:>+10.1f} {same:>4}/{n:<3} {r['errors']:>4}")
+            f"{base['wall'] / r['wall']:>8.2f} {overhead:>+9.1f} {same:>4}/{n:<3} {r['errors']:>4}")
 
 
 def main() -> None:
@@ -114,32 +124,35 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the median round is shown")
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
 
     model = load_model(args.model, n_ctx=2048)
     convs = prompts(args.requests)
     app = create_app(model, max_queue=max(levels))  # room for every client: measure queueing, not 429s
+    results: dict[str, list[dict]] = {"direct": [], **{str(c): [] for c in levels}}
     with BackgroundServer(app) as srv:
         direct(model, convs[:2], args.max_tokens)  # warm up
         over_http(srv.url, app.state.served_name, convs[:2], args.max_tokens, 1)
-        base = direct(model, convs, args.max_tokens)
-        runs = [(f"server, {c} client{'s' if c > 1 else ''}",
-                 over_http(srv.url, app.state.served_name, convs, args.max_tokens, c)) for c in levels]
-        base_again = direct(model, convs, args.max_tokens)  # the machine may have changed meanwhile
+        for _ in range(args.rounds):
+            results["direct"].append(direct(model, convs, args.max_tokens))
+            for c in levels:
+                results[str(c)].append(over_http(srv.url, app.state.served_name, convs, args.max_tokens, c))
     model.close()
 
-    n = args.requests
-    print(f"{n} requests, max_tokens={args.max_tokens}, greedy, model={args.model} "
+    n, base = args.requests, merge(results["direct"])
+    print(f"{n} requests x {args.rounds} rounds, max_tokens={args.max_tokens}, greedy, model={args.model} "
           f"({app.state.served_name})")
-    print(f"{'':<18} {'req/s':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'x direct':>7} "
-          f"{'ms/req +':>10} {'same':>8} {'errs':>4}")
-    print(row("direct (before)", base, n, base, base["texts"]))
-    for name, r in runs:
-        print(row(name, r, n, base, base["texts"]))
-    print(row("direct (after)", base_again, n, base, base["texts"]))
-    print("x direct: requests/s relative to the backend called directly (1.00 = no overhead); ms/req +: added "
-          "wall time per request; same: answers identical to the direct greedy ones; ttft in ms.")
+    print(f"{'':<18} {'req/s':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'x direct':>8} "
+          f"{'ms/req +':>9} {'same':>8} {'errs':>4}")
+    print(row("direct", base, n, base, base["texts"]))
+    for c in levels:
+        print(row(f"server, {c} client{'s' if c > 1 else ''}", merge(results[str(c)]), n, base, base["texts"]))
+    ratios = [d["wall"] / s["wall"] for d, s in zip(results["direct"], results[str(levels[0])])]
+    print(f"per-round x direct at {levels[0]} client(s): " + ", ".join(f"{x:.2f}" for x in ratios))
+    print("x direct: requests/s relative to the backend called directly (1.00 = no overhead); ms/req +: wall time "
+          "added per request; same: answers identical to the direct greedy ones; ttft in ms.")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Vocabulary extension: tokens per character before/after, English unchanged, and the decoding speed that follows.
 
-    python bench/tokenizer.py [--gen-tokens 64] [--repeats 3] [--json out.json]
+    python bench/tokenizer.py [--gen-tokens 64] [--repeats 3] [--threads N] [--json out.json]
 
 All in one process, side by side:
 1. Korean: extend the embedded tokenizer on src/camelid/train/data/ko_corpus.txt (+ the KS X 1001 syllables),
@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--add", type=int, default=8000)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch threads (1 is steadier on a busy machine)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -75,6 +76,8 @@ def main() -> None:
     from camelid.train.vocab import charset, extend_tokenizer, resize_embeddings, token_stats, token_text
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base_dir = embedded_hf_dir()
     base = AutoTokenizer.from_pretrained(base_dir)
     text = {name: (DATA / f"{name}.txt").read_text(encoding="utf-8")

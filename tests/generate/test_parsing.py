@@ -154,7 +154,8 @@ def test_self_instruct_classification_and_instances():
 
     clf = "Class label: Spam\nEmail: You won a prize!\nClass label: Not spam\nEmail: Lunch at noon?\nClass label: Sp"
     assert self_instruct.parse_instances(clf, True, "length") == [
-        {"input": "Email: You won a prize!", "output": "Spam"}, {"input": "Email: Lunch at noon?", "output": "Not spam"}]
+        {"input": "Email: You won a prize!", "output": "Spam"},
+        {"input": "Email: Lunch at noon?", "output": "Not spam"}]
     gen = "Example 1\nText: The sun is hot.\nOutput: Hot sun.\nExample 2\nText: Rain again.\nOutput: Rain."
     assert self_instruct.parse_instances(gen, False, "stop") == [
         {"input": "Text: The sun is hot.", "output": "Hot sun."}, {"input": "Text: Rain again.", "output": "Rain."}]
