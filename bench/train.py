@@ -1,19 +1,20 @@
-"""Training throughput and memory: camelid vs trl's SFTTrainer, same model, data, LoRA settings and hardware.
+"""Training speed and memory: camelid vs trl's SFTTrainer, same model, data, LoRA settings and hardware.
 
-Each contender trains in its own subprocess (so peak memory is the kernel's ru_maxrss of that process alone, read
-with wait4), on the embedded SmolLM2-135M, the 175 Self-Instruct seed tasks (../shared/data, else camelid's shipped
-seeds) rendered with the Alpaca template, LoRA r 8 / alpha 16 / dropout 0.05 on q/v, lr 3e-4, batch 8, accumulation
-1, the same number of steps. Contenders run interleaved (camelid, trl, camelid, trl, ...) so machine noise hits both.
+Model: the embedded SmolLM2-135M (fp32 on CPU). Data: the 175 Self-Instruct seed tasks (../shared/data, else
+camelid's shipped seeds) in the Alpaca template. LoRA r 8 / alpha 16 / dropout 0.05 on q/v, AdamW lr 3e-4, 8
+sequences per step, max_length 256.
 
-- camelid: padding-free packing, logits only on trained tokens (its defaults)
-- trl: SFTTrainer defaults (padded batches, completion-only loss on prompt/completion data)
-- trl-packed: SFTTrainer with packing=True (BFD packing into max_length rows, padding-free; its fastest mode;
-  a row then holds several sequences, so a step sees more tokens) (--contenders camelid,trl,trl-packed)
+1. Memory: each contender trains for real in its own subprocess (`camelid.train.sft.train`, `SFTTrainer.train`);
+   peak RSS is the kernel's ru_maxrss of that process alone (wait4), measured before this process loads anything.
+2. Speed, side by side in one process: the same batches of records go through camelid's step (padding-free packed
+   row, logits only on trained tokens) and trl's own `SFTTrainer.training_step` (its collator, loss and backward)
+   plus an AdamW step, alternating contender order every batch so machine noise hits both alike. Contenders:
+   `trl` (SFTTrainer defaults: padded batches, gradient checkpointing on) and `trl-no-gc` (checkpointing off). Reported: real (non-padding) tokens/s = real tokens / seconds, and the ratio per batch.
+3. Loss: camelid's and trl's loss on the same first batch (camelid's tokens), which must agree, and how many
+   records trl tokenizes differently (it tokenizes prompt + answer as one string, so tokens merge across the
+   boundary: it trains on a prompt that differs from the one served at inference).
 
-Reported: real (non-padding) tokens/s over the steps after the first, peak RSS, and each contender's loss on the
-same first batch before training (they must agree: same per-token loss).
-
-    python bench/train.py [--steps 12] [--batch 8] [--max-length 256] [--rounds 2] [--json out.json]
+    python bench/train.py [--batches 6] [--rounds 2] [--memory-steps 6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,204 +35,241 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
 SHIPPED_SEEDS = ROOT / "src" / "camelid" / "generate" / "seeds" / "seed_tasks_en.jsonl"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+       "HF_DATASETS_OFFLINE": "1"}
 
 
 def seeds_path() -> Path:
     return SHARED_SEEDS if SHARED_SEEDS.is_file() else SHIPPED_SEEDS
 
 
-def prompt_completion(path: Path) -> list[dict]:
-    """The records as trl's prompt/completion pairs, rendered by camelid's alpaca template (trl adds the EOS)."""
-    from camelid.core.templates import get_template
-    from camelid.data.formats import read_conversations
-
-    t = get_template("alpaca")
-    return [{"prompt": t.render(c["messages"][:1], add_generation_prompt=True),
-             "completion": c["messages"][1]["content"]} for c in read_conversations(path)]
+# ------------------------------------------------------------------------------------------------ contenders
 
 
-# ------------------------------------------------------------------------------------------------ workers
-
-
-def run_camelid(args, out: Path) -> dict:
-    import torch
-
+def camelid_config(args, out: Path, steps: int):
     from camelid.train.config import load_config
-    from camelid.train.data import collate
-    from camelid.train.model import load_for_training
-    from camelid.train.sft import token_loss_sum, train
 
-    cfg = load_config(None, [], model="embedded", template="alpaca", data=[str(args.data)], method="lora",
-                      lora=LORA, lr=3e-4, micro_batch_size=args.batch, global_batch_size=args.batch,
-                      max_steps=args.steps, max_length=args.max_length, packing=True, warmup_ratio=0.0,
-                      precision="fp32", output_dir=str(out / "run"), seed=0)
-    model, tok, _ = load_for_training(cfg, "cpu", False)
-    first = camelid_examples(args, tok)[:args.batch]
-    model.eval()
-    with torch.no_grad():
-        first_loss = token_loss_sum(model, collate(first, True, 0), "cpu").item() / sum(e.n_trained for e in first)
-    del model
-    r = train(cfg)
-    rows = r.log[1:]  # the first step warms caches up
-    return {"first_batch_loss": first_loss, "losses": r.losses, "tokens": sum(x["tokens"] for x in rows),
-            "seconds": sum(x["tokens"] / x["tokens_per_s"] for x in rows), "steps": r.steps}
+    return load_config(None, [], model="embedded", template="alpaca", data=[str(args.data)], method="lora",
+                       lora=LORA, lr=3e-4, micro_batch_size=args.batch, global_batch_size=args.batch,
+                       max_steps=steps, max_length=args.max_length, packing=True, warmup_ratio=0.0,
+                       precision="fp32", output_dir=str(out), seed=0)
 
 
-def run_trl(args, out: Path, packed: bool) -> dict:
+def camelid_examples(args, tok) -> dict[int, object]:
+    """Record index -> camelid's Example (what camelid trains on)."""
+    from camelid.core.templates import get_template
+    from camelid.train.data import build_examples, read_files
+
+    convs = [{**c, "id": str(i)} for i, c in enumerate(read_files([args.data]))]
+    t = get_template("alpaca", None, tok.bos_token, tok.eos_token)
+    return {int(e.id): e for e in build_examples(convs, tok, t, max_length=args.max_length)[0]}
+
+
+def trl_trainer(args, out: Path, steps: int, checkpointing: bool):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from camelid.core.templates import get_template
+    from camelid.data.formats import read_conversations
     from camelid.models.hf import embedded_hf_dir
 
     base = embedded_hf_dir()
     tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    data = Dataset.from_list(prompt_completion(args.data))
-    conf = SFTConfig(output_dir=str(out / "trl"), per_device_train_batch_size=args.batch,
-                     gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=3e-4,
-                     lr_scheduler_type="cosine", warmup_steps=0, max_length=args.max_length, logging_steps=1,
-                     save_strategy="no", report_to=[], seed=0, bf16=False,
-                     use_cpu=True, dataloader_num_workers=0, packing=packed)
+    t = get_template("alpaca")
+    rows = [{"prompt": t.render(c["messages"][:1], add_generation_prompt=True),  # trl appends the EOS
+             "completion": c["messages"][1]["content"], "idx": i} for i, c in enumerate(read_conversations(args.data))]
+    conf = SFTConfig(output_dir=str(out), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+                     max_steps=steps, learning_rate=3e-4, lr_scheduler_type="cosine", warmup_steps=0,
+                     max_length=args.max_length, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+                     bf16=False, use_cpu=True, dataloader_num_workers=0, gradient_checkpointing=checkpointing)
     peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return SFTTrainer(model=model, args=conf, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                      peft_config=peft), tok
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-            self.t0 = 0.0
 
-        def on_step_begin(self, a, state, control, **kw):
-            self.t0 = time.perf_counter()
+# ------------------------------------------------------------------------------------------------ 1. speed
 
-        def on_step_end(self, a, state, control, **kw):
-            self.times.append(time.perf_counter() - self.t0)
 
-    clock = Clock()
-    trainer = SFTTrainer(model=model, args=conf, train_dataset=data, processing_class=tok, peft_config=peft,
-                         callbacks=[clock])
-    tokens: list[int] = []
-    collate = trainer.data_collator
+def speed(args) -> dict:
+    import torch
 
-    def counting(features):
-        batch = collate(features)
-        tokens.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
-                      else int(batch["input_ids"].numel()))
-        return batch
+    from camelid.train.data import collate
+    from camelid.train.model import load_for_training
+    from camelid.train.sft import token_loss_sum
 
-    # the loss on the first records: on trl's own tokenization, and on camelid's tokens (the same batch)
-    first = collate([trainer.train_dataset[i] for i in range(args.batch)])
-    ours = camelid_examples(args, tok)
-    same = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in ours[:args.batch]])
-    trainer.model.eval()
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    cam_model, tok, _ = load_for_training(camelid_config(args, tmp / "c", 1), "cpu", False)
+    cam = camelid_examples(args, tok)
+    trainers = {name: trl_trainer(args, tmp / name, 1, checkpointing=name == "trl")[0]
+                for name in args.contenders.split(",") if name != "camelid"}
+    trl_rows = {row["idx"]: row for row in next(iter(trainers.values())).train_dataset}
+    common = sorted(set(cam) & set(trl_rows))
+    random.Random(0).shuffle(common)
+    batches = [common[i:i + args.batch] for i in range(0, args.batch * args.batches, args.batch)]
+
+    loss = same_batch_loss(args, cam_model, cam, trainers, batches[0], tok)  # before training: lora_B = 0 in both
+    opts = {"camelid": torch.optim.AdamW([p for p in cam_model.parameters() if p.requires_grad], lr=3e-4)}
+    for name, tr in trainers.items():
+        tr.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop, which we drive step by step
+        if tr.args.activation_checkpointing:  # what Trainer.train does before its loop
+            kw = {k: v for k, v in (tr.args.activation_checkpointing_kwargs or {}).items()
+                  if k not in ("every_n_layers", "offload")}
+            tr.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw or None)
+        tr.model.train()
+        opts[name] = torch.optim.AdamW([p for p in tr.model.parameters() if p.requires_grad], lr=3e-4)
+    cam_model.train()
+
+    def step(name: str, idx: list[int]) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        if name == "camelid":
+            exs = [cam[i] for i in idx]
+            loss = token_loss_sum(cam_model, collate(exs, True, 0), "cpu") / sum(e.n_trained for e in exs)
+            loss.backward()
+            real = sum(len(e.input_ids) for e in exs)
+        else:
+            tr = trainers[name]
+            inputs = tr.data_collator([tr.train_dataset[trl_pos[i]] for i in idx])
+            real = int(inputs["attention_mask"].sum())
+            tr.training_step(tr.model, inputs)
+        opts[name].step()
+        opts[name].zero_grad(set_to_none=True)
+        return real, time.perf_counter() - t0
+
+    trl_pos = {row["idx"]: k for k, row in enumerate(next(iter(trainers.values())).train_dataset)}
+    names = ["camelid", *trainers]
+    step("camelid", batches[0])  # warm-up, untimed
+    for n in trainers:
+        step(n, batches[0])
+    per: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for b, idx in enumerate(batches):
+            order = names if (r + b) % 2 == 0 else names[::-1]
+            for n in order:
+                per[n].append(step(n, idx))
+    out = {}
+    for n, xs in per.items():
+        out[n] = {"tokens_per_s": sum(t for t, _ in xs) / sum(s for _, s in xs),
+                  "real_tokens": sum(t for t, _ in xs), "seconds": sum(s for _, s in xs)}
+    for n in trainers:
+        ratios = [(ct / cs) / (tt / ts) for (ct, cs), (tt, ts) in zip(per["camelid"], per[n])]
+        out[n]["camelid_speedup_median_per_batch"] = statistics.median(ratios)
+    out["loss"] = loss
+    shutil.rmtree(tmp, ignore_errors=True)
+    out["trl_checkpointing"] = {n: bool(tr.model.is_gradient_checkpointing) for n, tr in trainers.items()}
+    return out
+
+
+def same_batch_loss(args, cam_model, cam, trainers, idx, tok) -> dict:
+    import torch
+
+    from camelid.core.templates import encode, get_template
+    from camelid.train.data import collate, read_files
+    from camelid.train.sft import token_loss_sum
+
+    tr = next(iter(trainers.values()))
+    exs = [cam[i] for i in idx]
+    cam_model.eval()  # no dropout; both adapters still start at lora_B = 0, so both models are the base model
+    tr.model.eval()
     with torch.no_grad():
-        first_loss = trainer.compute_loss(trainer.model, dict(first)).item()
-        same_batch_loss = trainer.compute_loss(trainer.model, dict(same)).item() if not packed else None
-    trainer.model.train()
-    # trl tokenizes prompt+completion as one string: where tokens merge across the boundary its training
-    # sequence differs from the prompt the model is served with
-    differ = sum(1 for i, e in enumerate(ours) if i < len(trainer.train_dataset)
-                 and trainer.train_dataset[i]["input_ids"] != e.input_ids) if not packed else None
-    trainer.data_collator = counting
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    # tokens[i] is the batch of step i (the dataloader may prefetch one more; it is not timed)
-    return {"first_batch_loss": first_loss, "same_batch_loss": same_batch_loss, "records_tokenized_differently":
-            differ, "losses": losses, "tokens": sum(tokens[1:args.steps]), "seconds": sum(clock.times[1:]),
-            "steps": len(clock.times)}
-
-
-def camelid_examples(args, tok):
-    from camelid.core.templates import get_template
-    from camelid.train.data import build_examples, read_files
-
+        ours = token_loss_sum(cam_model, collate(exs, True, 0), "cpu").item() / sum(e.n_trained for e in exs)
+        same = tr.data_collator([{"input_ids": e.input_ids, "labels": e.labels} for e in exs])
+        trl_same = tr.compute_loss(tr.model, dict(same)).item()  # trl's loss code, same tokens, same function
+    convs = read_files([args.data])
     t = get_template("alpaca", None, tok.bos_token, tok.eos_token)
-    return build_examples(read_files([args.data]), tok, t, max_length=args.max_length)[0]
+    differ = sum(encode(tok, t, convs[row["idx"]]["messages"])[0][:args.max_length] != row["input_ids"]
+                 for row in tr.train_dataset)
+    return {"camelid": ours, "trl_on_camelid_tokens": trl_same, "trl_records": len(tr.train_dataset),
+            "trl_records_tokenized_differently": differ}
+
+
+# ------------------------------------------------------------------------------------------------ 2. memory
 
 
 def worker(args) -> None:
+    """One real training run (the process whose peak RSS is measured)."""
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    if args.worker == "camelid":
-        res = run_camelid(args, out)
-    else:
-        res = run_trl(args, out, packed=args.worker == "trl-packed")
-    print("RESULT " + json.dumps(res), flush=True)
-
-
-# ------------------------------------------------------------------------------------------------ driver
-
-
-def measure(name: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--batch", str(args.batch),
-           "--max-length", str(args.max_length), "--data", str(args.data)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
     t0 = time.perf_counter()
+    if args.worker == "camelid":
+        from camelid.train.sft import train
+
+        r = train(camelid_config(args, out / "run", args.memory_steps))
+        tokens = r.tokens_seen
+    else:
+        tr, _ = trl_trainer(args, out / "trl", args.memory_steps, checkpointing=args.worker == "trl")
+        n = []
+        collate = tr.data_collator
+        tr.data_collator = lambda feats: (lambda b: (n.append(int(b["attention_mask"].sum())), b)[1])(collate(feats))
+        tr.train()
+        tokens = sum(n[:args.memory_steps])
+    print("RESULT " + json.dumps({"tokens": tokens, "seconds": time.perf_counter() - t0}), flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def memory(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--memory-steps", str(args.memory_steps), "--batch",
+           str(args.batch), "--max-length", str(args.max_length), "--data", str(args.data)]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env={**os.environ, **ENV})
         _, status, usage = os.wait4(p.pid, 0)  # the kernel's peak RSS of this child alone
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    maxrss = usage.ru_maxrss  # KiB on Linux
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode or not lines:
         raise SystemExit(f"{name} failed (exit {p.returncode}):\n{stderr[-4000:]}")
     res = json.loads(lines[-1][7:])
-    res.update(name=name, peak_rss_mb=maxrss / 1024, wall_s=time.perf_counter() - t0,
-               tokens_per_s=res["tokens"] / res["seconds"])
-    return res
+    return {"peak_rss_mb": usage.ru_maxrss / 1024, "end_to_end_tokens_per_s": res["tokens"] / res["seconds"]}
+
+
+# ------------------------------------------------------------------------------------------------ driver
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batches", type=int, default=6, help="batches per round in the speed comparison")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--contenders", default="camelid,trl")
+    ap.add_argument("--memory-steps", type=int, default=6, help="steps of each real run for peak memory (0: skip)")
+    ap.add_argument("--contenders", default="camelid,trl,trl-no-gc")
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.data = args.data or seeds_path()
+    os.environ.update(ENV)
     if args.worker:
         return worker(args)
 
-    names = args.contenders.split(",")
-    print(f"data {args.data} | batch {args.batch} x {args.steps} steps | max_length {args.max_length} | "
-          f"LoRA {LORA} | {os.cpu_count()} CPU threads | {args.rounds} interleaved round(s)", flush=True)
-    runs: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        # the order alternates each round so neither contender always runs on a warmer (or busier) machine
-        for n in (names if r % 2 == 0 else names[::-1]):
-            res = measure(n, args)
-            runs[n].append(res)
-            print(f"round {r + 1} {n:>17}: {res['tokens_per_s']:7.1f} tokens/s, peak RSS {res['peak_rss_mb']:7.0f} MB, "
-                  f"first-batch loss {res['first_batch_loss']:.4f}, wall {res['wall_s']:.0f} s", flush=True)
-    summary = {n: {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in v),
-                   "peak_rss_mb": max(x["peak_rss_mb"] for x in v),
-                   "first_batch_loss": v[0]["first_batch_loss"],
-                   "same_batch_loss": v[0].get("same_batch_loss", v[0]["first_batch_loss"]),
-                   "records_tokenized_differently": v[0].get("records_tokenized_differently")}
-               for n, v in runs.items()}
-    ref = summary.get("trl")
-    print("\nmedian tokens/s (real tokens), peak RSS:")
-    for n, s in summary.items():
-        ratio = f"  {s['tokens_per_s'] / ref['tokens_per_s']:.2f}x trl speed, " \
-                f"{s['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x trl memory" if ref and n != "trl" else ""
-        print(f"  {n:>17}: {s['tokens_per_s']:7.1f} tokens/s  {s['peak_rss_mb']:7.0f} MB{ratio}")
-    if "camelid" in summary and ref:
-        print(f"\nloss on the same first batch (camelid's tokens): camelid {summary['camelid']['same_batch_loss']:.5f}"
-              f", trl {ref['same_batch_loss']:.5f}; trl on its own tokenization {ref['first_batch_loss']:.5f} "
-              f"({ref['records_tokenized_differently']} of the records tokenize differently in trl: prompt and "
-              "answer merged at the boundary, unlike the prompt served at inference)")
+    print(f"data {args.data} | {args.batch} sequences per step | max_length {args.max_length} | LoRA {LORA} | "
+          f"{os.cpu_count()} CPU threads", flush=True)
+    mem = {}
+    if args.memory_steps:  # first, while this process is small: a forked child's ru_maxrss starts at ours
+        print(f"\npeak RSS of a real {args.memory_steps}-step run, each in its own process:")
+        for n in args.contenders.split(","):
+            mem[n] = memory(n, args)
+            print(f"  {n:>10}: {mem[n]['peak_rss_mb']:7.0f} MB  (end-to-end incl. loading: "
+                  f"{mem[n]['end_to_end_tokens_per_s']:.1f} tokens/s)", flush=True)
+    s = speed(args)
+    print(f"\nspeed, side by side on the same {args.batches} x {args.rounds} batches (real tokens/s):")
+    for n in args.contenders.split(","):
+        extra = (f"  camelid is {s['camelid']['tokens_per_s'] / s[n]['tokens_per_s']:.2f}x (median per batch "
+                 f"{s[n]['camelid_speedup_median_per_batch']:.2f}x)" if n != "camelid" else "")
+        print(f"  {n:>10}: {s[n]['tokens_per_s']:7.1f} tokens/s{extra}", flush=True)
+    loss = s["loss"]
+    print(f"\nloss on the same first batch: camelid {loss['camelid']:.5f}, trl's loss code "
+          f"{loss['trl_on_camelid_tokens']:.5f}; trl tokenizes {loss['trl_records_tokenized_differently']} of its "
+          f"{loss['trl_records']} records differently from the prompt served at inference", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                         "summary": summary}, indent=2))
+        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "speed": s,
+                                         "memory": mem}, indent=2))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,19 @@ def test_alpaca_reply_is_parsed_like_stanfords_post_process():
     assert alpaca.parse_reply(" A.\n9. Input:\nB\n9. Output:\nC", "stop", 3)[0].reason == "malformed"
 
 
+def test_a_weak_teachers_tasks_without_separators_or_inputs_are_recovered():
+    # as the embedded 135M teacher writes them: no `###` between tasks, a task with no Input line
+    reply = (" Plan a picnic.\n4. Input:\nSix friends, one car.\n4. Output:\nPack sandwiches and a blanket.\n"
+             "5. Instruction: Name a fruit that is yellow.\n5. Output:\nA banana.\n"
+             "6. Instruction: A task with neither.\n")
+    items = alpaca.parse_reply(reply, "stop", 3)
+    assert [(p.instruction, p.input, p.output, p.reason) for p in items] == [
+        ("Plan a picnic.", "Six friends, one car.", "Pack sandwiches and a blanket.", None),
+        ("Name a fruit that is yellow.", "", "A banana.", None)]
+    # labels out of order stay malformed
+    assert alpaca.parse_reply(" A.\n4. Output:\nB\n4. Input:\nC", "stop", 3)[0].reason == "malformed"
+
+
 @pytest.mark.parametrize("lang,inst,reason", [
     ("en", "Name a color.", "too_short"),
     ("en", " ".join(["word"] * 151), "too_long"),

@@ -41,3 +41,12 @@ def forget(model) -> None:
     is re-evaluated one token at a time from the cache, which can change greedy output in the last decimals; tests
     that compare two greedy answers to the same prompt start both from the same state."""
     model.llm.reset()
+
+
+def off_main_thread(fn, *args):
+    """Call the model from a worker thread, as the server does: with OpenMP's default spin-waiting, llama.cpp on
+    the main thread of a busy machine ran 15-20x slower (unless OMP_WAIT_POLICY=PASSIVE was set before loading)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()

@@ -4,11 +4,12 @@ streamed, usage and finish_reason, plus /health and the access log."""
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 
 from camelid.models import Sampling
-from tests.serve.helpers import MODEL, forget, sse_events
+from tests.serve.helpers import MODEL, forget, off_main_thread, sse_events
 
 HI = [{"role": "user", "content": "Write the number 2 in words."}]
 
@@ -24,7 +25,7 @@ def test_chat_completion_answers_like_the_backend_with_usage(client, embedded):
     forget(embedded)
     r = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=8, temperature=0)
     forget(embedded)
-    direct = embedded.chat(HI, Sampling(temperature=0, max_tokens=8))
+    direct = off_main_thread(embedded.chat, HI, Sampling(temperature=0, max_tokens=8))
     assert r.object == "chat.completion" and r.model == MODEL and r.id.startswith("chatcmpl-")
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == direct.text
@@ -63,7 +64,8 @@ def test_completions_plain_and_streamed_agree(client, embedded):
     r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0)
     assert r.object == "text_completion"
     forget(embedded)
-    assert r.choices[0].text == embedded.complete(prompt, Sampling(temperature=0, max_tokens=6)).text
+    direct = off_main_thread(embedded.complete, prompt, Sampling(temperature=0, max_tokens=6))
+    assert r.choices[0].text == direct.text
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 6
     forget(embedded)
     chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0, stream=True,
@@ -88,9 +90,15 @@ def test_every_request_writes_one_access_log_line(server, caplog):
         httpx.post(server.url + "/v1/chat/completions", json={"messages": HI, "max_tokens": 3, "temperature": 0},
                    timeout=60)
         httpx.post(server.url + "/v1/chat/completions", json={"messages": []}, timeout=60)
-    # (a previous test's stream may log just after its client saw the last byte: pick out this test's lines)
-    lines = [r.getMessage() for r in caplog.records if r.name == "camelid.serve"]
-    ok = [x for x in lines if "completion_tokens=3 " in x]
-    bad = [x for x in lines if x.startswith("POST /v1/chat/completions 400 ")]
+        # the line is written once the last byte is sent, so the client can see its answer a moment before:
+        # wait for it. (A previous test's stream may also log late: pick out this test's lines.)
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [r.getMessage() for r in caplog.records if r.name == "camelid.serve"]
+            ok = [x for x in lines if "completion_tokens=3 " in x]
+            bad = [x for x in lines if x.startswith("POST /v1/chat/completions 400 ")]
+            if (ok and bad) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
     assert len(ok) == 1 and len(bad) == 1, lines
     assert ok[0].startswith("POST /v1/chat/completions 200 prompt_tokens=") and "latency_ms=" in ok[0]

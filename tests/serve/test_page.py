@@ -8,7 +8,7 @@ import json
 import pytest
 
 from camelid.models import Sampling
-from tests.serve.helpers import MODEL, forget
+from tests.serve.helpers import MODEL, forget, off_main_thread
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -76,8 +76,8 @@ def test_page_streams_a_real_answer_keeps_the_conversation_and_resets(page, embe
     send(page, "Write the number 2 in words.")
     answer = page.inner_text(".msg.assistant .body")
     forget(embedded)
-    expected = embedded.chat([{"role": "user", "content": "Write the number 2 in words."}],
-                             Sampling(temperature=0, max_tokens=12)).text
+    expected = off_main_thread(embedded.chat, [{"role": "user", "content": "Write the number 2 in words."}],
+                               Sampling(temperature=0, max_tokens=12)).text
     assert answer.strip() == expected.strip() and answer.strip()
     lengths = [n for n in page.evaluate("window.__lengths") if n]
     assert len(set(lengths)) >= 2  # it grew piece by piece

@@ -13,7 +13,14 @@ from camelid.train.sft import train
 from tests.train.conftest import tiny_config
 
 
-@pytest.mark.slow
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_processes_match_one_at_the_same_global_batch(tiny_model, alpaca_30, tmp_path):
     settings = dict(method="full", lr=1e-2, micro_batch_size=2, global_batch_size=8, max_steps=4)
     one = train(tiny_config(tiny_model, alpaca_30, tmp_path / "one", **settings))
@@ -23,7 +30,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model, alpaca_30,
             "precision=fp32", "seed=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29531", "-m", "camelid", "train", *args],
+                           "--master_port", str(_free_port()), "-m", "camelid", "train", *args],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stderr

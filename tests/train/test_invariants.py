@@ -84,3 +84,31 @@ def test_a_diverging_run_stops_with_the_step_and_what_to_try(tiny_model, alpaca_
     msg = str(e.value)
     assert "at step 2" in msg and "lower lr" in msg and "records" in msg
     assert not (tmp_path / "nan" / "camelid.json").exists()
+
+
+def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_the_rerun_resumes(tiny_model, alpaca_30, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = [f"model=hf:{tiny_model}", f"data=[{alpaca_30}]", f"output_dir={out}", "method=full", "lr=1e-3",
+            "micro_batch_size=4", "global_batch_size=8", "max_steps=60", "warmup_ratio=0", "max_length=128",
+            "precision=fp32", "seed=0"]
+    p = subprocess.Popen([sys.executable, "-m", "camelid", "train", *args], stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    for line in p.stderr:
+        if line.startswith("step 2/60"):
+            p.send_signal(signal.SIGINT)
+            break
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 130, err[-2000:]
+    assert "interrupted: checkpoint of step" in " ".join(err.split())
+    ckpts = list((out / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1 and not (out / "camelid.json").exists()
+    stopped_at = int(ckpts[0].name.split("-")[1])
+    assert 2 <= stopped_at < 60
+    r = train(tiny_config(tiny_model, alpaca_30, out, max_steps=60))
+    assert r.steps == 60 and len(r.losses) == 60 - stopped_at
+    assert [row["step"] for _, row in read_jsonl(out / "trainer_log.jsonl")] == list(range(1, 61))

@@ -168,73 +168,56 @@ def test_resize_pads_to_a_multiple(ko_tok):
 
 
 @pytest.mark.slow
-def test_model_with_extended_tokenizer_trains_saves_reloads_and_chats(ko_tok, tmp_path):
+def test_model_with_extended_tokenizer_trains_saves_reloads_and_chats(tiny_model, ko_dir, ko_tok, tmp_path):
+    """Through `train(cfg)`: tokenizer (resize, mean rows), data_format text, LoRA with modules_to_save auto on a
+    tied model; the run directory reloads (adapter and merged) with the extended tokenizer and chats."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from camelid.models import Sampling, load_model
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.train.export import merge_adapter
+    from camelid.train.sft import train
+    from tests.train.conftest import tiny_config
 
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(embedded_hf_dir())
-    old = model.get_input_embeddings().weight.shape[0]
-    assert ties_embeddings(model)
-    assert resize_embeddings(model, ko_tok) == len(ko_tok) - old and ties_embeddings(model)
-    kw = lora_embedding_kwargs(model)
-    assert kw == {"modules_to_save": ["model.embed_tokens"], "ensure_weight_tying": True}
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                  target_modules=["q_proj", "v_proj"], **kw))
-    inner = peft_model.base_model.model
-    assert inner.lm_head.weight is inner.model.embed_tokens.weight  # the trainable copy is shared
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_model, KO_CORPUS, out, tokenizer=str(ko_dir), data_format="text", mask="all",
+                      method="lora", lora={"dropout": 0.0, "modules_to_save": "auto"}, lr=1e-2, max_steps=6,
+                      max_length=64)
+    r = train(cfg)
+    old = 49152
+    assert r.losses[-1] < r.losses[0] - 0.5, r.losses
+    meta = json.loads((out / "camelid.json").read_text(encoding="utf-8"))
+    assert meta["vocab"]["embedding_rows_added"] == len(ko_tok) - old
+    assert meta["vocab"]["modules_to_save"] == ["model.embed_tokens"]
+    stats = meta["data_stats"]
+    assert stats["records"] == 1 and stats["kept"] >= 48 and stats["trained_tokens"] == stats["tokens"] - stats["kept"]
+    conf = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+    assert conf["modules_to_save"] == ["model.embed_tokens"] and conf["ensure_weight_tying"] is True
+    assert (out / EXTENSION_FILE).is_file()
+
     text = KO_CORPUS.read_text(encoding="utf-8")
-    ids = ko_tok(text[:2000], add_special_tokens=False).input_ids[:192]
-    assert max(ids) >= old  # new tokens are in play
-    batch = torch.tensor(ids).view(3, 64)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
-    peft_model.train()
-    losses = []
-    for _ in range(5):
-        loss = peft_model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 1.0, losses
-    peft_model.eval()
-    probe = batch[:1, :32]
+    probe = torch.tensor([ko_tok(text[:300], add_special_tokens=False).input_ids[:32]])
+    assert probe.max().item() >= old  # new tokens are in play
+    chat = load_model(f"hf:{out}")
+    assert len(chat.tokenizer) == len(ko_tok)
+    inner = chat.model.base_model.model if hasattr(chat.model, "base_model") else chat.model
+    emb = inner.get_input_embeddings().weight
+    assert emb.shape[0] == len(ko_tok) and inner.get_output_embeddings().weight is emb  # tied to the trained copy
+    mean = _embedding(tiny_model).mean(0)
+    assert not torch.allclose(emb[old:], mean.expand(len(ko_tok) - old, -1), atol=1e-3)  # trained rows were loaded
     with torch.no_grad():
-        ref = peft_model(input_ids=probe).logits
+        ref = chat.model(input_ids=probe).logits
+    reply = chat.chat([{"role": "user", "content": "안녕하세요"}], Sampling(temperature=0, max_tokens=4))
+    assert reply.completion_tokens >= 1 and reply.prompt_tokens > 0
+    del chat
 
-    adapter = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter)
-    ko_tok.save_pretrained(adapter)
-    (adapter / "camelid.json").write_text(json.dumps({"template": "chatml"}), "utf-8")
-
-    merged_dir = tmp_path / "merged"
-    merged = peft_model.merge_and_unload()
-    assert ties_embeddings(merged)
-    merged.save_pretrained(merged_dir, safe_serialization=True)
-    ko_tok.save_pretrained(merged_dir)
-    (merged_dir / "camelid.json").write_text(json.dumps({"template": "chatml"}), "utf-8")
-    assert (merged_dir / "model.safetensors").is_file()
-    del peft_model, merged, model
-
-    reloaded = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
-    tok = AutoTokenizer.from_pretrained(merged_dir)
-    assert len(tok) == len(ko_tok) == reloaded.get_input_embeddings().weight.shape[0]
+    merged = merge_adapter(out, tmp_path / "merged")
+    chat = load_model(f"hf:{merged}")
+    assert len(chat.tokenizer) == len(ko_tok) == chat.model.get_input_embeddings().weight.shape[0]
     with torch.no_grad():
-        assert torch.allclose(reloaded(input_ids=probe).logits, ref, atol=1e-3)
-        prompt = tok("한국어는", return_tensors="pt")
-        out = reloaded.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape[1] == prompt.input_ids.shape[1] + 4
-    del reloaded
+        assert torch.allclose(chat.model(input_ids=probe).logits, ref, atol=1e-4)
 
-    for path in (merged_dir, adapter):
-        chat = load_model(f"hf:{path}")
-        assert len(chat.tokenizer) == len(ko_tok)
-        with torch.no_grad():
-            assert torch.allclose(chat.model(input_ids=probe).logits, ref, atol=1e-3)
-        reply = chat.chat([{"role": "user", "content": "안녕하세요"}], Sampling(temperature=0, max_tokens=4))
-        assert reply.completion_tokens >= 1 and reply.prompt_tokens > 0
-        del chat
+
+def _embedding(model_dir: Path):
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")["model.embed_tokens.weight"]

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from camelid.core.cli import ApiKeyOpt, BaseUrlOpt, DeviceOpt, ModelOpt, TemplateOpt, console
+from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
+                              console)
 from camelid.core.io import CamelidError
 
 app = typer.Typer(no_args_is_help=True)
@@ -58,6 +59,9 @@ def answer(
     api_key: ApiKeyOpt = None,
     template: TemplateOpt = None,
     device: DeviceOpt = None,
+    num_gpus: NumGpusOpt = None,
+    load_8bit: Load8Opt = False,
+    load_4bit: Load4Opt = False,
 ) -> None:
     """Answer an eval set with a model (multi-turn questions turn by turn, earlier answers in context)."""
     from camelid.evaluate.answer import answer_questions
@@ -65,7 +69,8 @@ def answer(
     from camelid.models import load_model
 
     qs = load_questions(questions, limit)
-    m = load_model(model, base_urls=base_url, api_key=api_key, template=template, device=device)
+    m = load_model(model, base_urls=base_url, api_key=api_key, template=template, device=device, num_gpus=num_gpus,
+                   load_8bit=load_8bit, load_4bit=load_4bit)
     try:
         with console.status(f"answering {len(qs)} questions with {m.name}") as st:
             n = [0]

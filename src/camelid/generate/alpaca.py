@@ -65,10 +65,35 @@ def parse_reply(text: str, finish_reason: str, num_prompt_instructions: int) -> 
         parts = re.split(rf"{n}\.\s+(Instruction|Input|Output):", piece)
         # Stanford reads parts 2/4/6 whatever their labels; a reply that says `Output:` before `Input:` would
         # swap them, so the labels must come in order here
-        if len(parts) != 7 or parts[1::2] != ["Instruction", "Input", "Output"]:
-            if piece.strip():
+        # (a weak teacher may run on into the next task without `###`: Stanford would keep it inside the output)
+        if len(parts) != 7 or parts[1::2] != ["Instruction", "Input", "Output"] or ITEM.search(parts[6]):
+            recovered = recover(piece)
+            if recovered:
+                out.extend(recovered)
+            elif piece.strip():
                 out.append(Parsed(reason="malformed", raw=piece))
             continue
         inp = parts[4].strip()
         out.append(Parsed(parts[2].strip(), "" if inp.lower() == "<noinput>" else inp, parts[6].strip(), raw=piece))
+    return out
+
+
+ITEM = re.compile(r"(?:^|\n)\s*(\d+)\.\s*Instruction:")
+
+
+def recover(piece: str) -> list[Parsed]:
+    """Read a piece Stanford's parser drops, as weak teachers write it: several tasks without `###` between them,
+    or `N. Output:` with no `N. Input:` (read as no input). Each task needs `Instruction:` then `Output:` under one
+    number; anything else stays malformed. (A strong teacher's reply never gets here.)"""
+    starts = list(ITEM.finditer(piece))
+    out = []
+    for i, m in enumerate(starts):
+        item = piece[m.start(): starts[i + 1].start() if i + 1 < len(starts) else len(piece)]
+        n = m.group(1)
+        parts = re.split(rf"\n\s*{n}\.\s*(Input|Output):", item[m.end() - m.start():])
+        labels = parts[1::2]
+        if labels not in (["Input", "Output"], ["Output"]):
+            continue
+        inp = parts[2].strip() if labels[0] == "Input" else ""
+        out.append(Parsed(parts[0].strip(), "" if inp.lower() == "<noinput>" else inp, parts[-1].strip(), raw=item))
     return out

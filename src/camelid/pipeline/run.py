@@ -193,11 +193,11 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
 def serve_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
     def run(out: Path) -> tuple[dict, list[Path]]:
         from camelid.models import load_model
-        from camelid.serve.server import create_app, run_server
+        from camelid.serve.server import create_app, serve
 
         model = load_model(f"hf:{run_dir / 'train'}")
         console.print(f"serving {run_dir / 'train'} on http://{recipe.serve.host}:{recipe.serve.port} (Ctrl-C ends)")
-        run_server(create_app(model), recipe.serve.host, recipe.serve.port)
+        serve(create_app(model), recipe.serve.host, recipe.serve.port)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "served.json", {"host": recipe.serve.host, "port": recipe.serve.port})
         return {"served": True}, [out / "served.json"]

@@ -40,9 +40,6 @@ def chat(
     from camelid.models import Sampling, load_model
     from camelid.serve.chat import chat_loop
 
-    # llama.cpp's OpenMP threads spin between steps by default; generating on the main thread of a busy machine
-    # then ran 15-20x slower here (measured: 6 answers 36-45 s vs 2.4 s). Must be set before llama_cpp loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     m = load_model(model, base_urls=base_url, api_key=api_key, template=template, n_ctx=n_ctx,
                    device=device, num_gpus=num_gpus, load_8bit=load_8bit, load_4bit=load_4bit)
     try:
@@ -95,7 +92,8 @@ def serve(
                    load_4bit=load_4bit)
     app_ = create_app(m, model_name=model_name, api_key=api_key, cors_origins=cors_origin, max_queue=max_queue,
                       default_max_tokens=default_max_tokens)
-    console.print(f"serving {app_.state.served_name} on http://{host}:{port} (chat page at /, API at /v1)")
+    console.print(f"serving {app_.state.served_name} on http://{host}:{port} (chat page at /, API at /v1)",
+                  soft_wrap=True)
     try:
         run(app_, host=host, port=port)
     finally:

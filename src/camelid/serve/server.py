@@ -190,8 +190,12 @@ def backend_error(e: BaseException, param: str) -> APIError:
         return APIError(400, str(e), param=param, code="context_length_exceeded")
     if isinstance(e, CamelidError) and not isinstance(e, ModelError):  # TemplateError: roles out of order, ...
         return APIError(400, str(e), param=param)
-    log.error("generation failed: %s: %s", type(e).__name__, e, exc_info=not isinstance(e, ModelError))
-    return APIError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error", code="backend_error")
+    if isinstance(e, ModelError):  # the backend's own account (upstream gave up, ...), meant for users
+        log.error("generation failed: %s", e)
+        return APIError(500, f"the model failed: {e}", type="server_error", code="backend_error")
+    log.error("generation failed", exc_info=e)  # a bug: details go to the log, not to the client
+    return APIError(500, f"the model failed ({type(e).__name__}); see the server log", type="server_error",
+                    code="backend_error")
 
 
 def error_response(e: APIError) -> JSONResponse:
@@ -278,7 +282,7 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(APIError(500, f"internal error: {type(e).__name__}", type="server_error"))
 
-    def check(req, param: str) -> None:
+    def check(req) -> None:
         if req.model and req.model not in names:
             raise APIError(404, f"the model '{req.model}' does not exist; this server serves '{served}'",
                            param="model", code="model_not_found")
@@ -378,7 +382,7 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse_request(await request.body(), ChatCompletionRequest)
-        check(req, "messages")
+        check(req)
         sampling = req.sampling(default_max_tokens)
         if req.max_completion_tokens:
             sampling.max_tokens = req.max_completion_tokens
@@ -388,7 +392,7 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = parse_request(await request.body(), CompletionRequest)
-        check(req, "prompt")
+        check(req)
         sampling = req.sampling(16)  # the OpenAI default for completions
         prompt = req.prompt
         return await run(request, req, lambda: model.stream(prompt, sampling), "completion")

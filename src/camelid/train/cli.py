@@ -18,8 +18,8 @@ EPILOG = ("Examples: camelid train alpaca_lora data=alpaca_data.json  |  camelid
 @app.command("train", epilog=EPILOG)
 def train_command(
     args: Annotated[Optional[list[str]], typer.Argument(
-        help="CONFIG.yaml (or a shipped config: alpaca_lora, alpaca_full, qlora, vicuna), then key=value overrides "
-             "(dotted: lora.r=16).", show_default=False)] = None,
+        help="CONFIG.yaml (or a shipped config: alpaca_lora, alpaca_full, qlora, vicuna, kollama2_two_stage), then "
+             "key=value overrides (dotted: lora.r=16; a staged config: STAGE.key=value).", show_default=False)] = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training file (repeatable).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model: embedded | hf:PATH.")] = None,
     template: Annotated[Optional[str], typer.Option("--template", help="Prompt template.")] = None,
@@ -34,11 +34,12 @@ def train_command(
                                                        "(e.g. fsdp, deepspeed_zero3) and exit.")] = None,
 ) -> None:
     """Fine-tune a model (full, LoRA, DoRA, QLoRA) on instruction data; writes a run directory that chat, serve
-    and eval load with the same template (camelid.json)."""
+    and eval load with the same template (camelid.json). A config with `stages:` runs its stages in order,
+    skipping finished ones."""
     import yaml
 
     from camelid.core.io import CamelidError
-    from camelid.train.config import CONFIG_DIR, load_config, schema_yaml
+    from camelid.train.config import CONFIG_DIR, is_staged, load_config, read_config_file, schema_yaml
 
     if config_path:
         p = CONFIG_DIR / (config_path if config_path.endswith(".yaml") else f"{config_path}.yaml")
@@ -50,6 +51,18 @@ def train_command(
     config = args.pop(0) if args and "=" not in args[0] else None
     if show_config and config is None and not args:
         print(schema_yaml(), end="")
+        return
+    if config is not None and is_staged(read_config_file(config)[1]):
+        from camelid.train.stages import load_stages, run_stages, show
+
+        if any(x is not None for x in (data, model, template, method, output_dir, epochs, max_steps, lr)):
+            raise CamelidError(f"{config} has stages: set them with STAGE.key=value (or key=value for every stage), "
+                               "not with options")
+        run = load_stages(config, args)
+        if show_config:
+            print(show(run), end="")
+            return
+        run_stages(run, console=console)
         return
     cfg = load_config(config, args, data=data or None, model=model, template=template, method=method,
                       output_dir=output_dir, epochs=epochs, max_steps=max_steps, lr=lr)

@@ -181,6 +181,32 @@ def build_examples(conversations: list[dict], tokenizer, template: Template, mas
     return out, stats
 
 
+def text_examples(files: Iterable[str | Path], tokenizer, max_length: int) -> tuple[list[Example], DataStats]:
+    """Raw text for language-model training (`data_format: text`): every document (a plain-text file, or each text
+    field of a JSON/JSONL file, as `vocab.read_texts` reads them) is tokenized and ends with EOS, the documents are
+    concatenated and cut into `max_length` pieces, and every token is trained (run_clm's group_texts). A last piece
+    of one token has nothing to predict and is left out."""
+    from camelid.train.vocab import read_texts
+
+    stats = DataStats()
+    out: list[Example] = []
+    for f in files:
+        path = Path(f)
+        docs = read_texts(path)
+        stats.records += len(docs)
+        ids: list[int] = []
+        for doc in docs:
+            ids += tokenizer(doc, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        for k, start in enumerate(range(0, len(ids), max_length)):
+            ex = Example(f"{path.name}#chunk{k}", ids[start:start + max_length], ids[start:start + max_length])
+            if ex.n_trained:
+                stats.kept += 1
+                stats.tokens += len(ex.input_ids)
+                stats.trained_tokens += ex.n_trained
+                out.append(ex)
+    return out, stats
+
+
 def split_eval(examples: list[Example], val_size: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Hold out `val_size` records (a fraction when < 1), chosen by the seed."""
     if not val_size:
@@ -198,8 +224,10 @@ def data_files_info(files: Iterable[str | Path]) -> list[dict]:
     return [{"path": str(Path(f).resolve()), "sha256": sha256_file(f)} for f in files]
 
 
-def examples_fingerprint(examples: list[Example]) -> str:
-    h = hashlib.sha256()
+def examples_fingerprint(examples: list[Example], extra: str = "") -> str:
+    """What a resumed run must find again: the tokenized examples in their order, plus `extra` (the tokenizer's
+    hash and the curriculum, when set)."""
+    h = hashlib.sha256(extra.encode())
     for e in examples:
         h.update(repr((e.input_ids, e.labels)).encode())
     return h.hexdigest()
@@ -209,18 +237,21 @@ def examples_fingerprint(examples: list[Example]) -> str:
 
 
 def plan_steps(examples: list[Example], epoch: int, seed: int, global_batch: int, world_size: int,
-               group_by_length: bool) -> tuple[list[list[int]], int]:
+               group_by_length: bool, ordered: bool = False) -> tuple[list[list[int]], int]:
     """The optimizer steps of one epoch as lists of example indices, and how many examples did not fit.
 
     A seeded permutation cut into steps of `global_batch`; grouping sorts each step by length (longest first) so
     its micro-batches hold similar lengths (less padding) while what a step contains, and so its gradient, stays
     exactly as random as without grouping. Depends only on the global batch, never on micro-batch or world size.
     The last step may be smaller; with several processes it keeps a multiple of the world size so that every
-    process gets work (the < world_size left over are counted, never silently lost)."""
+    process gets work (the < world_size left over are counted, never silently lost).
+
+    `ordered` (a curriculum): the examples' own order every epoch, no shuffle, no grouping."""
     order = list(range(len(examples)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if not ordered:
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
     steps = [order[s:s + global_batch] for s in range(0, len(order), global_batch)]
-    if group_by_length:
+    if group_by_length and not ordered:
         steps = [sorted(st, key=lambda k: -len(examples[k].input_ids)) for st in steps]
     left = 0
     if steps and len(steps[-1]) % world_size:

@@ -34,7 +34,7 @@ from typing import Literal
 from camelid.core.cli import console
 from camelid.core.io import CamelidError, read_json, write_json, write_text
 from camelid.core.templates import (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT, ALPACA_PROMPT_INPUT,
-                                    ALPACA_PROMPT_NO_INPUT, TEMPLATES, VICUNA_SYSTEM, Template, get_template,
+                                    ALPACA_PROMPT_NO_INPUT, VICUNA_SYSTEM, Template, get_template,
                                     special_prefix)
 from camelid.models.check import load_tokenizer
 from camelid.train.delta import Checkpoint, atomic_dir

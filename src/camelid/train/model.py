@@ -40,13 +40,70 @@ def load_tokenizer(path: Path):
     return tok
 
 
-def load_for_training(cfg: TrainConfig, device, bf16: bool):
-    """(model ready to train, tokenizer, base dir). Adapters get peft; QLoRA loads the base in 4-bit NF4."""
+def tokenizer_source(cfg: TrainConfig, base: Path) -> Path:
+    """Where the training tokenizer comes from: `cfg.tokenizer` (a directory, or a model / run directory holding
+    one) or the base model's directory."""
+    if cfg.tokenizer is None:
+        return base
+    from camelid.train.vocab import tokenizer_dir
+
+    return tokenizer_dir(cfg.tokenizer).resolve()
+
+
+def check_extends(base_tok, tok, where: Path) -> None:
+    """Refuse a tokenizer that renumbers the model's tokens: the model's rows would mean other tokens."""
+    new = tok.get_vocab()
+    moved = next((t for t, i in base_tok.get_vocab().items() if new.get(t) != i), None)
+    if moved is not None:
+        raise CamelidError(f"tokenizer {where}: token {moved!r} has id {new.get(moved)} there but "
+                           f"{base_tok.get_vocab()[moved]} in the model's tokenizer; only a tokenizer that extends "
+                           "the model's (`camelid tokenizer extend --base MODEL`) keeps its embeddings meaningful")
+
+
+def is_extended(cfg: TrainConfig, tok_dir: Path) -> bool:
+    """The vocabulary was extended: a new tokenizer is given, or the model was trained with one (its
+    vocab_extension.json, copied into every run trained with it)."""
+    from camelid.train.vocab import EXTENSION_FILE
+
+    return cfg.tokenizer is not None or (tok_dir / EXTENSION_FILE).is_file()
+
+
+def modules_to_save_kwargs(model, cfg: TrainConfig, extended: bool) -> dict:
+    """peft LoraConfig keywords for `lora.modules_to_save`. With tied embeddings (SmolLM2) only the embedding is
+    listed and `ensure_weight_tying` shares the trainable copy with the LM head (vocab.lora_embedding_kwargs)."""
+    from camelid.train.vocab import _module_name, lora_embedding_kwargs, ties_embeddings
+
+    wanted = cfg.lora.modules_to_save
+    if not wanted or (wanted == "auto" and not extended):
+        return {}
+    if wanted == "auto":
+        return lora_embedding_kwargs(model)
+    if not ties_embeddings(model):
+        return {"modules_to_save": list(wanted)}
+    emb = _module_name(model, model.get_input_embeddings())
+    head = _module_name(model, model.get_output_embeddings())
+    names = [emb if n in (head, head.rsplit(".", 1)[-1]) else n for n in wanted]
+    names = list(dict.fromkeys(names))  # the tied pair listed twice is one matrix
+    tied = any(n in (emb, emb.rsplit(".", 1)[-1]) for n in names)
+    return {"modules_to_save": names, "ensure_weight_tying": tied}
+
+
+def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None = None):
+    """(model ready to train, tokenizer, base dir). Adapters get peft; QLoRA loads the base in 4-bit NF4.
+
+    `cfg.tokenizer` replaces the model's tokenizer and grows the embeddings to it (mean-initialised rows);
+    `cfg.trainable` freezes all but the embeddings; `lora.modules_to_save` trains modules fully beside an adapter.
+    What was done is written into `report` (for camelid.json)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from camelid.train.vocab import resize_embeddings, train_only_embeddings
+
     path = base_dir(cfg.model)
-    tok = load_tokenizer(path)
+    tok_dir = tokenizer_source(cfg, path)
+    tok = load_tokenizer(tok_dir)
+    if cfg.tokenizer is not None:
+        check_extends(load_tokenizer(path), tok, tok_dir)
     kw: dict = {"dtype": torch.float32}
     if cfg.method in ("lora", "dora") and bf16:
         kw["dtype"] = torch.bfloat16  # frozen base in bf16; adapter weights stay fp32 (peft autocast_adapter_dtype)
@@ -59,6 +116,10 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool):
         kw["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
     model.config.use_cache = False  # the cache must be off for packed rows (see data.py) and is useless in training
+    rows = model.get_input_embeddings().weight.shape[0]
+    added = resize_embeddings(model, tok) if cfg.tokenizer is not None else 0  # 0: the sizes already match
+    if cfg.trainable:
+        train_only_embeddings(model)
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -66,17 +127,23 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool):
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    extra: dict = {}
     if cfg.method != "full":
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
         targets = cfg.lora.target_modules
+        extra = modules_to_save_kwargs(model, cfg, is_extended(cfg, tok_dir))
         pc = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                             target_modules="all-linear" if targets == ["all-linear"] else targets,
-                            use_dora=cfg.method == "dora", bias="none", task_type="CAUSAL_LM")
+                            use_dora=cfg.method == "dora", bias="none", task_type="CAUSAL_LM", **extra)
         try:
             model = get_peft_model(model, pc)
         except ValueError as e:
             raise CamelidError(f"lora.target_modules {targets}: {e}") from None
+    if report is not None:
+        report.update({"tokenizer": str(tok_dir), "vocab_size": len(tok), "embedding_rows": rows + added,
+                       "embedding_rows_added": added, "trainable": cfg.trainable,
+                       "modules_to_save": extra.get("modules_to_save")})
     return model, tok, path
 
 
@@ -89,20 +156,33 @@ def trainable_params(model) -> tuple[int, int]:
 def save_trained(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, stop_ids: list[int],
                  state_dict: dict | None = None) -> list[str]:
     """Write the adapter (adapter_config.json + adapter_model.safetensors) or the full model (config.json +
-    model.safetensors) and the tokenizer into `out`; return the file names written."""
+    model.safetensors) and the tokenizer (with its vocab_extension.json, when extended) into `out`; return the file
+    names written."""
+    import shutil
+
+    from camelid.train.vocab import EXTENSION_FILE
+
     out.mkdir(parents=True, exist_ok=True)
     if cfg.method == "full":
         model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
         model.config.use_cache = True
         model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     else:
-        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+        # embeddings trained in full (modules_to_save) are saved as such; peft's "auto" would also store the
+        # resized original matrices, which the adapter never uses (3x the size with tied embeddings)
+        full = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+        trained = all(type(m).__name__ == "ModulesToSaveWrapper" for m in full)
+        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True,
+                              save_embedding_layers=False if trained else "auto")
         ac = out / "adapter_config.json"
         conf = json.loads(ac.read_text(encoding="utf-8"))
         conf["base_model_name_or_path"] = str(base)  # absolute: the run directory loads from anywhere
         ac.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         check_adapter(out)
     tokenizer.save_pretrained(out)
+    ext = tokenizer_source(cfg, base) / EXTENSION_FILE
+    if ext.is_file():  # the run's tokenizer is an extended one: chat loads it, a next stage knows it (auto)
+        shutil.copyfile(ext, out / EXTENSION_FILE)
     return sorted(p.name for p in out.iterdir())
 
 

@@ -26,7 +26,7 @@ from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_templ
 from camelid.train import checkpoint as ck
 from camelid.train.config import TrainConfig
 from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
-                                micro_batches, plan_steps, read_files, split_eval, steps_per_epoch)
+                                micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
 from camelid.train.model import load_for_training, save_trained, trainable_params
 
 
@@ -213,29 +213,38 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     grad_accum = cfg.grad_accum(world)
 
     set_seed(cfg.seed)
-    model, tokenizer, base = load_for_training(cfg, accelerator.device, accelerator.mixed_precision == "bf16")
+    vocab: dict = {}
+    model, tokenizer, base = load_for_training(cfg, accelerator.device, accelerator.mixed_precision == "bf16", vocab)
+    if vocab["embedding_rows_added"]:
+        _log(console, f"tokenizer {vocab['tokenizer']}: {vocab['embedding_rows_added']:,} embedding rows added "
+             f"({vocab['embedding_rows']:,}), initialised to the mean of the old rows", is_main)
     template = get_template(cfg.template, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
     stop_ids = sorted({end_token_id(tokenizer, template), tokenizer.eos_token_id})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
 
     # ---- data: every loss is counted and reported
-    examples, stats = build_examples(read_files(cfg.data, cfg.data_format), tokenizer, template, cfg.mask,
-                                     cfg.max_length, cfg.truncation)
+    examples, stats, order = _examples(cfg.data, cfg, tokenizer, template)
     train_ex, eval_ex = split_eval(examples, cfg.val_size, cfg.seed)
     if cfg.eval_data:
-        eval_ex += build_examples(read_files(cfg.eval_data, cfg.data_format), tokenizer, template, cfg.mask,
-                                  cfg.max_length, cfg.truncation)[0]
+        eval_ex += _examples(cfg.eval_data, cfg, tokenizer, template, eval_only=True)[0]
+    if order is not None:
+        order.update({"trained_records": len(train_ex), "first_ids": [e.id for e in train_ex[:10]]})
+        _log(console, f"curriculum {cfg.curriculum.rule}: " + ", ".join(
+            f"{st['name']} {st['size']}" for st in order["stages"]) + " records, in this order", is_main)
     for problem in stats.problems():
         _log(console, f"[yellow]warning:[/] {problem}", is_main)
     if not train_ex:
         raise CamelidError(f"no record left to train on ({stats.records} read; " + "; ".join(stats.problems()) + ")")
-    fingerprint = examples_fingerprint(train_ex)
+    fingerprint = examples_fingerprint(train_ex, _fingerprint_extra(cfg, vocab))
     spe = steps_per_epoch(len(train_ex), cfg.global_batch_size, world)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
-    left_per_epoch = plan_steps(train_ex, 0, cfg.seed, cfg.global_batch_size, world, cfg.group_by_length)[1]
+    ordered = cfg.curriculum is not None
+    left_per_epoch = plan_steps(train_ex, 0, cfg.seed, cfg.global_batch_size, world, cfg.group_by_length,
+                                ordered)[1]
     if left_per_epoch:
         _log(console, f"[yellow]note:[/] {left_per_epoch} record(s) per epoch do not fit an even split over {world} "
-             "processes and wait for the next epoch's shuffle", is_main)
+             "processes and " + ("are not trained (the curriculum order is fixed)" if ordered else
+                                 "wait for the next epoch's shuffle"), is_main)
 
     # ---- optimizer, schedule, wrapping, resume
     n_trainable, n_total = trainable_params(model)
@@ -268,21 +277,23 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     model.train()
     step_times: list[float] = []
     eval_loss = None
+    stop = StopRequest()
     try:
         while progress.step < total_steps:
             t0 = time.perf_counter()
             epoch, k = divmod(progress.step, spe)
             if epoch not in plans:
                 plans = {epoch: plan_steps(train_ex, epoch, cfg.seed, cfg.global_batch_size, world,
-                                           cfg.group_by_length)[0]}
+                                           cfg.group_by_length, ordered)[0]}
             step_idx = plans[epoch][k]
             window_tokens = sum(train_ex[i].n_trained for i in step_idx)  # every process knows the whole step
             mine = micro_batches(step_idx, rank, world, cfg.micro_batch_size)
-            local = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss sum, tokens, trained
+            # loss sum, tokens, trained tokens, "stop asked" (summed over processes, so all stop at the same step)
+            local = torch.zeros(4, device=accelerator.device, dtype=torch.float64)
             for j, mb in enumerate(mine):
                 last = j == len(mine) - 1
                 batch = collate([train_ex[i] for i in mb], cfg.packing, pad_id)
-                accelerator.gradient_state._set_sync_gradients(last)  # DeepSpeed reads this; DDP/FSDP use no_sync
+                accelerator.gradient_state._set_sync_gradients(last)  # DeepSpeed reads this; DDP uses no_sync
                 with contextlib.nullcontext() if last or sharded else accelerator.no_sync(model):
                     ce = token_loss_sum(model, batch, accelerator.device)
                     # DDP averages gradients over processes: scale back up so the step sums over the window
@@ -290,6 +301,7 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
                 local[0] += ce.detach().double()
                 local[1] += batch["tokens"]
                 local[2] += sum(train_ex[i].n_trained for i in mb)
+            local[3] = float(stop.asked)
             totals = accelerator.reduce(local, "sum")
             loss = (totals[0] / window_tokens).item()
             if not math.isfinite(loss):
@@ -331,10 +343,16 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
                                              progress.step, log, console, sharded)
             if cfg.save_steps and progress.step % cfg.save_steps == 0 and not at_end:
                 ck.save_checkpoint(accelerator, out, progress.step, cfg, fingerprint)
+            if totals[3] > 0 and not at_end:  # Ctrl-C / SIGTERM: finish the step, checkpoint, stop
+                ck.save_checkpoint(accelerator, out, progress.step, cfg, fingerprint)
+                _log(console, f"interrupted: checkpoint of step {progress.step} saved in {out / ck.CKPT_DIR}; run "
+                     "the same command again to resume", is_main)
+                raise KeyboardInterrupt
         if not cfg.eval_steps and eval_ex:
             eval_loss = _eval_and_sample(model, tokenizer, template, eval_ex, cfg, accelerator, pad_id, stop_ids,
                                          progress.step, log, console, sharded)
     finally:
+        stop.restore()
         if log is not None:
             log.close()
 
@@ -345,13 +363,69 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
                          progress.train_time_s, progress.tokens_seen, _peak_memory_mb(), n_trainable, rows)
     if is_main:
         _finish(accelerator.unwrap_model(model), tokenizer, cfg, base, out, stop_ids, state_dict, result,
-                n_total, world, accelerator.mixed_precision)
+                n_total, world, accelerator.mixed_precision, vocab, order)
         _log(console, f"done: {progress.step} steps, final loss {result.final_loss:.4f}"
              + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
              + f", {progress.tokens_seen:,} tokens in {_fmt_time(progress.train_time_s)}, peak memory "
              f"{result.peak_memory_mb:,.0f} MB -> {out}", is_main)
     accelerator.wait_for_everyone()
     return result
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to stop at the end of the current step (a torn optimizer step would corrupt
+    the checkpoint); a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.asked = False
+        self._old: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _examples(files: list[str], cfg: TrainConfig, tokenizer, template, eval_only: bool = False
+              ) -> tuple[list[Example], DataStats, dict | None]:
+    """(examples, stats, curriculum order info or None) for training (or eval) files: raw text chunks, or records
+    in file order or the curriculum's."""
+    if cfg.data_format == "text":
+        return *text_examples(files, tokenizer, cfg.max_length), None
+    records = read_files(files, cfg.data_format)
+    order = None
+    if cfg.curriculum is not None and not eval_only:
+        from camelid.train.curriculum import order_examples
+
+        c = cfg.curriculum
+        records, order = order_examples(records, c.rule, c.field, c.stages, cfg.seed)
+    return *build_examples(records, tokenizer, template, cfg.mask, cfg.max_length, cfg.truncation), order
+
+
+def _fingerprint_extra(cfg: TrainConfig, vocab: dict) -> str:
+    """The tokenizer's content and the curriculum: a resume must find the same ones (the tokenized examples alone
+    could match with another tokenizer that leaves these texts alone)."""
+    import json
+
+    from camelid.core.io import sha256_file
+
+    if cfg.tokenizer is None and cfg.curriculum is None:
+        return ""  # fingerprints of runs without them stay what they were
+    tok = Path(vocab["tokenizer"]) / "tokenizer.json"
+    return json.dumps({"tokenizer": sha256_file(tok) if tok.is_file() else vocab["tokenizer"],
+                       "curriculum": cfg.curriculum.model_dump() if cfg.curriculum else None}, sort_keys=True)
 
 
 def _diverged(what: str, step: int, step_idx: list[int], examples: list[Example], cfg: TrainConfig) -> str:
@@ -379,7 +453,7 @@ def _eval_and_sample(model, tokenizer, template, eval_ex, cfg, accelerator, pad_
 
 
 def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids: list[int], state_dict, result,
-            n_total: int, world: int, precision: str) -> None:
+            n_total: int, world: int, precision: str, vocab: dict, order: dict | None) -> None:
     import torch
     import transformers
 
@@ -406,6 +480,8 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
         "eval_data": data_files_info(cfg.eval_data),
         "config": cfg.model_dump(),
         "data_stats": result.stats.to_dict(),
+        "vocab": vocab,  # tokenizer used, rows added (mean-initialised), what trained besides an adapter
+        "curriculum": order,  # rule, field, stages (size, first/last id), first trained ids; null = shuffled
         "steps": result.steps,
         "final_loss": result.final_loss,
         "eval_loss": result.eval_loss,
