@@ -116,6 +116,10 @@ def run_sweep(path: str | Path, print_only: bool = False) -> dict:
         results.append(row)
         write_json(sweep.directory / "cells.json", results)  # after every cell: a killed sweep keeps what it had
     write_sweep_report(sweep, results)
+    failed = [r["cell"] for r in results if r["status"] != "done"]
+    if failed:  # the rest ran and is in the report; the exit code still says something went wrong
+        raise CamelidError(f"{len(failed)} of {len(results)} cells failed ({', '.join(failed)}); see "
+                           f"{sweep.directory / 'report' / 'report.md'}; rerun to retry them")
     return {"cells": results}
 
 
