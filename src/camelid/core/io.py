@@ -176,6 +176,28 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 raise DataError(Problem(str(path), lineno, None, f"malformed JSON: {e.msg} (column {e.colno})")) from None
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str = "settings") -> dict:
+    """A YAML config file that must hold a mapping; a missing file, bad YAML (with its line) or another shape is a
+    one-line error naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise CamelidError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise DataError(Problem(str(path), None, None, f"not valid UTF-8 ({e.reason})")) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise DataError(Problem(str(path), None if mark is None else mark.line + 1, None,
+                                f"not valid YAML: {problem}")) from None
+    if not isinstance(data, dict):
+        raise DataError(Problem(str(path), 1, None, f"expected a mapping of {what}, got {type(data).__name__}"))
+    return data
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     with _open_text(path) as f:

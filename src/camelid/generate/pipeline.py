@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from camelid.core.io import CamelidError, DataError, JsonlAppender, Problem, read_jsonl, repair_jsonl_tail
+from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, read_jsonl, read_yaml_mapping,
+                             repair_jsonl_tail)
 from camelid.data.dedup import Deduper
 from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter, filter_instances
@@ -85,20 +86,12 @@ class GenerateConfig(BaseModel):
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> GenerateConfig:
     """The YAML file's settings, then every override that is not None; errors name the file and the key."""
-    import yaml
-
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise CamelidError(f"{path}: no such config file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            raise DataError(Problem(str(path), None if line is None else line + 1, None, f"bad YAML: {e}")) from None
-        if not isinstance(data, dict):
-            raise DataError(Problem(str(path), 1, None, "expected a mapping of settings"))
+        data = read_yaml_mapping(path)
         data = {k.replace("-", "_"): v for k, v in data.items()}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:

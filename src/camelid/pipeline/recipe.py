@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from camelid.core.io import CamelidError
+from camelid.core.io import CamelidError, read_yaml_mapping
 
 STAGES = ("generate", "train", "eval", "serve")
 
@@ -81,12 +80,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise CamelidError(f"{p}: no such recipe file")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise CamelidError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise CamelidError(f"{p}: expected a mapping with generate/train/eval sections")
+    raw = read_yaml_mapping(p, "generate/train/eval sections")
     raw = apply_overrides(raw, list(overrides or []))
     try:
         recipe = Recipe(**raw)

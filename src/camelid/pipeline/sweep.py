@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from camelid.core.cli import console
-from camelid.core.io import CamelidError, write_json, write_text
+from camelid.core.io import CamelidError, read_yaml_mapping, write_json, write_text
 
 METRICS = [  # (key, label, higher is better)
     ("after_response_loss", "held-out response loss", False),
@@ -52,9 +52,7 @@ def load_sweep(path: str | Path) -> tuple[Sweep, Path]:
     if not p.is_file():
         raise CamelidError(f"{p}: no such sweep file")
     try:
-        sweep = Sweep(**(yaml.safe_load(p.read_text(encoding="utf-8")) or {}))
-    except yaml.YAMLError as e:
-        raise CamelidError(f"{p}: not valid YAML: {e}") from None
+        sweep = Sweep(**read_yaml_mapping(p, "sweep settings"))
     except ValidationError as e:
         err = e.errors()[0]
         raise CamelidError(f"{p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from camelid.core.io import CamelidError
+from camelid.core.io import CamelidError, read_yaml_mapping
 from camelid.core.templates import MASKS, TEMPLATE_NAMES
 
 Method = Literal["full", "lora", "dora", "qlora"]
@@ -224,13 +224,7 @@ def config_file(path: str | Path) -> Path:
 def read_config_file(path: str | Path) -> tuple[Path, dict]:
     """(the file, its settings) for a config path or shipped name."""
     p = config_file(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise CamelidError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise CamelidError(f"{p}: expected a mapping of settings, got {type(raw).__name__}")
-    return p, raw
+    return p, read_yaml_mapping(p)
 
 
 def is_staged(raw: dict) -> bool:
