@@ -156,18 +156,17 @@ def _open_text(path: Path) -> IO[str]:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Stream (line number, value) from a JSONL file; blank lines are skipped; bad lines raise DataError."""
+    """Stream (line number, value) from a JSONL file; blank lines are skipped; bad lines raise DataError.
+    Read as bytes and decoded line by line, so a bad byte is reported on its own line (a text stream decodes
+    ahead, in chunks)."""
     path = Path(path)
-    with _open_text(path) as f:
-        lineno = 0
-        while True:
+    _open_text(path).close()  # the same errors for a missing file or a directory
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
-                line = f.readline()
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(Problem(str(path), lineno + 1, None, f"not valid UTF-8 ({e.reason})")) from None
-            if not line:
-                return
-            lineno += 1
+                raise DataError(Problem(str(path), lineno, None, f"not valid UTF-8 ({e.reason})")) from None
             if not line.strip():
                 continue
             try:

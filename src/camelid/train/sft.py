@@ -268,7 +268,8 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     _log(console, f"training {cfg.method} on {base.name}: {len(train_ex)} records, {total_steps} steps of "
          f"{cfg.global_batch_size} sequences ({cfg.micro_batch_size} x {grad_accum} accumulation x {world} "
          f"process{'es' if world > 1 else ''}), lr {cfg.learning_rate:g}, {n_trainable:,} trainable parameters "
-         f"({100 * n_trainable / n_total:.2f}%), precision {accelerator.mixed_precision}", is_main)
+         f"({100 * n_trainable / n_total:.2f}%), precision {accelerator.mixed_precision.replace('no', 'fp32')}",
+         is_main)
 
     log = JsonlAppender(out / "trainer_log.jsonl") if is_main else None
     losses: list[float] = []
