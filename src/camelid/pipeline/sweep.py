@@ -8,11 +8,15 @@ untrained base model. A failing cell is reported and the sweep goes on.
 
 from __future__ import annotations
 
+import collections
 import itertools
+import json
 import math
+import os
 import shlex
 import statistics
-import traceback
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +90,9 @@ def command(base: Path, overrides: list[str]) -> str:
 
 
 def run_sweep(path: str | Path, print_only: bool = False) -> dict:
-    """Run every cell in turn (or print the commands, one per cell, for a cluster launcher); write the report."""
-    from camelid.pipeline.recipe import load_recipe
-    from camelid.pipeline.run import run_recipe
-
+    """Run every cell in turn (or print the commands, one per cell, for a cluster launcher); write the report.
+    Each cell runs in its own process, exactly as its printed command: its peak memory is its own, and a cell that
+    crashes (even out of memory) is reported while the sweep goes on."""
     sweep, base = load_sweep(path)
     grid = cells(sweep)
     if print_only:
@@ -101,16 +104,18 @@ def run_sweep(path: str | Path, print_only: bool = False) -> dict:
         over = cell_overrides(sweep, c)
         console.rule(f"[bold]cell {i}/{len(grid)}: {cell_name(c)}")
         row: dict[str, Any] = {"cell": cell_name(c), **{k: c[k] for k in c}, "command": command(base, over)}
-        try:
-            summaries = run_recipe(load_recipe(base, over))
-            row.update(flatten(summaries))
+        code, tail = run_cell(base, over)
+        cell_dir = sweep.directory / cell_name(c)
+        if code == 0:
+            row.update(flatten(stage_summaries(cell_dir)))
             row["status"] = "done"
-        except (CamelidError, RuntimeError, ValueError, OSError) as e:
+        else:
             row["status"] = "failed"
-            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+            last = [x for x in tail if x.strip()]
+            row["error"] = (last[-1].strip() if last else f"exit code {code}")[:500]
             console.print(f"[red]cell {cell_name(c)} failed:[/] {row['error']}")
-            (sweep.directory / cell_name(c)).mkdir(parents=True, exist_ok=True)
-            write_text(sweep.directory / cell_name(c) / "error.txt", traceback.format_exc())
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            write_text(cell_dir / "error.txt", "".join(tail))
         results.append(row)
         write_json(sweep.directory / "cells.json", results)  # after every cell: a killed sweep keeps what it had
     write_sweep_report(sweep, results)
@@ -119,6 +124,31 @@ def run_sweep(path: str | Path, print_only: bool = False) -> dict:
         raise CamelidError(f"{len(failed)} of {len(results)} cells failed ({', '.join(failed)}); see "
                            f"{sweep.directory / 'report' / 'report.md'}; rerun to retry them")
     return {"cells": results}
+
+
+def run_cell(base: Path, overrides: list[str]) -> tuple[int, list[str]]:
+    """`camelid run BASE OVERRIDES` in a child process; its stderr passes through; returns (exit code, last lines)."""
+    env = dict(os.environ)
+    if sys.stderr.isatty():
+        env.setdefault("FORCE_COLOR", "1")  # keep the child's progress bars although its stderr is a pipe
+    proc = subprocess.Popen([sys.executable, "-m", "camelid", "run", str(base), *overrides], stderr=subprocess.PIPE,
+                            text=True, errors="replace", env=env)
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        tail.append(line)
+    return proc.wait(), list(tail)
+
+
+def stage_summaries(cell_dir: Path) -> dict:
+    """The summary of every finished stage of a cell's run directory (what `camelid run` returns)."""
+    out = {}
+    for f in sorted((cell_dir / ".stages").glob("*.json")):
+        state = json.loads(f.read_text(encoding="utf-8"))
+        if state.get("status") == "done":
+            out[f.stem] = state.get("summary") or {}
+    return out
 
 
 def flatten(s: dict) -> dict:

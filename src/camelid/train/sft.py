@@ -132,11 +132,27 @@ def _optimizer(model, cfg: TrainConfig):
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
+def _reset_peak_memory() -> None:
+    """Start this run's peak from here, so a second run in the same process does not report the first's."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets the RSS high-water mark (VmHWM)
+            f.write("5")
+
+
 def _peak_memory_mb() -> float:
+    """GPU: peak allocated; CPU: peak resident memory of the process (VmHWM, since _reset_peak_memory)."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError):
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -205,6 +221,7 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
 
     AcceleratorState._reset_state()  # a second run in this process may use another precision (process group kept)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
+    _reset_peak_memory()
     is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     out = Path(cfg.output_dir).expanduser().resolve()
