@@ -54,9 +54,18 @@ def test_a_recipe_runs_every_stage_writes_a_report_and_a_rerun_skips_them_all(tm
     assert main(["run", str(recipe)]) == 0
     assert "train: unchanged, skipped" in capsys.readouterr().err
     assert before == {s: read_json(run / ".stages" / f"{s}.json")["finished"] for s in ("train", "eval")}
+    # a crash after training finished but before the run recorded it: the rerun adopts the finished run
+    state = read_json(run / ".stages" / "train.json")
+    (run / ".stages" / "train.json").write_text(json.dumps({**state, "status": "running"}))
+    assert main(["run", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert "train: the run had finished before the crash, adopting it" in err, err
+    adopted = read_json(run / ".stages" / "train.json")
+    assert adopted["status"] == "done" and adopted["summary"]["final_loss"] == state["summary"]["final_loss"]
+    assert read_json(run / ".stages" / "eval.json")["finished"] == before["eval"]  # same weights: eval stands
     # a changed setting reruns that stage and what depends on it
     assert main(["run", str(recipe), "eval.max_tokens=6", "--only", "eval"]) == 0
-    assert read_json(run / ".stages" / "train.json")["finished"] == before["train"]
+    assert read_json(run / ".stages" / "train.json")["finished"] == adopted["finished"]
     assert read_json(run / ".stages" / "eval.json")["finished"] > before["eval"]
 
 

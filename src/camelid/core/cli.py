@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Annotated, Optional
 
 import typer
@@ -9,6 +11,12 @@ from rich.console import Console
 
 # stdout carries results (answers, JSON); progress, tables and logs go to stderr
 console = Console(stderr=True)
+
+# Dependency noise that no user can act on, silenced for every command:
+# peft 0.21 still reads a renamed transformers attribute on every get_peft_model;
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# bitsandbytes on an AVX512-BF16 CPU looks for an optional hub kernel and, absent, falls back to its built-in one.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: embedded | gguf:PATH | hf:PATH | "
                                        "openai:NAME (a run directory or .gguf path works too).")]
