@@ -37,6 +37,21 @@ eval: {{heldout: 2, max_tokens: 8, judge_max_tokens: 24}}
     return recipe
 
 
+def test_runs_that_differ_only_by_seed_hold_out_the_same_questions(tmp_path):
+    from camelid.pipeline.recipe import EvalSection, Recipe
+    from camelid.pipeline.run import prepare
+
+    def heldout(seed: int, **ev) -> bytes:
+        run = tmp_path / f"seed{seed}"
+        prepare(Recipe(seed=seed, eval=EvalSection(heldout=8, **ev)), run)
+        return (run / "prepare" / "heldout.jsonl").read_bytes()
+
+    assert heldout(0) == heldout(1)  # a sweep's seeds vary training, not the eval set
+    first = heldout(1)
+    assert heldout(1, heldout_seed=7) != first  # an existing split is redone when its inputs change
+    assert len(heldout(1, heldout_seed=7).splitlines()) == 8
+
+
 @pytest.mark.slow
 def test_a_recipe_runs_every_stage_writes_a_report_and_a_rerun_skips_them_all(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path)

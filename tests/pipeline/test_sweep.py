@@ -45,6 +45,7 @@ def test_a_sweep_reports_every_cell_goes_on_after_a_failed_one_and_a_rerun_skips
     rows = read_json(out / "cells.json")
     assert [r["status"] for r in rows] == ["done", "done", "failed", "failed"]
     assert "train.method" in rows[2]["error"] or "method" in rows[2]["error"]
+    assert rows[0]["before_response_loss"] == rows[1]["before_response_loss"]  # seeds 0 and 1: the same eval set
     for r in rows[:2]:
         assert r["after_response_loss"] > 0 and r["trainable_params"] > 0 and r["train_time_s"] > 0
         assert r["command"].startswith("camelid run ") and "seed=" in r["command"]

@@ -13,8 +13,9 @@ from rich.console import Console
 console = Console(stderr=True)
 
 # Dependency noise that no user can act on, silenced for every command:
-# peft 0.21 still reads a renamed transformers attribute on every get_peft_model;
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# peft 0.21 still calls transformers' renamed (activation) checkpointing methods;
+warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing(_enable)?` is deprecated",
+                        category=FutureWarning)
 # bitsandbytes on an AVX512-BF16 CPU looks for an optional hub kernel and, absent, falls back to its built-in one.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 

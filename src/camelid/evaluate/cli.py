@@ -209,7 +209,11 @@ def _pair_details(pair: list[dict]):
     t = Table(title="each pair, judged in both orders")
     for c in ("question", "game 1: A / B -> verdict", "game 2 (swapped): A / B -> verdict", "result"):
         t.add_column(c)
-    for r in sorted(pair, key=lambda r: (str(r["question_id"]), r.get("turn") or 1)):
+    def order(r: dict) -> tuple:  # numeric ids in numeric order (2 before 10), then string ids
+        q = r["question_id"]
+        return (isinstance(q, str), q if isinstance(q, int) else 0, str(q), r.get("turn") or 1)
+
+    for r in sorted(pair, key=order):
         g1, g2 = r["g1"], r["g2"]
         res = r["winner_model"] if r["winner"] != "error" else "error (unparsed verdict)"
         if r["winner"] == "tie" and not r["swap_agree"]:

@@ -25,6 +25,8 @@ class EvalSection(BaseModel):
 
     heldout: int = Field(16, ge=1, description="seed tasks held out from generation and training, answered by the "
                          "student before and after (their reference outputs give the response-token loss)")
+    heldout_seed: int = Field(0, description="seed of the held-out split, apart from the run's seed: runs that differ "
+                              "only by seed (a sweep's error bars) are evaluated on the same questions")
     questions: Optional[str] = Field(None, description="an eval file instead of held-out seeds (any eval shape)")
     judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME")
     judge_base_url: list[str] = Field(default_factory=list, description="servers for an openai: judge")

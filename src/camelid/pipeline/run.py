@@ -107,23 +107,27 @@ def run_recipe(recipe: Recipe, *, from_stage: str | None = None, only: str | Non
 
 
 def prepare(recipe: Recipe, run_dir: Path) -> None:
-    """Split the seed tasks once: held-out tasks for eval, the rest for generation (seeded, idempotent)."""
-    out = run_dir / "prepare"
-    if (out / "seeds.jsonl").is_file() and (out / "heldout.jsonl").is_file():
-        return
+    """Split the seed tasks: held-out tasks for eval, the rest for generation (seeded; redone only when its inputs
+    change, which the generate and eval stages then see in their input hashes)."""
     from camelid.generate.prompts import default_seeds
 
+    out = run_dir / "prepare"
     lang = (recipe.generate or {}).get("lang") or recipe.lang
     seeds_path = Path(recipe.seeds) if recipe.seeds else default_seeds(lang)
-    tasks = [row for _, row in read_jsonl(seeds_path)]
     n = recipe.eval.heldout if recipe.eval and not recipe.eval.questions else 0
+    split_seed = recipe.eval.heldout_seed if recipe.eval else 0
+    split = {"seeds": sha256_file(seeds_path), "heldout": n, "heldout_seed": split_seed}
+    if (out / "split.json").is_file() and read_json(out / "split.json") == split:
+        return
+    tasks = [row for _, row in read_jsonl(seeds_path)]
     if n >= len(tasks):
         raise CamelidError(f"eval.heldout {n} leaves no seed tasks for generation ({len(tasks)} in {seeds_path})")
     order = list(range(len(tasks)))
-    random.Random(recipe.seed).shuffle(order)
-    held = sorted(order[:n])
-    write_jsonl(out / "heldout.jsonl", [tasks[i] for i in held])
-    write_jsonl(out / "seeds.jsonl", [t for i, t in enumerate(tasks) if i not in set(held)])
+    random.Random(split_seed).shuffle(order)
+    held = set(order[:n])
+    write_jsonl(out / "heldout.jsonl", [t for i, t in enumerate(tasks) if i in held])
+    write_jsonl(out / "seeds.jsonl", [t for i, t in enumerate(tasks) if i not in held])
+    write_json(out / "split.json", split)  # last: a crash before it redoes the split
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -200,6 +204,7 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
 
     def run(out: Path) -> tuple[dict, list[Path]]:
         summary = before_after(recipe, questions, run_dir / "train", out)
+        summary["questions_sha256"] = inputs["questions"]  # runs are comparable only on the same questions
         return summary, [out / "metrics.json"]
 
     return run, inputs

@@ -26,15 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from camelid.core.cli import console
 from camelid.core.io import CamelidError, read_yaml_mapping, write_json, write_text
 
-METRICS = [  # (key, label, higher is better)
-    ("after_response_loss", "held-out response loss", False),
-    ("after_win_rate", "win rate vs base (judge)", True),
-    ("after_single_score", "judge score 1-10", True),
-    ("after_self_stop_rate", "self-stop rate", True),
-    ("train_time_s", "training time (s)", False),
-    ("peak_memory_mb", "peak memory (MB)", False),
-    ("trainable_params", "trainable parameters", False),
-    ("tokens_seen", "tokens seen", False),
+METRICS = [  # (key, label, short label for the terminal, higher is better, format)
+    ("after_response_loss", "held-out response loss", "loss", False, ".3f"),
+    ("after_win_rate", "win rate vs base (judge)", "win", True, ".0%"),
+    ("after_single_score", "judge score 1-10", "score", True, ".2f"),
+    ("after_self_stop_rate", "self-stop rate", "stops", True, ".0%"),
+    ("train_time_s", "training time (s)", "time s", False, ",.0f"),
+    ("peak_memory_mb", "peak memory (MB)", "peak MB", False, ",.0f"),
+    ("trainable_params", "trainable parameters", "trainable", False, ",.0f"),
+    ("tokens_seen", "tokens seen", "tokens", False, ",.0f"),
 ]
 
 
@@ -159,7 +159,7 @@ def flatten(s: dict) -> dict:
             "after_single_score": after.get("single_score"), "train_time_s": t.get("train_time_s"),
             "peak_memory_mb": t.get("peak_memory_mb"), "trainable_params": t.get("trainable_params"),
             "tokens_seen": t.get("tokens_seen"), "final_loss": t.get("final_loss"),
-            "eval_settings": {k: e.get(k) for k in ("questions", "max_tokens", "temperature")} | {
+            "eval_settings": {k: e.get(k) for k in ("questions", "questions_sha256", "max_tokens", "temperature")} | {
                 "judge": pair.get("judge")}}
 
 
@@ -185,6 +185,7 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from rich import box
     from rich.table import Table
 
     out = sweep.directory / "report"
@@ -192,25 +193,45 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
     axes = list(sweep.axes)
     groups = _group(results, axes)
     cols = [m for m in METRICS if any(r.get(m[0]) is not None for r in results)]
-    table = Table(title=f"camelid sweep: {sweep.name}")
-    for h in ["cell", "status"] + [label for _, label, _ in cols]:
-        table.add_column(h)
-    md = [f"# camelid sweep: {sweep.name}", "", "| cell | status | " + " | ".join(l for _, l, _ in cols) + " |",
-          "|---" * (len(cols) + 2) + "|"]
+    table = Table(title=f"camelid sweep: {sweep.name} (full labels in the report)", box=box.SIMPLE_HEAD)
+    term = [m for m in cols if m[0] != "tokens_seen"]  # the terminal is narrow: the report has every column
+    show_status = any(r["status"] != "done" for r in results)
+    table.add_column("cell", no_wrap=True)
+    for h in ["status"] * show_status + [m[2] for m in term]:
+        table.add_column(h, justify="right")
+    md = [f"# camelid sweep: {sweep.name}", ""]
+    settings = [r["eval_settings"] for r in results if r.get("eval_settings")]
+    if settings:
+        e = settings[0]
+        md += [f"Every cell was evaluated alike: {e['questions']} held-out questions, answers up to {e['max_tokens']} "
+               f"tokens at temperature {e['temperature']}, judge `{e['judge']}` against the untrained base model."
+               + ("" if all(x == e for x in settings) else " (Warning: some cells were evaluated differently; "
+                  "see summary.json.)"), ""]
+        base = {r.get("before_response_loss") for r in results if r.get("status") == "done"} - {None}
+        if len(base) == 1:
+            md += [f"The untrained base model's held-out response loss: {_fmt(base.pop(), '.3f')}.", ""]
+    missing = [m[1] for m in METRICS if m[0].startswith("after_") and m not in cols]
+    if missing and results:
+        md += [f"Not shown: {', '.join(missing)}. No cell has a figure for them (a judge that gave no parseable "
+               "verdict, or single grading off).", ""]
+    md += ["| cell | status | " + " | ".join(m[1] for m in cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for r in results:
-        vals = [_fmt(r.get(k)) for k, _, _ in cols]
-        table.add_row(r["cell"], r["status"], *vals)
+        vals = [_fmt(r.get(k), spec) for k, _, _, _, spec in cols]
+        table.add_row(r["cell"], *[r["status"]] * show_status, *[_fmt(r.get(m[0]), m[4]) for m in term])
         md.append(f"| {r['cell']} | {r['status']} | " + " | ".join(vals) + " |")
     console.print(table)
-    md += ["", "## Best cell per metric (mean over seeds)", "", "| metric | best | mean ± sd |", "|---|---|---|"]
+    md += ["", "## Best cell per metric (mean ± sd over seeds)", "", "| metric | best | mean ± sd |", "|---|---|---|"]
     best: dict[str, Any] = {}
-    for key, label, higher in cols:
+    for key, label, _, higher, spec in cols:
         scored = [(g, *_mean_sd([r.get(key) for r in rs])) for g, rs in groups.items()]
         scored = [s for s in scored if s[1] is not None]
-        if scored:
-            g, m, sd = (max if higher else min)(scored, key=lambda s: s[1])
-            best[key] = {"group": g, "mean": m, "sd": sd}
-            md.append(f"| {label} | {g} | {_fmt(m)} ± {_fmt(sd)} |")
+        if not scored:
+            continue
+        g, m, sd = (max if higher else min)(scored, key=lambda s: s[1])
+        tied = [s[0] for s in scored if s[1] == m]
+        best[key] = {"group": g if len(tied) == 1 else tied, "mean": m, "sd": sd}
+        who = g if len(tied) == 1 else ("all equal" if len(tied) == len(scored) else ", ".join(tied) + " (tied)")
+        md.append(f"| {label} | {who} | {_fmt(m, spec)} ± {_fmt(sd, spec)} |")
     charts = []
     for y_key, x_key, name in (("after_response_loss", "train_time_s", "loss_vs_time.png"),
                                ("after_win_rate", "train_time_s", "winrate_vs_time.png"),
@@ -223,8 +244,8 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for g, x, xsd, y, ysd in pts:
             ax.errorbar(x, y, xerr=xsd, yerr=ysd, fmt="o", capsize=4, label=g)
-        ax.set_xlabel(dict((k, l) for k, l, _ in METRICS)[x_key])
-        ax.set_ylabel(dict((k, l) for k, l, _ in METRICS)[y_key])
+        ax.set_xlabel(dict((m[0], m[1]) for m in METRICS)[x_key])
+        ax.set_ylabel(dict((m[0], m[1]) for m in METRICS)[y_key])
         ax.set_title("score vs cost (error bars: sd over seeds)")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -242,9 +263,5 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
     return out
 
 
-def _fmt(x) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
-    return f"{x:,}" if isinstance(x, int) else str(x)
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)

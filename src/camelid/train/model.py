@@ -126,7 +126,7 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     extra: dict = {}
     if cfg.method != "full":
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
