@@ -207,7 +207,8 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
                f"tokens at temperature {e['temperature']}, judge `{e['judge']}` against the untrained base model."
                + ("" if all(x == e for x in settings) else " (Warning: some cells were evaluated differently; "
                   "see summary.json.)"), ""]
-        base = {r.get("before_response_loss") for r in results if r.get("status") == "done"} - {None}
+        # rounded: CPU float reductions may differ in the last digits between processes
+        base = {round(x, 3) for r in results if isinstance(x := r.get("before_response_loss"), float)}
         if len(base) == 1:
             md += [f"The untrained base model's held-out response loss: {_fmt(base.pop(), '.3f')}.", ""]
     missing = [m[1] for m in METRICS if m[0].startswith("after_") and m not in cols]
