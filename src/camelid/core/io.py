@@ -175,14 +175,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 raise DataError(Problem(str(path), lineno, None, f"malformed JSON: {e.msg} (column {e.colno})")) from None
 
 
-def read_yaml_mapping(path: str | os.PathLike, what: str = "settings") -> dict:
-    """A YAML config file that must hold a mapping; a missing file, bad YAML (with its line) or another shape is a
-    one-line error naming the file."""
+def read_yaml_mapping(path: str | os.PathLike, what: str = "settings", kind: str = "") -> dict:
+    """A YAML config file that must hold a mapping (of `what`); a missing file (`no such {kind} file`), bad YAML
+    (with its line) or another shape is a one-line error naming the file."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise CamelidError(f"{path}: no such file")
+        raise CamelidError(f"{path}: no such {kind + ' ' if kind else ''}file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:

@@ -88,10 +88,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> GenerateC
     """The YAML file's settings, then every override that is not None; errors name the file and the key."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CamelidError(f"{path}: no such config file")
-        data = read_yaml_mapping(path)
+        data = read_yaml_mapping(path, kind="config")
         data = {k.replace("-", "_"): v for k, v in data.items()}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:

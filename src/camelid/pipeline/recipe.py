@@ -80,9 +80,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     from camelid.train.config import apply_overrides, load_config
 
     p = Path(path)
-    if not p.is_file():
-        raise CamelidError(f"{p}: no such recipe file")
-    raw = read_yaml_mapping(p, "generate/train/eval sections")
+    raw = read_yaml_mapping(p, "generate/train/eval sections", kind="recipe")
     raw = apply_overrides(raw, list(overrides or []))
     try:
         recipe = Recipe(**raw)

@@ -9,7 +9,6 @@ the same library functions as their commands: nothing here re-implements them.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -170,23 +169,20 @@ def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, 
         if cfg.save_steps is None:  # an interrupted quick run should still resume
             cfg.save_steps = 10
         meta = read_json(out / "camelid.json") if (out / "camelid.json").is_file() else None
-        if meta and json.loads(json.dumps(cfg.model_dump())) != meta["config"]:
+        if meta and cfg.model_dump(mode="json") != meta["config"]:
             console.print("[yellow]↻[/] train: the finished run there has other settings, starting it over")
             shutil.rmtree(out)
             meta = None
         if meta:
             # training finished but the run died before recording it: adopt the result instead of refusing
             console.print("[green]✓[/] train: the run had finished before the crash, adopting it")
-            stats = DataStats(**meta["data_stats"])
-            summary = {k: meta[k] for k in ("steps", "final_loss", "eval_loss", "tokens_seen", "trainable_params")}
-            summary.update(train_time_s=round(meta["train_time_s"], 1), peak_memory_mb=round(meta["peak_memory_mb"]))
+            res, stats = meta, DataStats(**meta["data_stats"])
         else:
-            r = train(cfg, console=console)
-            stats = r.stats
-            summary = {"steps": r.steps, "final_loss": r.final_loss, "eval_loss": r.eval_loss,
-                       "train_time_s": round(r.train_time_s, 1), "tokens_seen": r.tokens_seen,
-                       "peak_memory_mb": round(r.peak_memory_mb), "trainable_params": r.trainable_params}
-        summary.update(records=stats.records, kept=stats.kept, problems=stats.problems(), method=cfg.method,
+            r = train(cfg, console=console)  # camelid.json is the main process's alone: use the result
+            res, stats = vars(r), r.stats
+        summary = {k: res[k] for k in ("steps", "final_loss", "eval_loss", "tokens_seen", "trainable_params")}
+        summary.update(train_time_s=round(res["train_time_s"], 1), peak_memory_mb=round(res["peak_memory_mb"]),
+                       records=stats.records, kept=stats.kept, problems=stats.problems(), method=cfg.method,
                        template=cfg.template)
         return summary, [out]
 

@@ -53,10 +53,8 @@ class Sweep(BaseModel):
 
 def load_sweep(path: str | Path) -> tuple[Sweep, Path]:
     p = Path(path)
-    if not p.is_file():
-        raise CamelidError(f"{p}: no such sweep file")
     try:
-        sweep = Sweep(**read_yaml_mapping(p, "sweep settings"))
+        sweep = Sweep(**read_yaml_mapping(p, "sweep settings", kind="sweep"))
     except ValidationError as e:
         err = e.errors()[0]
         raise CamelidError(f"{p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -149,8 +149,8 @@ def _peak_memory_mb() -> float:
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    with contextlib.suppress(OSError):
-        for line in open("/proc/self/status"):
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

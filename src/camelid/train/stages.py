@@ -187,7 +187,5 @@ def show(run: StagedRun) -> str:
 
 
 def _say(console, msg: str) -> None:
-    import os
-
     if console is not None and os.environ.get("RANK", "0") == "0":
         console.print(msg, highlight=False)
