@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from camelid.core.templates import encode, get_template
 from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
+from camelid.models.hf_batching import HFBatcher
 
 
 def cache_dir() -> Path:
@@ -116,17 +117,41 @@ class HFModel(Model):
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         name = template or (cfg or {}).get("template") or ("tokenizer" if self.tokenizer.chat_template else "alpaca")
         self.template = get_template(name, self.tokenizer.chat_template, self.bos_token, self.eos_token)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # `generate_sequential`: one at a time
+        # requests that wait together decode together; on a GPU a wide batch costs little more than one row
+        self.max_concurrency = int(os.environ.get("CAMELID_BATCH") or (32 if self.device == "cuda" else 8))
+        stop_ids = self._stop_ids()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
+        self.batcher = HFBatcher(self.model, self.tokenizer, stop_ids, pad, self.max_concurrency)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
-        return self._generate(self.tokenizer(prompt).input_ids, sampling)
+        return self._submit(self.tokenizer(prompt).input_ids, sampling)
 
     def stream_chat(self, messages: list[dict], sampling: Sampling | None = None) -> Iterator[Chunk]:
         ids, _ = encode(self.tokenizer, self.template, messages, add_generation_prompt=True)
+        return self._submit(ids, self.chat_sampling(sampling))
+
+    def _submit(self, ids: list[int], s: Sampling) -> Iterator[Chunk]:
+        if len(ids) >= self.context_length:
+            raise ContextLengthError(f"{self.name}: prompt is {len(ids)} tokens, the context holds "
+                                     f"{self.context_length}")
+        return self.batcher.submit(ids, s, max(1, min(s.max_tokens, self.context_length - len(ids))))
+
+    def stream_sequential(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        """One request through `model.generate` alone: the reference the batcher is compared with."""
+        return self._generate(self.tokenizer(prompt).input_ids, sampling)
+
+    def stream_chat_sequential(self, messages: list[dict], sampling: Sampling | None = None) -> Iterator[Chunk]:
+        ids, _ = encode(self.tokenizer, self.template, messages, add_generation_prompt=True)
         return self._generate(ids, self.chat_sampling(sampling))
+
+    def close(self) -> None:
+        batcher, self.batcher = getattr(self, "batcher", None), None
+        if batcher is not None:
+            batcher.close()
 
     def _stop_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}

@@ -67,6 +67,7 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
                          max_tokens=ev.max_tokens, seed=recipe.seed)
         loss, n = response_loss(model, questions)
         metrics[model_id] = {"response_loss": loss, "response_tokens": n}
+        model.close()  # stops its batcher thread, which holds the weights
         del model
         gc.collect()
     got = load_answers(answers)

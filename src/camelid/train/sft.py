@@ -25,6 +25,7 @@ from camelid.core.io import CamelidError, JsonlAppender, write_json
 from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_template
 from camelid.train import checkpoint as ck
 from camelid.train.config import TrainConfig
+from camelid.train.loss import head_returns_loss, output_head
 from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
                                 micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
 from camelid.train.model import load_for_training, save_trained, trainable_params
@@ -54,8 +55,9 @@ def _log(console, msg: str, is_main: bool) -> None:
         console.print(msg, highlight=False)
 
 
-def token_loss_sum(model, batch: dict, device) -> Any:
-    """Sum of cross-entropy over trained tokens of one micro-batch (logits only where a token is trained)."""
+def token_loss_sum(model, batch: dict, device, chunked: bool = True) -> Any:
+    """Sum of cross-entropy over trained tokens of one micro-batch. Only trained positions reach the LM head, and
+    (`chunked`) their loss is taken chunk by chunk without the full-vocabulary logits (train/loss.py)."""
     import torch.nn.functional as F
 
     targets = batch["targets"].to(device)
@@ -65,6 +67,10 @@ def token_loss_sum(model, batch: dict, device) -> Any:
         kw["position_ids"] = batch["position_ids"].to(device)
     else:
         kw["attention_mask"] = batch["attention_mask"].to(device)
+    head = output_head(model) if chunked else None
+    if head is not None:
+        with head_returns_loss(head, targets[keep]):
+            return model(**kw).logits.reshape(())
     logits = model(**kw).logits  # (n_trained, vocab)
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
