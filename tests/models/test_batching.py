@@ -129,13 +129,14 @@ def hf():
     m.close()
 
 
+@pytest.mark.slow
 def test_transformers_batched_greedy_equals_generate_one_prompt_at_a_time(hf):
     from camelid.core.templates import encode
 
-    greedy = Sampling(temperature=0, max_tokens=40)
-    cs = convs(6) + [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "한국어로 인사해 주세요."}]]
+    greedy = Sampling(temperature=0, max_tokens=24)
+    cs = convs(3) + [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "한국어로 인사해 주세요."}]]
     got = dict(hf.map(lambda m: hf.chat(m, greedy), cs, concurrency=len(cs)))
-    assert hf.batcher.max_rows >= 4  # they were decoded together
+    assert hf.batcher.max_rows >= 3  # they were decoded together
     for i, m in enumerate(cs):
         ids, _ = encode(hf.tokenizer, hf.template, m, add_generation_prompt=True)
         chunks = list(hf._generate(ids, hf.chat_sampling(greedy)))
@@ -143,9 +144,10 @@ def test_transformers_batched_greedy_equals_generate_one_prompt_at_a_time(hf):
         assert got[i].finish_reason == chunks[-1].finish_reason
 
 
+@pytest.mark.slow
 def test_transformers_seeded_sampling_in_a_batch_draws_as_it_would_alone(hf):
-    s = Sampling(temperature=0.8, top_p=0.95, max_tokens=24, seed=7)
-    prompts = ["Once upon a time", "The weather today", "My favourite food"]
-    together = dict(hf.map(lambda p: hf.complete(p, s), prompts, concurrency=3))
+    s = Sampling(temperature=0.8, top_p=0.95, max_tokens=16, seed=7)
+    prompts = ["Once upon a time", "The weather today"]
+    together = dict(hf.map(lambda p: hf.complete(p, s), prompts, concurrency=2))
     for i, p in enumerate(prompts):
         assert together[i].text == hf.complete(p, s).text

@@ -29,6 +29,7 @@ def wait_idle(app, timeout: float = 60.0) -> None:
 
 
 def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixed(server, embedded):
+    before = embedded.batcher.stats()
     results: dict[int, httpx.Response] = {}
     barrier = threading.Barrier(N)
 
@@ -41,6 +42,7 @@ def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixe
         t.start()
     for t in threads:
         t.join()
+    during = embedded.batcher.stats()
 
     served = 0
     for i, r in results.items():
@@ -55,21 +57,28 @@ def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixe
         assert len({c["id"] for c in chunks}) == 1
         assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-        # greedy answers are deterministic: each stream must be exactly its own prompt's answer (the prompts'
-        # answers differ, "2 in words" vs "3 in words", so a mix-up would show)
+        # each stream must be its own prompt's answer (the prompts' answers differ, "2 in words" vs "3 in words",
+        # so a mix-up would show): the greedy answer decoded alone, or, as batched float paths round differently
+        # from single-sequence ones, at least its first tokens
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-        forget(embedded)  # a fresh evaluation, as the server's (after another prompt) was
         greedy = Sampling(temperature=0, max_tokens=6)
-        assert text == off_main_thread(embedded.chat, ask(i)["messages"], greedy).text
+        alone = off_main_thread(embedded.chat, ask(i)["messages"], greedy).text
+        assert text == alone or embedded.tokenize(text)[:3] == embedded.tokenize(alone)[:3], (text, alone)
         assert str(i) in text or "nine" in text.lower()
         served += 1
-    # one generation at a time + max_queue=4 waiting: at most 5 served, the rest told to retry
-    assert len(results) == N and 1 <= served <= 1 + 4
+    # the requests share decode steps: up to the batch's slots run at once and max_queue=4 wait
+    gate = server.app.state.gate
+    assert len(results) == N and 1 <= served <= gate.concurrency + 4
+    assert gate.concurrency == embedded.max_concurrency > 1
+    # the server's concurrent requests went through the batch: one at a time would take a decode step per prompt
+    # and per token (7+ steps each); together they took far fewer
+    assert during["steps"] - before["steps"] < 2 * served, (before, during, served)
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     wait_idle(server.app)
 
 
 def test_a_client_that_disconnects_mid_stream_releases_the_model(server, embedded):
+    before = embedded.batcher.stats()
     body = {"messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
             "max_tokens": 1500, "temperature": 0, "stream": True}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
@@ -81,15 +90,24 @@ def test_a_client_that_disconnects_mid_stream_releases_the_model(server, embedde
                 if content == 3:
                     break
     wait_idle(server.app)
-    # llama.cpp's context holds prompt + generated tokens: the generation stopped near where the client left
-    prompt_tokens = embedded.count_tokens(embedded.chat_prompt(body["messages"]))
-    assert embedded.llm.n_tokens - prompt_tokens < 200
-    assert not embedded._lock.locked()
+    # the sequence left the batch near where the client left: far fewer tokens decoded than the 1,500 asked
+    after = embedded.batcher.stats()
+    assert after["running"] == 0 and after["tokens_decoded"] - before["tokens_decoded"] < 400
     r = httpx.post(server.url + "/v1/chat/completions", json=ask(3), timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_a_queued_client_that_gives_up_never_runs(server, caplog):
+@pytest.fixture()
+def one_at_a_time(embedded):
+    """A server that runs one generation at a time, so a second request has to queue."""
+    app = create_app(embedded, max_queue=4, concurrency=1)
+    with BackgroundServer(app) as srv:
+        srv.app = app
+        yield srv
+
+
+def test_a_queued_client_that_gives_up_never_runs(one_at_a_time, caplog):
+    server = one_at_a_time
     long = {"messages": [{"role": "user", "content": "Count from 1 to 1000."}], "max_tokens": 1500,
             "temperature": 0, "stream": True}
     with caplog.at_level(logging.INFO, logger="camelid.serve"):

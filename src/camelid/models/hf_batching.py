@@ -9,6 +9,7 @@ while a group runs form the next group. Greedy rows are the argmax of the same f
 
 from __future__ import annotations
 
+import inspect
 import queue
 import random
 import threading
@@ -44,6 +45,9 @@ class HFBatcher:
         self._closed = False
         self.groups = 0  # groups run, for tests and benches
         self.max_rows = 0
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns); older 5.x know only the old one
+        self._cache_kw = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
         self._thread = threading.Thread(target=self._loop, name="hf-batcher", daemon=True)
         self._thread.start()
 
@@ -140,8 +144,8 @@ class HFBatcher:
         cache = DynamicCache(config=self.model.config)
         alive = list(group)
         with torch.no_grad():
-            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                             logits_to_keep=1, **{self._cache_kw: cache})
             while True:
                 logits = out.logits[:, -1, :]
                 keep, nxt = [], []
@@ -162,7 +166,7 @@ class HFBatcher:
                 mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
                 pos = pos[:, -1:] + 1
                 out = self.model(input_ids=torch.tensor(nxt, device=dev).unsqueeze(1), attention_mask=mask,
-                                 position_ids=pos, past_key_values=cache, use_cache=True)
+                                 position_ids=pos, use_cache=True, **{self._cache_kw: cache})
 
     def _advance(self, row: Row, token: int) -> bool:
         """Take one token; False when the row is finished (its last chunk sent)."""

@@ -34,13 +34,14 @@ def _linear_ce_class():
         def forward(ctx, hidden, weight, bias, targets, rows: int):
             want_h, want_w = hidden.requires_grad, weight.requires_grad
             want_b = bias is not None and bias.requires_grad
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            acc = torch.promote_types(hidden.dtype, torch.float32)  # logits and sums: fp32 at least
+            total = torch.zeros((), dtype=acc, device=hidden.device)
             grad_h = torch.empty_like(hidden) if want_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-            grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_b else None
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+            grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if want_b else None
             for s in range(0, hidden.shape[0], rows):
                 h, t = hidden[s:s + rows], targets[s:s + rows]
-                logits = torch.nn.functional.linear(h, weight, bias).float()
+                logits = torch.nn.functional.linear(h, weight, bias).to(acc)
                 lse = torch.logsumexp(logits, dim=-1)
                 total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
                 if want_h or want_w or want_b:
@@ -50,7 +51,7 @@ def _linear_ce_class():
                     if want_h:
                         grad_h[s:s + rows] = d @ weight
                     if want_w:
-                        grad_w += probs.t() @ h.float()
+                        grad_w += probs.t() @ h.to(acc)
                     if want_b:
                         grad_b += probs.sum(0)
                 del logits
