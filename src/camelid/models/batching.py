@@ -10,7 +10,9 @@ Sampling is the chain `Llama.create_completion` builds (penalties, grammar, then
 top-k 40, typical 1.0, top-p, min-p 0.05, temperature, seeded distribution), one chain per request, so a seed gives
 the same draw sequence it gives alone. What differs from one-at-a-time decoding is the float path: llama.cpp's
 batched matmuls and attention round differently from the single-row ones, so greedy outputs agree with sequential
-decoding on most but not all tokens (tests/models/test_batching.py measures it; bench/serve.py reports it).
+decoding on most but not all tokens (tests/models/test_batching.py measures it; bench/serve.py reports it), and
+which requests share a step depends on their timing. A request alone in the batch computes exactly what
+`create_completion` computes (same context settings; tested), so `CAMELID_BATCH=1` gives reproducible outputs.
 """
 
 from __future__ import annotations
@@ -126,6 +128,19 @@ class Job:
     text: TextOut | None = None
 
 
+def default_kv_tokens(llama_model, n_ctx: int, budget_bytes: int = 256 << 20) -> int:
+    """KV cells for the batch: up to 4 contexts' worth within `budget_bytes` of f16 cache and the trained context,
+    never less than one context (what one request may need). SmolLM2-135M: 23 KB per cell, 8,192 cells: 190 MB."""
+    import llama_cpp
+
+    m = llama_model.model
+    head_dim = llama_cpp.llama_model_n_embd(m) // max(1, llama_cpp.llama_model_n_head(m))
+    per_cell = 2 * 2 * llama_cpp.llama_model_n_layer(m) * head_dim * llama_cpp.llama_model_n_head_kv(m)
+    # with a unified cache each sequence could address every cell: past the trained context llama.cpp warns
+    trained = max(n_ctx, llama_cpp.llama_model_n_ctx_train(m))
+    return max(n_ctx, min(4 * n_ctx, trained, budget_bytes // max(1, per_cell)))
+
+
 class LlamaBatcher:
     """One llama.cpp context with `n_seq` sequence slots, driven by a scheduler thread.
 
@@ -213,12 +228,12 @@ class LlamaBatcher:
 
     # ---------------------------------------------------------------- scheduler thread
     def _admit(self) -> None:
-        still = []
+        still: list[Job] = []
         for job in self._waiting:
             need = len(job.prompt) + job.max_tokens
             if job.cancelled.is_set():
                 job.out.put(Chunk("", "stop", len(job.prompt), 0))
-            elif self._free and self._reserved + need <= self.kv_tokens:
+            elif not still and self._free and self._reserved + need <= self.kv_tokens:  # first come, first served
                 job.seq = self._free.pop(0)
                 self._reserved += need
                 self._running.append(job)
@@ -276,6 +291,8 @@ class LlamaBatcher:
                     job.pos += 1
                     n += 1
                 job.fed += take
+        if n == 0:  # every sequence in it was cancelled mid-step: they leave at the top of the loop
+            return
         b.n_tokens = n
         rc = self._lc.llama_decode(self.ctx.ctx, b)
         if rc != 0:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from camelid.core.templates import Template, get_template
 from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling
-from camelid.models.batching import LlamaBatcher
+from camelid.models.batching import LlamaBatcher, default_kv_tokens
 
 # llama.cpp's OpenMP workers spin between steps by default; on a busy machine a call from the main thread then ran
 # 15-20x slower here (6 chat answers: 36-45 s vs 2.4 s). OpenMP reads this once, when llama_cpp is first loaded.
@@ -38,7 +38,7 @@ class LlamaCppModel(Model):
                  template: Template | None = None, name: str | None = None, n_seq: int | None = None,
                  kv_tokens: int | None = None):
         """`n_seq` sequences decode together (default $CAMELID_BATCH or 16); they share `kv_tokens` KV cells
-        (default $CAMELID_KV_TOKENS or 4 x n_ctx), each request reserving prompt + max_tokens of them."""
+        (default $CAMELID_KV_TOKENS, else up to 4 x n_ctx within 256 MB), each request reserving prompt + max_tokens of them."""
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -63,7 +63,8 @@ class LlamaCppModel(Model):
             self.template = get_template("alpaca")
         self._lock = threading.Lock()  # llama-cpp-python's own context: one `stream_sequential` at a time
         self.max_concurrency = n_seq or default_slots()
-        kv = kv_tokens or int(os.environ.get("CAMELID_KV_TOKENS") or 0) or 4 * self.context_length
+        kv = (kv_tokens or int(os.environ.get("CAMELID_KV_TOKENS") or 0)
+              or default_kv_tokens(self.llm._model, self.context_length))
         self.batcher = LlamaBatcher(self.llm._model, self.llm.context_params, n_seq=self.max_concurrency,
                                     kv_tokens=max(kv, self.context_length), n_threads=threads)
 

@@ -3,11 +3,11 @@
 `create_app(model)` returns a FastAPI app (tests, `camelid eval` and arena code reuse it); `serve()` runs it with
 uvicorn and `BackgroundServer` runs it in a thread on a free loopback port.
 
-Generations are synchronous generators (llama.cpp holds a lock: one at a time), so each request that gets a model slot
-runs its generator in its own worker thread and hands chunks to the event loop through an asyncio queue. A bounded
-gate sits in front: at most `concurrency` generations run and `max_queue` more wait; the next one gets 429 with
-Retry-After. A client that disconnects (queued or streaming) sets a cancel flag; the worker closes the generator at
-the next token, which ends llama.cpp's token loop and releases its lock, and only then frees the slot.
+Generations are synchronous generators (local backends decode concurrent ones together), so each request that gets a
+model slot runs its generator in its own worker thread and hands chunks to the event loop through an asyncio queue.
+A bounded gate sits in front: at most `concurrency` generations run and `max_queue` more wait; the next one gets 429
+with Retry-After. A client that disconnects (queued or streaming) sets a cancel flag; the worker closes the
+generator at the next token, which takes its sequence out of the backend's batch, and only then frees the slot.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
                cors_origins: list[str] | None = None, max_queue: int = 16, concurrency: int | None = None,
                default_max_tokens: int = 1024, page: bool = True) -> FastAPI:
     """An OpenAI-compatible app over `model`: /v1/models, /v1/chat/completions, /v1/completions, /health and the
-    chat page at `/`. `concurrency` defaults to the model's `max_concurrency` (1 for local backends)."""
+    chat page at `/`. `concurrency` defaults to the model's `max_concurrency` (local backends: their batch size)."""
     from camelid.models.remote import RemoteModel
 
     served = model_name or model.name
