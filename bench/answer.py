@@ -29,11 +29,11 @@ from typing import Iterator
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama_cpp loads (see models/llamacpp.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import agreement, llama_cpp_server, pct  # noqa: E402
+from serve import agreement, llama_cpp_server, pct
 
-from camelid.evaluate.answer import answer_questions  # noqa: E402
-from camelid.evaluate.questions import Question, load_questions  # noqa: E402
-from camelid.models import Chunk, Model, Sampling, embedded_gguf, load_model  # noqa: E402
+from camelid.evaluate.answer import answer_questions
+from camelid.evaluate.questions import Question, load_questions
+from camelid.models import Chunk, Model, Sampling, embedded_gguf, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MT_BENCH = ROOT.parent / "shared" / "data" / "fastchat" / "mt_bench_question.jsonl"

@@ -30,8 +30,8 @@ import httpx
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama_cpp loads (see models/llamacpp.py)
 
-from camelid.models import Chunk, Model, Sampling, embedded_gguf, load_model  # noqa: E402
-from camelid.serve.server import BackgroundServer, create_app  # noqa: E402
+from camelid.models import Chunk, Model, Sampling, embedded_gguf, load_model
+from camelid.serve.server import BackgroundServer, create_app
 
 
 class Sequential(Model):
@@ -212,7 +212,7 @@ def main() -> None:
                    "x_llama_cpp_server": tps / (lcs["tokens"] / lcs["wall"]) if lcs else None,
                    "same_tokens": s / t, "errors": r["errors"]}
             out.append(row)
-            f = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
+            f = lambda x: f"{x:.2f}" if x is not None else "-"
             print(f"{n:<18} {c:>7} {tps:>7.1f} {row['requests_per_s']:>6.2f} {row['ttft_p50_ms']:>9.0f} "
                   f"{row['ttft_p95_ms']:>9.0f} {f(row['x_sequential']):>6} {f(row['x_llama_cpp_server']):>7} "
                   f"{100 * s / t:>5.1f}% {r['errors']:>4}")

@@ -6,9 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from camelid.core.templates import IGNORE_INDEX  # noqa: E402
-from camelid.train.loss import checkpointed_cross_entropy, linear_cross_entropy  # noqa: E402
-from camelid.train.sft import token_loss_sum  # noqa: E402
+from camelid.core.templates import IGNORE_INDEX
+from camelid.train.loss import checkpointed_cross_entropy, linear_cross_entropy
+from camelid.train.sft import token_loss_sum
 
 
 def full(h, w, b, t):

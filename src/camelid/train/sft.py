@@ -25,9 +25,9 @@ from camelid.core.io import CamelidError, JsonlAppender, write_json
 from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_template
 from camelid.train import checkpoint as ck
 from camelid.train.config import TrainConfig
-from camelid.train.loss import head_returns_loss, output_head
 from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
                                 micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
+from camelid.train.loss import head_returns_loss, output_head
 from camelid.train.model import load_for_training, save_trained, trainable_params
 
 
