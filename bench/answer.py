@@ -28,9 +28,6 @@ from typing import Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama_cpp loads (see models/llamacpp.py)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import agreement, llama_cpp_server, pct
-
 from camelid.evaluate.answer import answer_questions
 from camelid.evaluate.questions import Question, load_questions
 from camelid.models import Chunk, Model, Sampling, embedded_gguf, load_model
@@ -100,14 +97,17 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,8,16")
     ap.add_argument("--backends", default="llama,hf")
+    ap.add_argument("--hf-model", default="embedded", help="checkpoint directory for the transformers backend")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("CAMELID_THREADS") or 2))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     os.environ["CAMELID_THREADS"] = str(args.threads)
     levels = [int(x) for x in args.clients.split(",")]
     qs = questions(args.questions)
-    print(f"{len(qs)} questions, max_tokens={args.max_tokens}, greedy, embedded model, {args.threads} threads, "
-          f"{os.cpu_count()} CPUs")
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPUs"
+    print(f"{len(qs)} questions, max_tokens={args.max_tokens}, greedy, {args.threads} threads, {device}")
     print(f"{'backend':<7} {'contender':<16} {'in flight':>9} {'tok/s':>7} {'ttft p50':>9} {'ttft p95':>9} "
           f"{'x seq':>6} {'same':>6}")
     rows = []
@@ -117,7 +117,7 @@ def main() -> None:
         else:
             from camelid.models.hf import HFModel
 
-            model = HFModel("embedded")
+            model = HFModel(args.hf_model)
         contenders = ["batched", "sequential"] + (["llama_cpp.server"] if backend == "llama" else [])
         proc = None
         results: dict = {}
@@ -127,6 +127,9 @@ def main() -> None:
                 for name in contenders:
                     if name == "llama_cpp.server":
                         if proc is None:
+                            sys.path.insert(0, str(Path(__file__).resolve().parent))
+                            from serve import llama_cpp_server
+
                             proc, url = llama_cpp_server(str(embedded_gguf()), args.threads, 2048)
                             remote = load_model("openai:x", base_urls=[url + "/v1"], concurrency=c)
                         remote.max_concurrency = c
@@ -162,6 +165,21 @@ def main() -> None:
           "greedy tokens equal to the sequential answers up to the first difference.")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))]
+
+
+def agreement(model, texts: list[str], reference: list[str]) -> tuple[int, int]:
+    """Greedy tokens equal to the reference answers up to the first difference, and tokens in all."""
+    same = total = 0
+    for a, b in zip(texts, reference):
+        ta, tb = model.tokenize(a), model.tokenize(b)
+        same += next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+        total += max(len(ta), len(tb), 1)
+    return same, total
 
 
 def _hf_agreement(model, texts: list[str], reference: list[str]) -> tuple[int, int]:
