@@ -185,7 +185,8 @@ def main() -> None:
             over_http(url, name, convs[:2], 4, 1)
         for c in levels:  # interleaved: each client count runs every contender back to back
             for n, (_, url, name) in servers.items():
-                results[(n, c)] = over_http(url, name, convs, args.max_tokens, c)
+                r = results[(n, c)] = over_http(url, name, convs, args.max_tokens, c)
+                print(f"  measured {n} at {c} client(s): {r['tokens'] / r['wall']:.1f} tokens/s", flush=True)
     finally:
         for srv, _, _ in servers.values():
             if srv is not None:
