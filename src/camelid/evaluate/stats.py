@@ -83,8 +83,9 @@ def length_controlled_win_rate(outcomes: Sequence[float], len_1: Sequence[float]
 
 
 def pairwise_summary(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """Per (model_1, model_2): win/tie/loss/error counts, rates with bootstrap CIs, raw and length-controlled win
-    rate of model_1. Rows are combined judgments (`winner` in model_1 | model_2 | tie | error)."""
+    """Per (model_1, model_2): win/tie/loss/error counts; the strict shares `win_share`, `tie_rate`, `loss_rate`
+    (summing to 1); `win_rate` (a tie half a win) and `lc_win_rate` of model_1; each with a bootstrap CI. Rows are
+    combined judgments (`winner` in model_1 | model_2 | tie | error)."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in sorted(rows, key=_order):  # judgments finish in any order: sort so the bootstrap is reproducible
         groups[(r["model_1"], r["model_2"])].append(r)
@@ -98,10 +99,12 @@ def pairwise_summary(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> lis
         res = {"model_1": m1, "model_2": m2, "n": len(ok), "errors": len(rs) - len(ok),
                "win": sum(v == 1.0 for v in y), "tie": sum(v == 0.5 for v in y), "loss": sum(v == 0.0 for v in y),
                "swap_disagreements": sum(1 for r in ok if r.get("g1_winner") != r.get("g2_winner"))}
-        for name, val in (("win", 1.0), ("tie", 0.5), ("loss", 0.0)):
-            res[f"{name}_rate"] = res[name] / len(y) if y else float("nan")
-            res[f"{name}_rate_ci"] = bootstrap_ci(y, lambda s, v=val: sum(x == v for x in s) / len(s), n_boot, seed)
-        res["win_rate"] = win_rate(y)
+        # strict shares of the questions (the report's win/tie/loss bar: they sum to 1); FastChat's show_result
+        # calls the strict share `win_rate` and the tie-half one `win_rate_adjusted`
+        for key, name, val in (("win_share", "win", 1.0), ("tie_rate", "tie", 0.5), ("loss_rate", "loss", 0.0)):
+            res[key] = res[name] / len(y) if y else float("nan")
+            res[f"{key}_ci"] = bootstrap_ci(y, lambda s, v=val: sum(x == v for x in s) / len(s), n_boot, seed)
+        res["win_rate"] = win_rate(y)  # a tie counts half (AlpacaEval's win_rate, FastChat's win_rate_adjusted)
         res["win_rate_ci"] = bootstrap_ci(y, win_rate, n_boot, seed)
         res["lc_win_rate"] = length_controlled_win_rate(y, l1, l2)
         res["lc_win_rate_ci"] = bootstrap_ci(
