@@ -8,6 +8,8 @@ Copied from lm-sys/FastChat @ 0e6d3e4beaab66f4d3f93db72541a4abab8af28d (Apache-2
   reply; the functions also return the messages that call would have sent.
 - fastchat/conversation.py: the `chatgpt` template (the one get_conversation_template gives for gpt-4) reduced to the
   methods used here, with to_openai_api_messages verbatim.
+- fastchat/llm_judge/show_result.py: display_result_pairwise, returning its table instead of printing it (args
+  become parameters).
 - fastchat/llm_judge/gen_judgment.py: make_judge_single / make_judge_pairwise, and how main() picks a judge: a
   question whose category is in NEED_REF_CATS gets the "math" judge with a reference answer, a second turn the
   "-mt" judge.
@@ -219,3 +221,44 @@ def run_judge_pair(question, answer_a, answer_b, judge, ref_answer, multi_turn=F
         raise ValueError(f"invalid output format: {judge.prompt_template['output_format']}")
 
     return winner, user_prompt, judgment, messages
+
+
+def display_result_pairwise(input_file, baseline_model=None, model_list=None):
+    import pandas as pd
+
+    df_all = pd.read_json(input_file, lines=True)
+    df_all = df_all[(df_all["g1_winner"] != "error") & (df_all["g2_winner"] != "error")]
+
+    list_res = []
+    # traverse df row by row
+    for index, row in df_all.iterrows():
+        if model_list is not None and row["model_1"] not in model_list:
+            continue
+        if baseline_model is not None:
+            if baseline_model not in [row["model_1"], row["model_2"]]:
+                continue
+        if row["g1_winner"] == "tie" or row["g1_winner"] != row["g2_winner"]:
+            list_res.append({"model": row["model_1"], "win": 0, "loss": 0, "tie": 1})
+            list_res.append({"model": row["model_2"], "win": 0, "loss": 0, "tie": 1})
+        else:
+            if row["g1_winner"] == "model_1":
+                winner = row["model_1"]
+                loser = row["model_2"]
+            else:
+                winner = row["model_2"]
+                loser = row["model_1"]
+            list_res.append({"model": winner, "win": 1, "loss": 0, "tie": 0})
+            list_res.append({"model": loser, "win": 0, "loss": 1, "tie": 0})
+
+    df = pd.DataFrame(list_res)
+    df = df.groupby(["model"]).sum()
+
+    # remove baseline model
+    if baseline_model is not None:
+        df = df[df.index != baseline_model]
+    # add win rate
+    df["win_rate"] = df["win"] / (df["win"] + df["loss"] + df["tie"])
+    df["loss_rate"] = df["loss"] / (df["win"] + df["loss"] + df["tie"])
+    # each tie counts as 0.5 win + 0.5 loss
+    df["win_rate_adjusted"] = (df["win"] + 0.5 * df["tie"]) / (df["win"] + df["loss"] + df["tie"])
+    return df
