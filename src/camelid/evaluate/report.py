@@ -1,7 +1,8 @@
 """`camelid eval report`: judgments -> one Markdown and one HTML report with tables and PNG charts.
 
-Charts: mean score by category per model, win rates (raw and length-controlled) with 95% bootstrap error bars,
-and answer length against score. The same tables go into both files; the HTML embeds nothing external.
+Charts: mean score by category per model, win/tie/loss shares with the win rate and the length-controlled win rate
+(AlpacaEval's `length_controlled_minimal` GLM) and their 95% bootstrap error bars, and answer length against score.
+The same tables go into both files; the HTML embeds nothing external. Each section names the judge prompt set.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ PROMPT_SET_NOTES = {
     "camelid": "camelid's own judge prompts (not MT-bench's wording: not comparable with published MT-bench numbers)",
     "mt-bench": "FastChat's MT-bench judge prompts and verdict parsing, byte for byte (comparable with published "
                 "MT-bench numbers made with the same judge model)"}
-LC_NOTE = ("LC: length-controlled win rate, the model of AlpacaEval's `length_controlled_minimal` GLM (the preference "
-           "regressed on an intercept and tanh of the standardized length difference, read at zero difference; no "
-           "instruction-difficulty term, so not AlpacaEval 2.0's leaderboard `length_controlled_v1`).")
+LC_NOTE = ("LC: length-controlled win rate, the GLM of AlpacaEval's `length_controlled_minimal` (the preference "
+           "regressed on an intercept and tanh of the standardized length difference, read at zero difference), "
+           "fitted by maximum likelihood where AlpacaEval cross-validates an L1 penalty (the same figure on large "
+           "sets; on small ones AlpacaEval's may shrink toward 50%). Not AlpacaEval 2.0's leaderboard LC "
+           "(`length_controlled_v1`: it adds an instruction-difficulty term and regularizes toward gamed baselines).")
 
 
 def judged_prompt_set(rows: list[dict], what: str) -> str:
