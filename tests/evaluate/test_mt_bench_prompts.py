@@ -161,7 +161,8 @@ def test_judge_and_report_with_mt_bench_prompts_send_fastchats_messages_and_say_
     out = tmp_path / "pair.jsonl"
     assert main(["eval", "judge", "--judge", "openai:gpt-4", "--base-url", server.url, "--api-key", "x",
                  "--prompts", "mt-bench", "--mode", "pairwise", "-q", str(qfile), "--answers", str(a), str(b),
-                 "-o", str(out)]) == 0
+                 "-o", str(out), "--summary", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["judge_prompts"] == "mt-bench"
     got = {(r["category"], r["turn"]): r for _, r in read_jsonl(out)}
     assert {k: (r["prompts"], r["prompt"]) for k, r in got.items()} == {
         ("math", 1): ("mt-bench", "pair-math-v1"), ("math", 2): ("mt-bench", "pair-math-v1-multi-turn"),
