@@ -1,8 +1,9 @@
 """A scripted LLM judge behind a real OpenAI-compatible HTTP server on loopback.
 
 The embedded 135M model rarely writes a verdict, so the verdict logic (swap, tie rule, win rates) is checked against
-judges whose behaviour is known (reading camelid's prompts and FastChat's MT-bench ones): `first` always prefers the answer shown first (pure position bias), `longer`
-prefers the longer answer (length bias) unless one answer is marked BEST or WORST. Single grading scores
+judges whose behaviour is known (they read camelid's prompts and FastChat's MT-bench ones): `first` always prefers
+the answer shown first (pure position bias), `longer` prefers the longer answer (length bias) unless one answer is
+marked BEST or WORST. Single grading scores
 1 + len(answer) // 40 (capped at 10), and any answer containing NOVERDICT gets a reply without a rating.
 """
 
