@@ -3,8 +3,8 @@
 The embedded 135M model rarely writes a verdict, so the verdict logic (swap, tie rule, win rates) is checked against
 judges whose behaviour is known (they read camelid's prompts and FastChat's MT-bench ones): `first` always prefers
 the answer shown first (pure position bias), `longer` prefers the longer answer (length bias) unless one answer is
-marked BEST or WORST. Single grading scores
-1 + len(answer) // 40 (capped at 10), and any answer containing NOVERDICT gets a reply without a rating.
+marked BEST or WORST. Single grading scores 1 + len(answer) // 40 (capped at 10), and any answer containing
+NOVERDICT gets a reply without a rating.
 """
 
 from __future__ import annotations
