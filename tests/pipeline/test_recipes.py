@@ -46,3 +46,11 @@ def test_an_unknown_setting_in_a_recipe_is_refused_with_its_place(tmp_path):
 def test_overrides_reach_the_sections(tmp_path):
     recipe = load_recipe(RECIPES[0].parent / "quickstart.yaml", ["generate.num=3", "train.method=full", "seed=7"])
     assert recipe.generate["num"] == 3 and recipe.train["method"] == "full" and recipe.seed == 7
+
+
+def test_the_eval_judge_prompt_set_is_a_recipe_setting(tmp_path):
+    recipe = load_recipe(RECIPES[0].parent / "quickstart.yaml", ["eval.prompts=mt-bench"])
+    assert recipe.eval.prompts == "mt-bench"
+    assert load_recipe(RECIPES[0].parent / "quickstart.yaml").eval.prompts == "camelid"
+    with pytest.raises(CamelidError, match=r"eval\.prompts"):
+        load_recipe(RECIPES[0].parent / "quickstart.yaml", ["eval.prompts=fastchat"])

@@ -105,7 +105,11 @@ def judge(
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference answers (answer JSONL) for "
                                                       "math/reasoning/coding questions.")] = None,
     lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | auto (from each "
-                                      "question's text).")] = "auto",
+                                      "question's text); camelid's prompts only.")] = "auto",
+    prompts: Annotated[str, typer.Option("--prompts", help="Judge prompt set: camelid (its own, English and "
+                                         "Korean) | mt-bench (FastChat's MT-bench judge prompts and verdict "
+                                         "parsing, byte for byte: scores comparable with published MT-bench "
+                                         "numbers; English, two turns at most).")] = "camelid",
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model id every other model is compared "
                                                     "with (pairwise) or scored relative to (single). The question "
                                                     "file's reference outputs (AlpacaEval `output`) join as the "
@@ -122,9 +126,11 @@ def judge(
 ) -> None:
     """Judge answers with an LLM: single 1-10 grading or pairwise comparison; prints scores / win rates."""
     from camelid.evaluate.judge import judge_answers, read_judgments
+    from camelid.evaluate.judge_prompts import check_prompt_set
     from camelid.evaluate.questions import load_answers, load_questions, reference_answers
     from camelid.models import load_model
 
+    check_prompt_set(prompts, lang)  # before loading anything
     qs = load_questions(questions, limit)
     ans = _merge_answers(_answers(answers, more))
     refs = reference_answers(qs)
@@ -141,7 +147,7 @@ def judge(
         ref_answers = next(iter(ref_models.values()), {})
     m = load_model(judge_spec, base_urls=base_url, api_key=api_key, template=template)
     try:
-        with console.status(f"judging with {m.name} ({mode})") as st:
+        with console.status(f"judging with {m.name} ({mode}, {prompts} prompts)") as st:
             n = [0]
 
             def done(row: dict) -> None:
@@ -150,19 +156,22 @@ def judge(
 
             stats = judge_answers(m, qs, ans, output, mode=mode, lang=lang,  # type: ignore[arg-type]
                                   ref_answers=ref_answers, baseline=baseline, max_tokens=max_tokens,
-                                  temperature=temperature, seed=seed, concurrency=concurrency, on_done=done)
+                                  temperature=temperature, seed=seed, concurrency=concurrency, prompts=prompts,
+                                  on_done=done)
     finally:
         m.close()
     console.print(f"{output}: {stats.judged} judged, {stats.cached} cached, {stats.unparsed} without a parseable "
-                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s", soft_wrap=True)
+                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s; judge prompts: "
+                  f"{prompts}", soft_wrap=True)
     single, pair = read_judgments([output])
     res = _print_summary(single, pair, baseline, seed)
     if summary is not None:
         from camelid.core.io import write_json
         from camelid.evaluate.report import json_safe
 
-        write_json(summary, json_safe({"stats": {"judged": stats.judged, "cached": stats.cached,
-                                              "unparsed": stats.unparsed, "failed": stats.failed}, **res}))
+        write_json(summary, json_safe({"judge_prompts": prompts, "stats": {
+            "judged": stats.judged, "cached": stats.cached, "unparsed": stats.unparsed, "failed": stats.failed},
+            **res}))
     if stats.failed:
         raise CamelidError(f"{len(stats.failed)} judgment(s) failed; rerun the same command to retry them")
 

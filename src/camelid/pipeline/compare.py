@@ -80,10 +80,10 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
     judge = load_model(ev.judge, base_urls=ev.judge_base_url or None)
     judgments = out / "judgments.jsonl"
     judge_answers(judge, questions, {AFTER: got[AFTER], BEFORE: got[BEFORE]}, judgments, mode="pairwise",
-                  lang=ev.lang, max_tokens=ev.judge_max_tokens, seed=recipe.seed, baseline=BEFORE)
+                  lang=ev.lang, max_tokens=ev.judge_max_tokens, seed=recipe.seed, baseline=BEFORE, prompts=ev.prompts)
     if ev.single:
         judge_answers(judge, questions, {AFTER: got[AFTER], BEFORE: got[BEFORE]}, judgments, mode="single",
-                      lang=ev.lang, max_tokens=ev.judge_max_tokens, seed=recipe.seed)
+                      lang=ev.lang, max_tokens=ev.judge_max_tokens, seed=recipe.seed, prompts=ev.prompts)
     judge.close()
     single, pair = read_judgments([judgments])
     for s in single_summary(single, seed=recipe.seed) if single else []:
@@ -99,6 +99,7 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
         metrics["pairwise"]["after_win_rate_ci"] = s["win_rate_ci"] if sign == 1 else [1 - s["win_rate_ci"][1],
                                                                                          1 - s["win_rate_ci"][0]]
         metrics["pairwise"]["judge"] = ev.judge
+        metrics["pairwise"]["judge_prompts"] = ev.prompts
     build_report([judgments], out / "report", title="camelid: after vs before training")
     write_json(out / "metrics.json", _finite(metrics))
     return _finite(metrics)

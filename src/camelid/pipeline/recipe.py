@@ -37,6 +37,8 @@ class EvalSection(BaseModel):
     single: bool = Field(False, description="also grade each after-training answer 1-10 (one more judge call per "
                          "question)")
     lang: Literal["auto", "en", "ko"] = "auto"
+    prompts: Literal["camelid", "mt-bench"] = Field("camelid", description="judge prompt set: camelid's own "
+                                                    "(English, Korean) or FastChat's MT-bench prompts byte for byte")
 
 
 class ServeSection(BaseModel):

@@ -52,7 +52,8 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
         p = e.get("pairwise")
         if p:
             ci = p.get("after_win_rate_ci") or [None, None]
-            rows += [("eval", "judge: after vs before (win/tie/loss)", f"{p['win']}/{p['tie']}/{p['loss']}"
+            rows += [("eval", f"judge ({p.get('judge_prompts') or 'camelid'} prompts): after vs before (win/tie/loss)",
+                      f"{p['win']}/{p['tie']}/{p['loss']}"
                       + (f" ({p['errors']} unparsed)" if p.get("errors") else "")),
                      ("eval", "after win rate (95% CI)", f"{_fmt(p.get('after_win_rate'), '.0%')} "
                       f"({_fmt(ci[0], '.0%')}–{_fmt(ci[1], '.0%')})")]
