@@ -29,6 +29,7 @@ def run_tiny(tmp_path: Path, parts: str) -> tuple[subprocess.CompletedProcess, d
     return p, json.loads(results.read_text())
 
 
+@pytest.mark.slow  # ~45 s of CPU: ten short training runs, each loading, training and saving a model
 def test_the_tiny_training_and_invariant_parts_run_on_a_cpu_and_agree(tmp_path):
     p, res = run_tiny(tmp_path, "invariants,train")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -49,7 +50,7 @@ def test_the_tiny_training_and_invariant_parts_run_on_a_cpu_and_agree(tmp_path):
         assert abs(trl["first_loss"] - cam[0]["first_loss"]) < 0.05
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # three processes load the model: eval answer, ask, serve
 def test_the_tiny_serving_parts_answer_through_the_cli_and_the_openai_client(tmp_path):
     p, res = run_tiny(tmp_path, "answer,serve,fsdp")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
