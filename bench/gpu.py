@@ -26,7 +26,8 @@ to OUT/gpu_results.json after every part, so a run cut short keeps what it measu
 On a machine without internet: carry the embedded tokenizer's files (tokenizer.json, tokenizer_config.json,
 chat_template.jinja) for --tokenizer, and cp312 wheels of what its image lacks (the run in bench/results/gpu_h200.json
 carried pydantic, fastapi, starlette, uvicorn, openai and its httpx2, rapidfuzz, trl, datasets, dill, multiprocess,
-and bitsandbytes with only its cuda130 library: 24 MB as one tar.gz). The whole run took 309 s on an H200.
+bitsandbytes with only its cuda130 library, and transformers 5.24 / peft 0.21.2, the versions a pip install gives
+today, over the image's older ones: 24 MB as one tar.gz). The whole run took 309 s on an H200.
 """
 
 from __future__ import annotations
