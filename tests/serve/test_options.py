@@ -13,6 +13,7 @@ from camelid.serve.server import BackgroundServer, create_app
 from tests.serve.helpers import MODEL, assert_error, forget
 
 REPEAT = [{"role": "user", "content": "Write the word 'apple' ten times, separated by spaces."}]
+ASK_JSON = [{"role": "user", "content": "Give the name and age of a person as a JSON object."}]
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
           "required": ["name", "age"], "additionalProperties": False}
 
@@ -49,12 +50,10 @@ def test_logit_bias_bans_and_forces_tokens(server, embedded):
 
 
 def test_json_object_mode_answers_parse_as_json(server, embedded):
-    r = ask(server, embedded, messages=[{"role": "user", "content": "Describe a cat in JSON."}], max_tokens=200,
-            response_format={"type": "json_object"})
+    r = ask(server, embedded, messages=ASK_JSON, max_tokens=200, response_format={"type": "json_object"})
     assert r["choices"][0]["finish_reason"] == "stop", r
     assert isinstance(json.loads(text(r)), dict)
-    plain = ask(server, embedded, messages=[{"role": "user", "content": "Describe a cat in JSON."}], max_tokens=24,
-                response_format={"type": "text"})
+    plain = ask(server, embedded, messages=ASK_JSON, max_tokens=24, response_format={"type": "text"})
     assert text(plain)  # "text" is the default format: accepted, nothing changes
 
 
