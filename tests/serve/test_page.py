@@ -96,14 +96,66 @@ def test_page_streams_a_real_answer_keeps_the_conversation_and_resets(page, embe
     assert page.errors == []
 
 
-def test_page_shows_server_errors_as_text(page):
-    page.fill("#max-tokens", "999999")  # the real server refuses: beyond the context
-    send(page, "Hello")
-    assert "max_tokens" in page.inner_text(".msg.error")
-    assert page.locator(".msg.assistant").count() == 0
+def test_a_failed_turn_leaves_the_screen_with_the_error_shown_and_its_text_back_in_the_box(page):
+    too_long = "word " * 2500  # the real server refuses: beyond the fixture's 2048-token context
+    n = page.locator("#log > .msg").count()
+    page.fill("#input", too_long)
+    page.press("#input", "Enter")
+    page.locator(".msg.error").wait_for(state="attached", timeout=60_000)
+    page.locator("body[data-state=idle]").wait_for(state="attached")
+    assert "context" in page.inner_text(".msg.error")
+    assert page.locator(".msg.user").count() == 0 and page.locator(".msg.assistant").count() == 0
+    assert page.input_value("#input") == too_long  # ready to be edited and sent again
+    assert page.locator("#log > .msg").count() == n + 1  # the error alone
+    page.fill("#input", "")
     page.fill("#max-tokens", "4")
     send(page, "Hello")  # the failed turn was dropped: the conversation goes on from a clean state
     assert [m["role"] for m in page.bodies[-1]["messages"]] == ["user"]
+    assert page.errors == []
+
+
+def test_max_tokens_box_takes_only_what_the_server_accepts(page, server):
+    limit = server.app.state.model.context_length
+    box = page.locator("#max-tokens")
+    playwright.expect(box).to_have_attribute("max", str(limit))
+    for typed, kept in (("999999", limit), ("0", 1), ("-3", 1), ("2.6", 3), ("12", 12)):
+        box.fill(typed)
+        box.press("Tab")  # the change event
+        assert box.input_value() == str(kept), typed
+
+
+def test_length_capped_and_stopped_answers_are_marked(page):
+    page.fill("#max-tokens", "3")
+    send(page, "Write a long story about a dragon.")
+    capped = page.locator(".msg.assistant").last
+    playwright.expect(capped).to_have_attribute("data-finish", "length")
+    assert "max tokens" in capped.locator(".note").inner_text()
+
+    page.fill("#max-tokens", "1500")
+    page.fill("#input", "Count from 1 to 1000, one number per line.")
+    page.press("#input", "Enter")
+    playwright.expect(page.locator(".msg.assistant").last.locator(".body")).not_to_have_text("", timeout=60_000)
+    page.click("#stop")
+    page.locator("body[data-state=idle]").wait_for(state="attached")
+    stopped = page.locator(".msg.assistant").last
+    playwright.expect(stopped).to_have_attribute("data-finish", "stopped")
+    assert "stopped" in stopped.locator(".note").inner_text()
+
+    page.fill("#max-tokens", "64")
+    send(page, "Say hi.")
+    ended = page.locator(".msg.assistant").last
+    assert ended.get_attribute("data-finish") is None and ended.locator(".note").count() == 0
+    assert page.errors == []
+
+
+def test_header_controls_have_no_stray_border_line(page, tmp_path):
+    # the composer's top border is the only line between header and log; the settings form in the header has none
+    assert page.locator("#settings").evaluate("f => getComputedStyle(f).borderTopWidth") == "0px"
+    assert page.locator("#composer").evaluate("f => getComputedStyle(f).borderTopWidth") == "1px"
+    header = page.locator("header").bounding_box()
+    controls = page.locator("#settings").bounding_box()
+    assert header["y"] <= controls["y"] and controls["y"] + controls["height"] <= header["y"] + header["height"]
+    page.screenshot(path=str(tmp_path / "chat-page.png"))
 
 
 def test_model_output_that_looks_like_html_is_shown_as_text(page):
