@@ -41,6 +41,7 @@ class Gate:
         self._sem: asyncio.Semaphore | None = None
         self.service_s = 2.0  # moving average of a generation's seconds in its slot (queue time left out)
         self.measured = 0  # generations behind that average
+        self.slot_starts: dict[threading.Event, float] = {}  # running generations: when each got its slot
         self.workers: dict[threading.Thread, threading.Event] = {}  # live generations and their cancel flags
 
     @property
@@ -50,10 +51,12 @@ class Gate:
         return self._sem
 
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free for a newcomer: the generations ahead of it (all queued ones and
-        one per slot) at the measured service time, spread over the slots."""
-        ahead = max(1, self.admitted - self.concurrency + 1)
-        return min(600, max(1, math.ceil(self.service_s * ahead / self.concurrency)))
+        """Seconds until the work admitted now is likely done (the queue drained): what is left of each running
+        generation plus every queued one, at the measured service time, spread over the slots."""
+        now = time.perf_counter()
+        running = sum(max(0.0, self.service_s - (now - t)) for t in list(self.slot_starts.values()))
+        queued = max(0, self.admitted - len(self.slot_starts))
+        return min(600, max(1, math.ceil((running + queued * self.service_s) / self.concurrency)))
 
     def admit(self) -> None:
         if self.admitted >= self.concurrency + self.max_queue:
@@ -104,6 +107,7 @@ async def generate(gate: Gate, start: Callable[[], Iterator[Chunk]]) -> AsyncIte
             cancel.set()
 
     def finished(service_s: float | None) -> None:
+        gate.slot_starts.pop(cancel, None)
         gate.running -= 1
         gate.sem.release()
         gate.leave(service_s)
@@ -138,6 +142,7 @@ async def generate(gate: Gate, start: Callable[[], Iterator[Chunk]]) -> AsyncIte
         await gate.sem.acquire()
         acquired = True
         t0 = time.perf_counter()
+        gate.slot_starts[cancel] = t0
         gate.running += 1
         worker = threading.Thread(target=work, name="camelid-generate", daemon=True)
         gate.workers[worker] = cancel
@@ -154,6 +159,7 @@ async def generate(gate: Gate, start: Callable[[], Iterator[Chunk]]) -> AsyncIte
         cancel.set()
         if not started:
             if acquired:
+                gate.slot_starts.pop(cancel, None)
                 gate.running -= 1
                 gate.sem.release()
             gate.leave()

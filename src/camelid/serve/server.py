@@ -215,7 +215,8 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
         return _EventStream(events(), media_type="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
+    @app.head("/health", include_in_schema=False)
     async def health():
         return {"status": "ok", "model": served, "auth": api_key is not None, "max_tokens": max_tokens_limit,
                 **gate.stats()}
