@@ -121,7 +121,12 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
         message = {404: f"no such path: {request.url.path[:200]}",
                    405: f"{request.method[:20]} is not allowed on {request.url.path[:200]}"}.get(e.status_code,
                                                                                                  str(e.detail))
-        return error_response(APIError(e.status_code, message, code=code, headers=dict(e.headers or {})))
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # Starlette names the methods of one matching route: name them all
+            path = request.url.path
+            headers["Allow"] = ", ".join(sorted({m for r in app.routes if getattr(r, "path_regex", None)
+                                                 and r.path_regex.match(path) for m in getattr(r, "methods", ())}))
+        return error_response(APIError(e.status_code, message, code=code, headers=headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):
