@@ -174,3 +174,78 @@ def test_model_output_that_looks_like_html_is_shown_as_text(page):
     assert page.evaluate("window.__pwned") is None
     page.hover(".msg.assistant .body")
     assert page.evaluate("window.__pwned") is None and page.errors == []
+
+
+class OriginSite:
+    """A second web site on another loopback port (another origin): a blank page a test scripts fetches from."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Blank(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"<!doctype html><title>other site</title>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Blank)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# what the official OpenAI JS SDK (openai-node, with dangerouslyAllowBrowser) sends from a browser
+JS_SDK_FETCH = """async ([url, key]) => {
+    const resp = await fetch(url + "/v1/chat/completions", {method: "POST", headers: {
+        "Authorization": "Bearer " + key, "Content-Type": "application/json", "Accept": "application/json",
+        "X-Stainless-Lang": "js", "X-Stainless-Package-Version": "5.0.0", "X-Stainless-OS": "Unknown",
+        "X-Stainless-Arch": "unknown", "X-Stainless-Runtime": "browser:chrome", "X-Stainless-Runtime-Version": "130",
+        "X-Stainless-Retry-Count": "0", "X-Stainless-Timeout": "600"},
+        body: JSON.stringify({messages: [{role: "user", content: "hi"}], max_tokens: 2})});
+    return [resp.status, (await resp.json()).object];
+}"""
+# a "simple" request: a foreign page sends it without any preflight
+PLAIN_POST = """async (url) => {
+    try {
+        await fetch(url + "/v1/chat/completions", {method: "POST", mode: "no-cors",
+            headers: {"Content-Type": "text/plain"}, body: JSON.stringify({messages: [{role: "user", content: "hi"}]})});
+        return "sent";
+    } catch (e) { return "failed: " + e.message; }
+}"""
+
+
+def test_another_origin_runs_the_js_sdk_when_allowed_and_nothing_when_not(browser, embedded, server):
+    from camelid.serve.server import BackgroundServer, create_app
+
+    with OriginSite() as site, OriginSite() as evil:
+        app = create_app(embedded, api_key="k", cors_origins=[site.url], page=False)
+        with BackgroundServer(app) as srv:
+            context = browser.new_context()
+            pg = context.new_page()
+            pg.goto(site.url)
+            assert pg.evaluate(JS_SDK_FETCH, [srv.url, "k"]) == [200, "chat.completion"]
+            served = app.state.gate.total
+            pg.goto(evil.url)
+            with pytest.raises(playwright.Error, match="Failed to fetch"):  # no CORS answer for this origin
+                pg.evaluate(JS_SDK_FETCH, [srv.url, "k"])
+            assert pg.evaluate(PLAIN_POST, srv.url) == "sent"  # the browser sends it (opaque response)...
+            assert app.state.gate.total == served  # ...and the server ran nothing
+            # the default server (no key, no CORS) is what a foreign page would aim at
+            served = server.app.state.gate.total
+            assert pg.evaluate(PLAIN_POST, server.url) == "sent"
+            assert server.app.state.gate.total == served
+            context.close()
