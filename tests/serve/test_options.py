@@ -130,19 +130,43 @@ def test_options_reach_an_openai_upstream_unchanged(server, embedded):
         assert_error(bad, 400)
 
 
-def test_a_backend_without_an_option_refuses_it_by_name(embedded):
-    class NoOptions(type(embedded)):
-        sampling_options = frozenset()
+@pytest.fixture(scope="module")
+def hf_server():
+    """The embedded model through transformers (logits processors, no grammar), served."""
+    pytest.importorskip("transformers")
+    from camelid.models.hf import HFModel, embedded_hf_dir
 
-    bare = object.__new__(NoOptions)
-    bare.__dict__.update(embedded.__dict__)
-    with BackgroundServer(create_app(bare, page=False)) as srv:
-        for option, value in (("presence_penalty", 1.0), ("frequency_penalty", 1.0), ("logit_bias", {"1": 5}),
-                              ("response_format", {"type": "json_object"})):
-            r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": REPEAT, option: value}, timeout=30)
-            assert_error(r, 400, option, "unsupported_parameter")
-        # their no-op values are accepted
-        r = httpx.post(srv.url + "/v1/chat/completions", timeout=60, json={
-            "messages": REPEAT, "max_tokens": 2, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
-            "response_format": {"type": "text"}})
-        assert r.status_code == 200, r.text
+    model = HFModel(embedded_hf_dir())
+    with BackgroundServer(create_app(model, page=False)) as srv:
+        srv.model = model
+        yield srv
+    model.close()
+
+
+def hf_ask(srv, **kw) -> dict:
+    r = httpx.post(srv.url + "/v1/chat/completions", timeout=300,
+                   json={"messages": REPEAT, "max_tokens": 16, "temperature": 0, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.slow
+def test_transformers_honours_penalties_and_logit_bias_and_refuses_json_mode_by_name(hf_server):
+    plain = text(hf_ask(hf_server))
+    for option, value in (("presence_penalty", 2.0), ("frequency_penalty", 2.0)):
+        assert text(hf_ask(hf_server, **{option: value})) != plain, option
+    tok = hf_server.model.tokenizer
+    banana = tok(" banana", add_special_tokens=False).input_ids[0]
+    forced = hf_ask(hf_server, logit_bias={str(banana): 100}, max_tokens=4)
+    assert tok(text(forced), add_special_tokens=False).input_ids == [banana] * 4
+    first = tok(plain, add_special_tokens=False).input_ids[0]
+    assert text(hf_ask(hf_server, logit_bias={str(first): -100})) != plain
+    r = httpx.post(hf_server.url + "/v1/chat/completions", timeout=60,
+                   json={"messages": REPEAT, "response_format": {"type": "json_object"}})
+    assert_error(r, 400, "response_format", "unsupported_parameter")
+    assert_error(httpx.post(hf_server.url + "/v1/chat/completions", timeout=60, json={
+        "messages": REPEAT, "max_tokens": 2, "logit_bias": {"99999999": 1}}), 400, "logit_bias")
+    # completion_tokens leaves out the EOS here too
+    said = hf_ask(hf_server, messages=[{"role": "user", "content": "Say hi."}], max_tokens=64)
+    assert said["choices"][0]["finish_reason"] == "stop"
+    assert said["usage"]["completion_tokens"] == len(tok(text(said), add_special_tokens=False).input_ids)
