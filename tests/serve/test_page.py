@@ -222,7 +222,8 @@ JS_SDK_FETCH = """async ([url, key]) => {
 PLAIN_POST = """async (url) => {
     try {
         await fetch(url + "/v1/chat/completions", {method: "POST", mode: "no-cors",
-            headers: {"Content-Type": "text/plain"}, body: JSON.stringify({messages: [{role: "user", content: "hi"}]})});
+            headers: {"Content-Type": "text/plain"},
+            body: JSON.stringify({messages: [{role: "user", content: "hi"}]})});
         return "sent";
     } catch (e) { return "failed: " + e.message; }
 }"""
