@@ -77,6 +77,14 @@ CORPUS = [
     ("json schema that is not a schema", "POST", CHAT,
      chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}),
      JSON, 400, "response_format"),
+    # schemas whose grammar llama.cpp cannot parse or no token can satisfy (these crashed the process)
+    *[(f"json schema {name}", "POST", CHAT,
+       chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}), JSON, 400,
+       "response_format")
+      for name, schema in [("with an empty enum", {"enum": []}), ("with an empty anyOf", {"anyOf": []}),
+                           ("with no type", {"type": []}), ("asking for a NUL", {"const": "a\u0000"}),
+                           ("with a NUL pattern", {"type": "string", "pattern": "^\u0000$"}),
+                           ("with a looping $ref", {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}})]],
     ("roles out of order", "POST", CHAT, {"messages": [{"role": "assistant", "content": "x"}]}, JSON, 400,
      "messages"),
     # --- options: honoured or refused, never ignored

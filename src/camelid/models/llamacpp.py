@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -127,7 +128,25 @@ class LlamaCppModel(Model):
             except Exception as e:  # the converter raises ValueError, KeyError, RecursionError... on odd schemas
                 raise BadInputError(f"{self.name}: cannot turn the JSON schema into a grammar "
                                     f"({type(e).__name__}: {str(e)[:200]})", param="response_format") from None
+            self._check_grammar(out["grammar"])
         return out
+
+    def _check_grammar(self, grammar) -> None:
+        """Parse the grammar as llama.cpp will: llama-cpp-python hands its sampler chain a NULL on a grammar llama.cpp
+        cannot parse (an empty rule from `{"enum": []}`, left recursion), which crashes the process."""
+        import llama_cpp
+
+        text = grammar._grammar
+        # llama.cpp keeps token texts as C strings: no token can ever match a NUL, and sampling then aborts
+        if "\x00" in text or re.search(r"\\(x00|u0000|U00000000)", text):
+            raise BadInputError(f"{self.name}: the JSON schema asks for a NUL character, which no token can produce",
+                                param="response_format")
+        sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, grammar._grammar.encode("utf-8"),
+                                                       grammar._root.encode("utf-8"))
+        if not sampler:
+            raise BadInputError(f"{self.name}: the JSON schema gives a grammar llama.cpp cannot use (an empty enum, "
+                                "a type nothing satisfies, ...)", param="response_format")
+        llama_cpp.llama_sampler_free(sampler)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
