@@ -84,6 +84,7 @@ CORPUS = [
       for name, schema in [("with an empty enum", {"enum": []}), ("with an empty anyOf", {"anyOf": []}),
                            ("with no type", {"type": []}), ("asking for a NUL", {"const": "a\u0000"}),
                            ("with a NUL pattern", {"type": "string", "pattern": "^\u0000$"}),
+                           ("with a NUL regex escape", {"type": "string", "pattern": "^[\\x00]$"}),
                            ("with a looping $ref", {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}})]],
     ("roles out of order", "POST", CHAT, {"messages": [{"role": "assistant", "content": "x"}]}, JSON, 400,
      "messages"),

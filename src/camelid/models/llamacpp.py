@@ -24,6 +24,23 @@ def default_threads() -> int:
     return int(os.environ.get("CAMELID_THREADS") or max(1, (os.cpu_count() or 2) // 2))
 
 
+NUL = r"(\x00|\\x00|\\u0000|\\U00000000)"
+
+
+def needs_nul(grammar: str) -> bool:
+    """Whether a GBNF grammar requires a NUL somewhere: a literal holding one, or a class of NUL alone. llama.cpp keeps
+    token texts as C strings, so no token matches a NUL, and sampling aborts the process when the grammar requires
+    one. (A NUL inside a wider class, as in `[^\\x00-\\x1f]`, is harmless.)"""
+    # literals and classes in one left-to-right scan: a class may hold a quote, a literal a bracket
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"|\[((?:[^\]\\]|\\.)*)\]', grammar):
+        literal, cls = m.groups()
+        if literal is not None and re.search(NUL, literal):
+            return True
+        if cls is not None and re.fullmatch(f"{NUL}(-{NUL})?", cls):
+            return True
+    return False
+
+
 class LlamaCppModel(Model):
     sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "response_format"})
 
@@ -125,6 +142,8 @@ class LlamaCppModel(Model):
                 else:
                     schema = fmt.get("json_schema", {}).get("schema") or {}
                     out["grammar"] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                    if needs_nul(out["grammar"]._grammar):
+                        raise ValueError("the schema asks for a NUL character, which no token can produce")
             except Exception as e:  # the converter raises ValueError, KeyError, RecursionError... on odd schemas
                 raise BadInputError(f"{self.name}: cannot turn the JSON schema into a grammar "
                                     f"({type(e).__name__}: {str(e)[:200]})", param="response_format") from None
@@ -136,11 +155,6 @@ class LlamaCppModel(Model):
         cannot parse (an empty rule from `{"enum": []}`, left recursion), which crashes the process."""
         import llama_cpp
 
-        text = grammar._grammar
-        # llama.cpp keeps token texts as C strings: no token can ever match a NUL, and sampling then aborts
-        if "\x00" in text or re.search(r"\\(x00|u0000|U00000000)", text):
-            raise BadInputError(f"{self.name}: the JSON schema asks for a NUL character, which no token can produce",
-                                param="response_format")
         sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, grammar._grammar.encode("utf-8"),
                                                        grammar._root.encode("utf-8"))
         if not sampler:
