@@ -299,6 +299,13 @@ def arena(
     seed: Annotated[int, typer.Option("--seed", help="Seeds each session's order of items and sides.")] = 0,
     results: Annotated[bool, typer.Option("--results", help="Print win rates and Bradley-Terry ratings from --db "
                                           "and exit.")] = False,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="CAMELID_ARENA_KEY", show_envvar=False,
+        help="Vote key: raters enter it on the page; the voting API requires it (default $CAMELID_ARENA_KEY; "
+        "none: open).")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        "--allow-host", help="Also answer requests whose Host header names this host (repeatable; on a loopback "
+        "bind only loopback names are answered by default).")] = None,
 ) -> None:
     """Blind pairwise human evaluation in the browser (Alpaca's): vote A / B / tie / both bad."""
     from camelid.evaluate import arena as ar
@@ -317,7 +324,9 @@ def arena(
     a = ar.Arena(load_questions(questions), _merge_answers(_answers(answers, more)), db, seed)
     console.print(f"arena: {len(a.items)} items over {len(a.models)} models, votes in {db}; "
                   f"open http://{host}:{port}/ (results at /results)")
-    ar.serve(a, host, port)
+    if api_key is not None and not api_key.strip():
+        raise CamelidError("--api-key is empty")
+    ar.serve(a, host, port, api_key=api_key, allowed_hosts=allow_host or ())
 
 
 def _print_arena(res: dict) -> None:
