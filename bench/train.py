@@ -168,7 +168,8 @@ def speed(args) -> dict:
 def same_batch_loss(args, cam_model, cam, trainers, idx, tok) -> dict:
     import torch
 
-    from camelid.core.templates import encode, get_template
+    from camelid.core.templates import get_template
+    from camelid.core.tokenize import encode
     from camelid.train.data import collate, read_files
     from camelid.train.sft import token_loss_sum
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from camelid.cli import main
-from camelid.core.templates import encode, get_template
+from camelid.core.templates import get_template
+from camelid.core.tokenize import encode
 from camelid.data.clean import clean_file
 from camelid.data.split import PieceCounter, split_file, split_messages
 from tests.data.test_clean import g, h, mixed_records, write

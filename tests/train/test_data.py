@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from camelid.core.templates import IGNORE_INDEX, get_template
+from camelid.core.templates import get_template
+from camelid.core.tokenize import IGNORE_INDEX
 from camelid.train.data import (Example, build_examples, collate, encode_record, micro_batches, plan_steps, read_files,
                                 steps_per_epoch)
 

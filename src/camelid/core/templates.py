@@ -11,8 +11,8 @@ other template sees `content + "\\n\\n" + input` via `user_text`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -69,6 +69,8 @@ class Template:
     bos_token: str = "<s>"
     eos_token: str = "</s>"
     seed: int = 0  # self-instruct: picks each example's prompt format (see self_instruct_format)
+    jinja: str | None = field(default=None, repr=False)  # the same format as a Jinja chat_template (EOS: eos_token)
+    ollama: Callable[[str, str], str] | None = field(default=None, repr=False)  # (bos, eos) -> Ollama Go template
 
     def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
         if not messages:
@@ -87,6 +89,23 @@ class Template:
         out = [self.end_token or eos_token or self.eos_token, *self.stop]
         return list(dict.fromkeys(s for s in out if s))
 
+    def jinja_chat_template(self) -> str:
+        """This format as a Jinja chat_template (a tokenizer's own for `tokenizer`)."""
+        source = self.chat_template if self.name == "tokenizer" else self.jinja
+        if not source:
+            raise TemplateError(f"template {self.name!r} has no Jinja chat_template form here")
+        return source
+
+    def ollama_template(self, bos: str, eos: str) -> str | None:
+        """The Go template Ollama renders `.Messages` with; None when Ollama should read the GGUF's chat_template.
+
+        A tokenizer's own Jinja that writes ChatML markers gets ChatML's Go form (Ollama cannot run Jinja)."""
+        if self.ollama is not None:
+            return self.ollama(bos, eos)
+        if self.name == "tokenizer" and "<|im_start|>" in (self.chat_template or ""):
+            return TEMPLATES["chatml"].ollama_template(bos, eos)
+        return None
+
 
 def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
     """Which segments carry loss. EOS of a trained turn is always trained."""
@@ -99,6 +118,29 @@ def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
     if mask == "last":
         return [s.turn is not None and s.turn == last for s in segments]
     return [s.turn is not None for s in segments]
+
+
+# ------------------------------------------------------------------------------------------- Jinja / Ollama parts
+# Each template below is declared once: its segment builder (what training and inference tokenize), the same
+# format as a Jinja chat_template (written into tokenizers and GGUF files) and as an Ollama Go template. The
+# Jinja forms are checked against the builders, byte for byte, in tests/modelfiles/test_export.py.
+
+
+def _lit(s: str) -> str:
+    """A Jinja string literal."""
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _go(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+_USER = "(message['content'] + ('\\n\\n' + message['input'] if message['input'] is defined and message['input'] " \
+        "else ''))"
+_SYSTEM = "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else DEFAULT -%}"
+_GO_ROLES = '{{ range .Messages }}{{ if eq .Role "user" }}%s{{ else if eq .Role "assistant" }}%s{{ end }}{{ end }}'
+_GO_SYSTEM = ('{{ $system := %s }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}'
+              '{{ end }}')
 
 
 # ------------------------------------------------------------------------------------------- Alpaca
@@ -219,7 +261,7 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         _check_roles(msgs, t.name)
     else:
         _check_roles(msgs[1:], t.name)
-    render = _jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
+    render = jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
     segs: list[Segment] = []
     done = ""
     for i, m in enumerate(msgs):
@@ -249,7 +291,7 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
 
 
 @functools.lru_cache(maxsize=16)  # compiling a chat_template costs far more than rendering it
-def _jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
+def jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -345,19 +387,90 @@ def _self_instruct(t: Template, messages: list[dict], gen: bool) -> list[Segment
 # ------------------------------------------------------------------------------------------- lookup
 
 
+def _alpaca_jinja(with_input: str, without_input: str) -> str:
+    a, rest = with_input.split("{instruction}")
+    b, c = rest.split("{input}")
+    d, e = without_input.split("{instruction}")
+    return ("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+            "{%- if message['input'] is defined and message['input'] -%}"
+            f"{{{{ {_lit(a)} + message['content'] + {_lit(b)} + message['input'] + {_lit(c)} }}}}"
+            f"{{%- else -%}}{{{{ {_lit(d)} + message['content'] + {_lit(e)} }}}}{{%- endif -%}}"
+            "{%- elif message['role'] == 'assistant' -%}{{ message['content'] + eos_token }}"
+            "{%- endif -%}{%- endfor -%}")
+
+
+def _alpaca_ollama(without_input: str) -> Callable[[str, str], str]:
+    return lambda bos, eos: _GO_ROLES % (without_input.replace("{instruction}", "{{ .Content }}"),
+                                         "{{ .Content }}" + eos)
+
+
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in [
         Template("alpaca", _alpaca_builder(ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT),
-                 stop=("### Instruction:", "### Response:")),
+                 stop=("### Instruction:", "### Response:"),
+                 jinja=_alpaca_jinja(ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT),
+                 ollama=_alpaca_ollama(ALPACA_PROMPT_NO_INPUT)),
         Template("alpaca_ko", _alpaca_builder(ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT),
-                 stop=("### 명령어:", "### 응답:")),
-        Template("vicuna_v1.1", _vicuna, stop=("USER:",), system=VICUNA_SYSTEM),
-        Template("llama-2", _llama2, stop=("[INST]",)),
-        Template("chatml", _chatml, stop=("<|im_start|>",), end_token="<|im_end|>"),
-        Template("self-instruct", _self_instruct),
+                 stop=("### 명령어:", "### 응답:"),
+                 jinja=_alpaca_jinja(ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT),
+                 ollama=_alpaca_ollama(ALPACA_KO_PROMPT_NO_INPUT)),
+        Template("vicuna_v1.1", _vicuna, stop=("USER:",), system=VICUNA_SYSTEM,
+                 jinja=(_SYSTEM.replace("DEFAULT", _lit(VICUNA_SYSTEM)) + "{{ system + ' ' }}"
+                        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        f"{{{{ 'USER: ' + {_USER} + ' ' }}}}"
+                        "{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
+                        "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"),
+                 ollama=lambda bos, eos: (_GO_SYSTEM % _go(VICUNA_SYSTEM) + "{{ $system }} "
+                                          + _GO_ROLES % ("USER: {{ .Content }} ", "ASSISTANT: {{ .Content }}" + eos)
+                                          + "ASSISTANT:")),
+        Template("llama-2", _llama2, stop=("[INST]",),
+                 jinja=(_SYSTEM.replace("DEFAULT", "''") + "{%- set ns = namespace(first=true) -%}"
+                        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        f"{{%- set text = {_USER} | trim -%}}"
+                        "{%- if ns.first and system -%}"
+                        "{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}"
+                        "{%- endif -%}{%- set ns.first = false -%}{{ bos_token + '[INST] ' + text + ' [/INST]' }}"
+                        "{%- elif message['role'] == 'assistant' -%}"
+                        "{{ ' ' + (message['content'] | trim) + ' ' + eos_token }}"
+                        "{%- endif -%}{%- endfor -%}"),
+                 ollama=lambda bos, eos: (_GO_SYSTEM % '""' + "{{ $first := true }}" + _GO_ROLES % (
+                     bos + "[INST] {{ if and $first $system }}<<SYS>>\n{{ $system }}\n<</SYS>>\n\n{{ end }}"
+                     "{{ .Content }} [/INST]{{ $first = false }}", " {{ .Content }} " + eos))),
+        Template("chatml", _chatml, stop=("<|im_start|>",), end_token="<|im_end|>",
+                 jinja=(_SYSTEM.replace("DEFAULT", "''") +
+                        "{%- if system -%}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif -%}"
+                        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        f"{{{{ '<|im_start|>user\\n' + {_USER} + '<|im_end|>\\n' }}}}"
+                        "{%- elif message['role'] == 'assistant' -%}"
+                        "{{ '<|im_start|>assistant\\n' + message['content'] + '<|im_end|>\\n' }}"
+                        "{%- endif -%}{%- endfor -%}"
+                        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"),
+                 ollama=lambda bos, eos: (
+                     '{{ range .Messages }}{{ if eq .Role "system" }}{{ if .Content }}<|im_start|>system\n'
+                     '{{ .Content }}<|im_end|>\n{{ end }}{{ else }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
+                     '{{ end }}{{ end }}<|im_start|>assistant\n')),
+        # self-instruct: the canonical (generation) format; training varied it per example
+        Template("self-instruct", _self_instruct,
+                 jinja=("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        "{%- set inp = (message['input'] if message['input'] is defined and message['input'] else '')"
+                        " | trim -%}"
+                        "{%- if inp -%}{{ (message['content'] | trim) + '\\n\\nInput: ' + inp + '\\n\\nOutput:' }}"
+                        "{%- else -%}{{ (message['content'] | trim) + '\\n\\nOutput:' }}{%- endif -%}"
+                        "{%- elif message['role'] == 'assistant' -%}{{ ' ' + (message['content'] | trim) + eos_token }}"
+                        "{%- endif -%}{%- endfor -%}"),
+                 ollama=lambda bos, eos: _GO_ROLES % ("{{ .Content }}\n\nOutput:", " {{ .Content }}" + eos)),
     ]
 }
+
+
+def jinja_chat_template(name: str) -> str:
+    """A Jinja chat_template that renders exactly what the shipped template `name` renders (EOS via eos_token)."""
+    if name not in TEMPLATES:
+        raise TemplateError(f"template {name!r} has no Jinja chat_template form here")
+    return TEMPLATES[name].jinja_chat_template()
+
+
 TEMPLATE_NAMES: tuple[str, ...] = (*TEMPLATES, "tokenizer")
 
 
@@ -379,60 +492,4 @@ def get_template(name: str, chat_template: str | None = None, bos_token: str | N
 
 
 def _replace(t: Template, **kw) -> Template:
-    import dataclasses
-
     return dataclasses.replace(t, **kw)
-
-
-# ------------------------------------------------------------------------------------------- tokenizing
-
-
-IGNORE_INDEX = -100
-
-
-def special_prefix(tokenizer) -> list[int]:
-    """Token ids the tokenizer puts before any text on its own (Llama's BOS; nothing for GPT-2 style BPE)."""
-    with_special = tokenizer("a", add_special_tokens=True).input_ids
-    plain = tokenizer("a", add_special_tokens=False).input_ids
-    n = len(with_special) - len(plain)
-    return list(with_special[:n]) if n > 0 and with_special[n:] == plain else []
-
-
-def end_token_id(tokenizer, template: Template) -> int:
-    """The id an "eos" segment stands for: the template's own end token, else the tokenizer's EOS."""
-    if template.end_token:
-        tid = tokenizer.convert_tokens_to_ids(template.end_token)
-        if tid is None or tid == tokenizer.unk_token_id:
-            raise TemplateError(f"template {template.name!r} ends turns with {template.end_token!r}, which is not a "
-                                "token of this tokenizer (choose another --template)")
-        return tid
-    if tokenizer.eos_token_id is None:
-        raise TemplateError("the tokenizer has no EOS token: generation could never stop (set one, or see "
-                            "`camelid model check`)")
-    return tokenizer.eos_token_id
-
-
-def encode(tokenizer, template: Template, messages: list[dict], mask: Mask = "assistant",
-           add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) by tokenizing each segment on its own; untrained positions get -100.
-
-    Training and transformers inference both call this, so the prompt a model is served with is token for
-    token the prompt it was trained on."""
-    segs = template.segments(messages, add_generation_prompt)
-    flags = trained(segs, mask)
-    ids = special_prefix(tokenizer) if segs[0].kind != "bos" else []
-    labels = [IGNORE_INDEX] * len(ids)
-    eos = None
-    for seg, train in zip(segs, flags):
-        if seg.kind == "text":
-            toks = tokenizer(seg.text, add_special_tokens=False).input_ids
-        elif seg.kind == "bos":
-            if tokenizer.bos_token_id is None:
-                raise TemplateError(f"template {template.name!r} needs a BOS token; the tokenizer has none")
-            toks = [tokenizer.bos_token_id]
-        else:
-            eos = end_token_id(tokenizer, template) if eos is None else eos
-            toks = [eos]
-        ids += toks
-        labels += toks if train else [IGNORE_INDEX] * len(toks)
-    return ids, labels

@@ -299,10 +299,6 @@ def render(
     from rich.console import Console
     from rich.text import Text
 
-    from camelid.core.templates import get_template
-    from camelid.train.data import render_file
-    from camelid.train.model import tokenizer_for
-
     tok, run_template = tokenizer_for(model)
     name = template or run_template or ("tokenizer" if tok.chat_template else "alpaca")
     tmpl = get_template(name, tok.chat_template, tok.bos_token, tok.eos_token)

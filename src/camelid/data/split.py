@@ -157,7 +157,7 @@ def split_conversations(convs: Iterable[Conversation], counter: PieceCounter, ma
 
 def prefix_tokens(model) -> int:
     """Tokens the model's tokenizer puts before any text (Llama's BOS): training counts them, a render does not."""
-    from camelid.core.templates import special_prefix
+    from camelid.core.tokenize import special_prefix
 
     if getattr(model, "tokenizer", None) is not None:  # transformers
         return len(special_prefix(model.tokenizer))

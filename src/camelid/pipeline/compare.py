@@ -14,7 +14,7 @@ from pathlib import Path
 
 from camelid.core.cli import console
 from camelid.core.io import read_json, write_json
-from camelid.core.templates import IGNORE_INDEX, encode
+from camelid.core.tokenize import IGNORE_INDEX, encode
 from camelid.pipeline.recipe import Recipe
 
 BEFORE, AFTER = "before", "after"

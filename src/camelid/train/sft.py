@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from camelid.core.io import CamelidError, JsonlAppender, write_json
-from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_template
+from camelid.core.templates import get_template
+from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
 from camelid.train import checkpoint as ck
 from camelid.train.config import TrainConfig
 from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,

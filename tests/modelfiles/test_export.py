@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from camelid.cli import main
-from camelid.core.templates import TEMPLATES, TemplateError, _jinja_renderer, encode, get_template
+from camelid.core.templates import TEMPLATES, TemplateError, jinja_renderer, get_template
+from camelid.core.tokenize import encode
 from camelid.train.export import export_gguf, jinja_chat_template, merge_adapter, modelfile
 
 torch = pytest.importorskip("torch")
@@ -225,7 +226,7 @@ CONVERSATIONS = [
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_jinja_chat_templates_render_what_the_shipped_templates_render(name):
-    render = _jinja_renderer(jinja_chat_template(name), "<s>", "</s>")
+    render = jinja_renderer(jinja_chat_template(name), "<s>", "</s>")
     checked = 0
     for conv in CONVERSATIONS:
         for gen in (False, True):
