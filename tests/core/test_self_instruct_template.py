@@ -25,7 +25,7 @@ EXAMPLES = [example(i, i % 2 == 0) for i in range(400)]
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return AutoTokenizer.from_pretrained(embedded_hf_dir())
 

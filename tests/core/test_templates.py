@@ -123,6 +123,6 @@ def test_mask_all_trains_every_segment():
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return AutoTokenizer.from_pretrained(embedded_hf_dir())

@@ -38,7 +38,7 @@ def as_messages(rec: dict) -> list[dict]:
 def hf_tokenizer():
     from transformers import AutoTokenizer
 
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return AutoTokenizer.from_pretrained(embedded_hf_dir())
 

@@ -11,7 +11,9 @@ import pytest
 from camelid.cli import main
 from camelid.core.templates import TEMPLATES, TemplateError, jinja_renderer, get_template
 from camelid.core.tokenize import encode
-from camelid.train.export import export_gguf, jinja_chat_template, merge_adapter, modelfile
+from camelid.core.templates import jinja_chat_template
+from camelid.modelfiles.gguf import export_gguf, modelfile
+from camelid.modelfiles.merge import merge_adapter
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -20,7 +22,7 @@ gguf = pytest.importorskip("gguf")
 
 @pytest.fixture(scope="module")
 def base_dir() -> Path:
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return embedded_hf_dir()
 

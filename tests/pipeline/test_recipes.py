@@ -23,10 +23,10 @@ def test_the_four_documented_recipes_are_shipped():
 @pytest.mark.parametrize("path", [p for p in RECIPES if not p.stem.startswith("sweep")], ids=lambda p: p.stem)
 def test_shipped_recipe_matches_the_commands_it_drives(path):
     recipe = load_recipe(path)
-    cfg = load_config(None, [], **recipe.train, data=["x.jsonl"], output_dir="out")
+    cfg = load_config(None, [], **recipe.settings("train"), data=["x.jsonl"], output_dir="out")
     parse_spec(cfg.model)
     if recipe.generate is not None:
-        gen = GenerateConfig(**{**recipe.generate, "output": "x.jsonl"})
+        gen = GenerateConfig(**{**recipe.settings("generate"), "output": "x.jsonl"})
         parse_spec(gen.model, base_urls=gen.base_url)
     if recipe.eval is not None:
         parse_spec(recipe.eval.judge, base_urls=recipe.eval.judge_base_url or None)
@@ -45,4 +45,4 @@ def test_an_unknown_setting_in_a_recipe_is_refused_with_its_place(tmp_path):
 
 def test_overrides_reach_the_sections(tmp_path):
     recipe = load_recipe(RECIPES[0].parent / "quickstart.yaml", ["generate.num=3", "train.method=full", "seed=7"])
-    assert recipe.generate["num"] == 3 and recipe.train["method"] == "full" and recipe.seed == 7
+    assert recipe.generate.num == 3 and recipe.train.method == "full" and recipe.seed == 7

@@ -7,7 +7,7 @@ import torch
 
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX
-from camelid.train.data import build_examples, collate, read_files
+from camelid.data.examples import build_examples, collate, read_files
 from camelid.train.sft import token_loss_sum
 
 

@@ -12,7 +12,7 @@ import pytest
 from camelid.cli import main
 from camelid.core.io import CamelidError
 from camelid.train.config import CONFIG_DIR, load_config
-from camelid.train.data import Example, plan_steps
+from camelid.data.examples import Example, plan_steps
 from camelid.train.stages import load_stages
 
 SHIPPED = CONFIG_DIR / "kollama2_two_stage.yaml"

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+import yaml
+
 
 class CamelidError(Exception):
     """An error a user can act on: the CLI prints it as one line and exits 1 (no traceback)."""
@@ -180,8 +182,6 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 def read_yaml_mapping(path: str | os.PathLike, what: str = "settings", kind: str = "") -> dict:
     """A YAML config file that must hold a mapping (of `what`); a missing file (`no such {kind} file`), bad YAML
     (with its line) or another shape is a one-line error naming the file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise CamelidError(f"{path}: no such {kind + ' ' if kind else ''}file")

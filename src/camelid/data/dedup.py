@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Indel
 
 from camelid.core.io import CamelidError, DataError, Problem, read_records, write_json, write_jsonl
 
@@ -240,9 +242,6 @@ class Deduper:
 
     def _sim(self, queries: list[str], choices: list[str]) -> np.ndarray:
         """2*LCS/(a+b) for every pair (RapidFuzz's normalized Indel similarity)."""
-        from rapidfuzz import process
-        from rapidfuzz.distance import Indel
-
         if not queries or not choices:
             return np.zeros((len(queries), len(choices)))
         workers = self.workers if len(queries) * len(choices) > 100_000 else 1  # threads cost more than tiny calls

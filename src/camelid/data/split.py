@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 from camelid.core.io import CamelidError
 from camelid.core.templates import Template, TemplateError
+from camelid.core.tokenize import special_prefix
 from camelid.data.clean import Conversation, fix_turns, load_conversations, to_record, write_like_input
 
 _PROBE_USER, _PROBE_ASSISTANT = "Hello", "Sure"
@@ -157,8 +158,6 @@ def split_conversations(convs: Iterable[Conversation], counter: PieceCounter, ma
 
 def prefix_tokens(model) -> int:
     """Tokens the model's tokenizer puts before any text (Llama's BOS): training counts them, a render does not."""
-    from camelid.core.tokenize import special_prefix
-
     if getattr(model, "tokenizer", None) is not None:  # transformers
         return len(special_prefix(model.tokenizer))
     if getattr(model, "llm", None) is not None:  # llama.cpp: the GGUF says whether BOS is added

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from camelid.core.templates import get_template
 from camelid.models.base import Chunk, Completion, ContextLengthError, Model, ModelError, Sampling, bounded_map
+from camelid.models.hf import HFModel
+from camelid.models.llamacpp import LlamaCppModel
+from camelid.models.remote import RemoteModel
 from camelid.models.spec import EMBEDDED_FILE, EMBEDDED_NAME, ModelSpec, embedded_gguf, local_path, parse_spec
 
 __all__ = ["Chunk", "Completion", "ContextLengthError", "Model", "ModelError", "Sampling", "ModelSpec",
@@ -27,18 +30,12 @@ def load_model(spec: str | ModelSpec = "embedded", *, base_urls: list[str] | Non
     s = spec if isinstance(spec, ModelSpec) else parse_spec(spec, base_urls, api_key)
     tmpl = get_template(template) if template and template != "tokenizer" else None
     if s.kind in ("embedded", "gguf"):
-        from camelid.models.llamacpp import LlamaCppModel
-
         path = embedded_gguf() if s.kind == "embedded" else Path(s.target)
         n_gpu_layers = -1 if (device == "cuda" or (num_gpus or 0) > 0) else 0
         return LlamaCppModel(path, n_ctx=n_ctx, template=tmpl, n_gpu_layers=n_gpu_layers,
                              name=EMBEDDED_NAME if s.kind == "embedded" else None)
     if s.kind == "openai":
-        from camelid.models.remote import RemoteModel
-
         return RemoteModel(s.target, s.base_urls, s.api_key, timeout=timeout, max_retries=max_retries,
                            concurrency=concurrency)
-    from camelid.models.hf import HFModel
-
     return HFModel(s.target, template=template, device=device, num_gpus=num_gpus, load_8bit=load_8bit,
                    load_4bit=load_4bit)

@@ -263,8 +263,8 @@ def template_name(override: str | None, run: RunInfo | None, chat_template: str 
     return override or (run.template if run is not None else None) or ("tokenizer" if chat_template else default)
 
 
-def tokenizer_for(spec: str):
-    """(tokenizer, the run's recorded template or None) for a local model spec, loading no weights."""
+def tokenizer_for(spec: str) -> tuple[Any, RunInfo | None]:
+    """(tokenizer, the run's camelid.json or None) for a local model spec, loading no weights."""
     s = parse_spec(spec)
     if s.kind == "embedded":
         return load_tokenizer(embedded_hf_dir(), require_eos=True), None
@@ -276,4 +276,4 @@ def tokenizer_for(spec: str):
     if s.kind != "hf":
         raise CamelidError(f"model {spec!r}: rendering needs a local tokenizer (embedded, hf:PATH or gguf:PATH)")
     ckpt = resolve(s.target)
-    return load_tokenizer(ckpt.tokenizer_dir, require_eos=True), ckpt.run.template if ckpt.run else None
+    return load_tokenizer(ckpt.tokenizer_dir, require_eos=True), ckpt.run

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from camelid.core.templates import user_text
 from camelid.models.base import Chunk, Completion, ContextLengthError, Model, ModelError, Sampling
 
 
@@ -133,8 +134,6 @@ class RemoteModel(Model):
 
 
 def _plain(messages: list[dict]) -> list[dict]:
-    from camelid.core.templates import user_text
-
     return [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
 
 

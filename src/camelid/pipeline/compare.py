@@ -15,6 +15,13 @@ from pathlib import Path
 from camelid.core.cli import console
 from camelid.core.io import read_json, write_json
 from camelid.core.tokenize import IGNORE_INDEX, encode
+from camelid.evaluate.answer import answer_questions
+from camelid.evaluate.judge import judge_answers, read_judgments
+from camelid.evaluate.questions import load_answers, load_questions
+from camelid.evaluate.report import build_report
+from camelid.evaluate.stats import pairwise_summary, single_summary
+from camelid.models import load_model
+from camelid.models.hf import HFModel
 from camelid.pipeline.recipe import Recipe
 
 BEFORE, AFTER = "before", "after"
@@ -42,14 +49,6 @@ def response_loss(model, questions) -> tuple[float | None, int]:
 
 
 def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Path) -> dict:
-    from camelid.evaluate.answer import answer_questions
-    from camelid.evaluate.judge import judge_answers, read_judgments
-    from camelid.evaluate.questions import load_answers, load_questions
-    from camelid.evaluate.report import build_report
-    from camelid.evaluate.stats import pairwise_summary, single_summary
-    from camelid.models import load_model
-    from camelid.models.hf import HFModel
-
     ev = recipe.eval
     out.mkdir(parents=True, exist_ok=True)
     questions = load_questions(questions_path)

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from camelid.core.io import CamelidError
 from camelid.models.base import Chunk, ContextLengthError, Model, ModelError
+from camelid.models.remote import RemoteModel
 from camelid.serve.protocol import (SSE_DONE, APIError, ChatCompletionRequest, CompletionRequest, chat_chunk,
                                     chat_response, completion_chunk, completion_response, new_id, parse_request, sse)
 from camelid.serve.protocol import usage as usage_body
@@ -256,8 +257,6 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
                default_max_tokens: int = 1024, page: bool = True) -> FastAPI:
     """An OpenAI-compatible app over `model`: /v1/models, /v1/chat/completions, /v1/completions, /health and the
     chat page at `/`. `concurrency` defaults to the model's `max_concurrency` (1 for local backends)."""
-    from camelid.models.remote import RemoteModel
-
     served = model_name or model.name
     names = {served, model.name}
     gate = Gate(concurrency or model.max_concurrency, max_queue)

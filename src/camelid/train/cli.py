@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+import yaml
 
 from camelid.core.cli import console
+from camelid.core.io import CamelidError
+from camelid.core.config import schema_yaml
+from camelid.train.config import CONFIG_DIR, TrainConfig, is_staged, load_config, read_config_file
+from camelid.train.sft import train
+from camelid.train.stages import load_stages, run_stages, show
 
 app = typer.Typer()
 
@@ -36,11 +42,6 @@ def train_command(
     """Fine-tune a model (full, LoRA, DoRA, QLoRA) on instruction data; writes a run directory that chat, serve
     and eval load with the same template (camelid.json). A config with `stages:` runs its stages in order,
     skipping finished ones."""
-    import yaml
-
-    from camelid.core.io import CamelidError
-    from camelid.train.config import CONFIG_DIR, is_staged, load_config, read_config_file, schema_yaml
-
     if config_path:
         p = CONFIG_DIR / (config_path if config_path.endswith(".yaml") else f"{config_path}.yaml")
         if not p.is_file():
@@ -50,11 +51,9 @@ def train_command(
     args = list(args or [])
     config = args.pop(0) if args and "=" not in args[0] else None
     if show_config and config is None and not args:
-        print(schema_yaml(), end="")
+        print(schema_yaml(TrainConfig), end="")
         return
     if config is not None and is_staged(read_config_file(config)[1]):
-        from camelid.train.stages import load_stages, run_stages, show
-
         if any(x is not None for x in (data, model, template, method, output_dir, epochs, max_steps, lr)):
             raise CamelidError(f"{config} has stages: set them with STAGE.key=value (or key=value for every stage), "
                                "not with options")
@@ -69,6 +68,4 @@ def train_command(
     if show_config:
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), end="")
         return
-    from camelid.train.sft import train
-
     train(cfg, console=console)

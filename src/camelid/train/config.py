@@ -11,15 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
 from camelid.core.templates import MASKS, TEMPLATE_NAMES
 
 Method = Literal["full", "lora", "dora", "qlora"]
 DataFormat = Literal["alpaca", "seed-tasks", "sharegpt", "openai", "text"]
 CONFIG_DIR = Path(__file__).parent / "configs"
+SCHEMA_HINT = "see `camelid train --show-config` for the schema"
 
 
 class LoraConfig(BaseModel):
@@ -138,6 +139,11 @@ class TrainConfig(BaseModel):
     eval_prompts: list[str] = Field(default_factory=list, description="user prompts answered greedily at each eval")
     sample_max_tokens: int = Field(64, ge=1)
 
+    @field_validator("data", "eval_data", mode="before")
+    @classmethod
+    def _one_file(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `data: file.json` means one file
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.template not in TEMPLATE_NAMES:
@@ -173,41 +179,6 @@ class TrainConfig(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`lora.r=16` -> (["lora", "r"], 16); values are YAML (`data=[a.json,b.json]`, `lr=1e-4`, `packing=false`)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise CamelidError(f"override {item!r}: expected key=value (e.g. lora.r=16)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str) and _looks_float(raw.strip()):
-        value = float(raw)  # YAML 1.1 reads 1e-4 (no dot) as a string
-    return key.strip().split("."), value
-
-
-def _looks_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    out = dict(raw)
-    for item in overrides:
-        path, value = parse_override(item)
-        node = out
-        for k in path[:-1]:
-            child = node.get(k)
-            node[k] = dict(child) if isinstance(child, dict) else {}
-            node = node[k]
-        node[path[-1]] = value
-    return out
 
 
 def config_file(path: str | Path) -> Path:
@@ -247,42 +218,8 @@ def validate_config(raw: dict, overrides: list[str] | None = None, where: str | 
     """A TrainConfig from settings, `key=value` overrides and keyword fields; errors name every bad setting."""
     raw = apply_overrides(raw, list(overrides or []))
     raw.update({k: v for k, v in fields.items() if v is not None})
-    if isinstance(raw.get("data"), str):
-        raw["data"] = [raw["data"]]
-    if isinstance(raw.get("eval_data"), str):
-        raw["eval_data"] = [raw["eval_data"]]
-    try:
-        return TrainConfig(**raw)
-    except ValidationError as e:
-        prefix = f"{where}: " if where else ""
-        msgs = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "config"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting (see `camelid train --show-config` for the schema)"
-            msgs.append(f"{loc}: {msg}")
-        raise CamelidError(prefix + "; ".join(msgs)) from None
+    return validate(TrainConfig, raw, where, hint=SCHEMA_HINT)
 
 
 def shipped_configs() -> list[str]:
     return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def schema_yaml() -> str:
-    """The defaults as commented YAML: the schema a user edits (`camelid train --show-config`)."""
-    lines: list[str] = []
-
-    def emit(model: type[BaseModel], obj: BaseModel, indent: str) -> None:
-        for name, f in model.model_fields.items():
-            value = getattr(obj, name)
-            if isinstance(value, BaseModel):
-                lines.append(f"{indent}{name}:")
-                emit(type(value), value, indent + "  ")
-                continue
-            text = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()[1:-1]
-            comment = f"  # {f.description}" if f.description else ""
-            lines.append(f"{indent}{text}{comment}")
-
-    emit(TrainConfig, TrainConfig(), "")
-    return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from camelid.core.cli import console
 from camelid.core.io import CamelidError
+from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer, load_tokenizer, read_texts, token_stats
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,8 +30,6 @@ def extend(
         "hanzi (GB 2312 level 1, 3,755). Repeat for both.")] = None,
 ) -> None:
     """Add the pieces a corpus needs to a byte-level BPE tokenizer: old ids and English tokenization unchanged."""
-    from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer
-
     coverage = "".join(charset(c) for c in charsets or [])
     tok = extend_tokenizer(base, list(corpus), add, output, min_frequency=min_frequency, coverage=coverage)
     info = json.loads((output / EXTENSION_FILE).read_text(encoding="utf-8"))
@@ -48,8 +47,6 @@ def stats(
     = None,
 ) -> None:
     """Tokens per character and per word of a text, before (base) and after (extended)."""
-    from camelid.train.vocab import EXTENSION_FILE, load_tokenizer, read_texts, token_stats
-
     if not tokenizer.is_dir():
         raise CamelidError(f"{tokenizer}: no such tokenizer directory")
     ext = tokenizer / EXTENSION_FILE

@@ -48,7 +48,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable
 
 from camelid.core.io import CamelidError, sha256_file, write_json
 from camelid.data.texts import read_texts
