@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from camelid.core.templates import get_template
-from camelid.core.tokenize import encode
+from camelid.core.tokenize import encode, special_prefix
 from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
 from camelid.models.checkpoint import load_tokenizer, resolve, template_name
 
@@ -56,6 +56,9 @@ class HFModel(Model):
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prefix_tokens(self) -> int:
+        return len(special_prefix(self.tokenizer))
 
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         return self._generate(self.tokenizer(prompt).input_ids, sampling)

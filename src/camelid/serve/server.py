@@ -28,7 +28,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from camelid.core.io import CamelidError
 from camelid.models.base import Chunk, ContextLengthError, Model, ModelError
-from camelid.models.remote import RemoteModel
 from camelid.serve.protocol import (SSE_DONE, APIError, ChatCompletionRequest, CompletionRequest, chat_chunk,
                                     chat_response, completion_chunk, completion_response, new_id, parse_request, sse)
 from camelid.serve.protocol import usage as usage_body
@@ -261,8 +260,8 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
     names = {served, model.name}
     gate = Gate(concurrency or model.max_concurrency, max_queue)
     created = int(time.time())
-    # a remote server knows its own context; locally max_tokens beyond the context can never be honoured
-    max_tokens_limit = None if isinstance(model, RemoteModel) else model.context_length
+    # max_tokens beyond the model's context can never be honoured (None: a remote server checks it itself)
+    max_tokens_limit = model.context_length
 
     app = FastAPI(title="camelid", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.model, app.state.gate, app.state.served_name = model, gate, served
