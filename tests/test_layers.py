@@ -36,6 +36,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_module(name: str) -> bool:
+    path = SRC.parent / name.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def _guarded(node: ast.AST) -> bool:
     """A `try:` that handles ImportError: what it imports is optional by construction."""
     return isinstance(node, ast.Try) and any(
@@ -56,9 +61,7 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
             elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
                 names = [f"{child.module}.{a.name}" for a in child.names]
                 # `from camelid.x import y`: y may be a module (an edge to it) or a name (an edge to x)
-                out.extend((n if (SRC.parent / (n.replace(".", "/") + ".py")).is_file()
-                            or (SRC.parent / n.replace(".", "/")).is_dir() else child.module, child.lineno, in_func)
-                           for n in names)
+                out.extend((n if _is_module(n) else child.module, child.lineno, in_func) for n in names)
             elif _guarded(child):
                 visit(child, False)
             else:
@@ -112,13 +115,20 @@ def test_camelids_own_modules_import_each_other_without_a_cycle():
 
     for m in sorted(edges):
         if m not in state:
-            assert visit(m) is None, " -> ".join(stack)
+            cycle = visit(m)
+            assert cycle is None, " -> ".join(cycle)
 
 
 def test_functions_import_locally_only_heavy_optional_dependencies():
     local = [f"{mod}:{line} imports {target}" for mod, edges in GRAPH.items() for target, line, in_func in edges
              if in_func and target.split(".")[0] not in HEAVY]
     assert local == []
+
+
+def test_every_import_of_camelid_names_a_module_that_exists():
+    missing = [f"{mod}:{line} imports {target}" for mod, edges in GRAPH.items() for target, line, _ in edges
+               if target.startswith("camelid") and not _is_module(target)]
+    assert missing == []
 
 
 def test_the_layer_rules_name_every_package():

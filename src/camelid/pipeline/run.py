@@ -26,7 +26,7 @@ from camelid.pipeline.recipe import STAGES, Recipe
 from camelid.pipeline.report import write_report
 from camelid.serve.server import create_app, serve
 from camelid.train.config import load_config
-from camelid.train.data import DataStats
+from camelid.data.examples import DataStats
 from camelid.train.sft import train
 
 

@@ -28,10 +28,10 @@ import camelid
 from camelid.core.io import CamelidError, JsonlAppender, sha256_file, write_json
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
-from camelid.train import checkpoint as ck
+from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
-from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
+from camelid.data.examples import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
                                 micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
 from camelid.train.model import load_for_training, save_trained, trainable_params
 from camelid.train.plot import plot_losses
