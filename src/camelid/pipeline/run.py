@@ -18,15 +18,16 @@ from typing import Any, Callable
 
 from camelid.core.cli import console
 from camelid.core.io import CamelidError, read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
+from camelid.data.examples import DataStats
 from camelid.generate.pipeline import GenerateConfig, generate
 from camelid.generate.prompts import default_seeds
 from camelid.models import load_model
+from camelid.models.checkpoint import RunInfo
 from camelid.pipeline.compare import before_after
 from camelid.pipeline.recipe import STAGES, Recipe
 from camelid.pipeline.report import write_report
 from camelid.serve.server import create_app, serve
 from camelid.train.config import load_config
-from camelid.data.examples import DataStats
 from camelid.train.sft import train
 
 
@@ -167,15 +168,15 @@ def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, 
         cfg = load_config(None, [], **{**settings, "data": data, "output_dir": str(out)})
         if cfg.save_steps is None:  # an interrupted quick run should still resume
             cfg.save_steps = 10
-        meta = read_json(out / "camelid.json") if (out / "camelid.json").is_file() else None
-        if meta and cfg.model_dump(mode="json") != meta["config"]:
+        meta = RunInfo.read(out)
+        if meta and cfg.model_dump(mode="json") != meta.config:
             console.print("[yellow]↻[/] train: the finished run there has other settings, starting it over")
             shutil.rmtree(out)
             meta = None
         if meta:
             # training finished but the run died before recording it: adopt the result instead of refusing
             console.print("[green]✓[/] train: the run had finished before the crash, adopting it")
-            res, stats = meta, DataStats(**meta["data_stats"])
+            res, stats = meta.to_dict(), DataStats(**(meta.data_stats or {}))
         else:
             r = train(cfg, console=console)  # camelid.json is the main process's alone: use the result
             res, stats = vars(r), r.stats

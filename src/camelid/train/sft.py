@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import camelid
-from camelid.core.io import CamelidError, JsonlAppender, sha256_file, write_json
+from camelid.core.io import CamelidError, JsonlAppender, sha256_file
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
+from camelid.data.examples import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
+                                   micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
+from camelid.models.checkpoint import RunInfo
 from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
-from camelid.data.examples import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
-                                micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
 from camelid.train.model import load_for_training, save_trained, trainable_params
 from camelid.train.plot import plot_losses
 
@@ -480,7 +481,7 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
             shutil.rmtree(out / name)
         os.replace(tmp / name, out / name)
     shutil.rmtree(tmp, ignore_errors=True)
-    write_json(out / "camelid.json", {
+    RunInfo(**{
         "kind": "sft",
         "template": cfg.template,
         "base_model": cfg.model,
@@ -506,4 +507,4 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
         "stop_token_ids": stop_ids,
         "versions": {"camelid": getattr(camelid, "__version__", "0"), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-    })
+    }).write(out)
