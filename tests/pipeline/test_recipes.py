@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from camelid.core.io import CamelidError
-from camelid.generate.pipeline import GenerateConfig
+from camelid.generate.generator import GenerateConfig
 from camelid.models import parse_spec
 from camelid.pipeline.recipe import load_recipe
 from camelid.train.config import load_config

@@ -1,4 +1,4 @@
-"""`camelid generate`: a thin layer over camelid.generate.pipeline; its options are GenerateConfig's fields."""
+"""`camelid generate`: a thin layer over camelid.generate.generator; its options are GenerateConfig's fields."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from camelid.core.cli import ApiKeyOpt, BaseUrlOpt, console
 from camelid.core.config import cli_options
-from camelid.generate.pipeline import DEFAULTS, GenerateConfig, Generator, load_config, mode_defaults
+from camelid.generate.generator import DEFAULTS, GenerateConfig, Generator, load_config, mode_defaults
 
 app = typer.Typer()
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
-from camelid.generate.pipeline import GenerateConfig
+from camelid.generate.generator import GenerateConfig
 from camelid.train.config import TrainConfig
 
 STAGES = ("generate", "train", "eval", "serve")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from camelid.core.cli import console
 from camelid.core.io import CamelidError, read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 from camelid.data.examples import DataStats
-from camelid.generate.pipeline import GenerateConfig, generate
+from camelid.generate.generator import GenerateConfig, generate
 from camelid.generate.prompts import default_seeds
 from camelid.models import load_model
 from camelid.models.checkpoint import RunInfo

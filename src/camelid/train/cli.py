@@ -12,7 +12,7 @@ from camelid.core.io import CamelidError
 from camelid.core.config import schema_yaml
 from camelid.train.config import CONFIG_DIR, TrainConfig, is_staged, load_config, read_config_file
 from camelid.train.sft import train
-from camelid.train.stages import load_stages, run_stages, show
+from camelid.train.multistage import load_stages, run_stages, show
 
 app = typer.Typer()
 

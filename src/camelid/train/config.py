@@ -199,7 +199,7 @@ def read_config_file(path: str | Path) -> tuple[Path, dict]:
 
 
 def is_staged(raw: dict) -> bool:
-    """A multi-stage config (`stages:` list, run by train/stages.py) rather than one run."""
+    """A multi-stage config (`stages:` list, run by train/multistage.py) rather than one run."""
     return "stages" in raw
 
 

@@ -13,7 +13,7 @@ from camelid.cli import main
 from camelid.core.io import CamelidError
 from camelid.train.config import CONFIG_DIR, load_config
 from camelid.data.examples import Example, plan_steps
-from camelid.train.stages import load_stages
+from camelid.train.multistage import load_stages
 
 SHIPPED = CONFIG_DIR / "kollama2_two_stage.yaml"
 KO_DATA = CONFIG_DIR.parent / "data"
