@@ -147,14 +147,16 @@ def field_help(f, default_note: str | None = None) -> str:
 
 
 def cli_options(model: type[BaseModel], exclude: tuple[str, ...] = (), defaults: dict[str, str] | None = None,
-                shared: dict[str, Any] | None = None) -> Callable[[Callable], Callable]:
+                shared: dict[str, Any] | None = None, only: tuple[str, ...] | None = None
+                ) -> Callable[[Callable], Callable]:
     """Give a typer command one option per field of `model`, after its own parameters.
 
     Each option defaults to None (not given); the command receives them as `settings`: the fields given on the
     command line only, so a YAML file can supply the rest and the model's own defaults apply last. Flag names
     come from a field's `json_schema_extra={"flags": (...)}` (default `--field-name`), help from its description
     and default; `defaults` words a default that depends on other settings; `shared` gives ready-made option
-    annotations for some fields (e.g. core.cli.BaseUrlOpt)."""
+    annotations for some fields (e.g. core.cli.BaseUrlOpt); `only` limits the options to some fields (the rest are
+    set in the YAML file or by key=value overrides)."""
     notes, shared = dict(defaults or {}), dict(shared or {})
 
     def wrap(fn: Callable) -> Callable:
@@ -164,7 +166,7 @@ def cli_options(model: type[BaseModel], exclude: tuple[str, ...] = (), defaults:
                   if p.name != "settings"]
         names = []
         for name, f in model.model_fields.items():
-            if name in exclude:
+            if name in exclude or (only is not None and name not in only):
                 continue
             names.append(name)
             if name in shared:
@@ -172,8 +174,8 @@ def cli_options(model: type[BaseModel], exclude: tuple[str, ...] = (), defaults:
             else:
                 extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
                 flags = tuple(extra.get("flags") or ("--" + name.replace("_", "-"),))
-                annotation = Annotated[_cli_type(f.annotation), typer.Option(*flags, help=field_help(f, notes.get(name)),
-                                                                             show_default=False)]
+                option = typer.Option(*flags, help=field_help(f, notes.get(name)), show_default=False)
+                annotation = Annotated[_cli_type(f.annotation), option]
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                             annotation=annotation))
 

@@ -419,7 +419,8 @@ TEMPLATES: dict[str, Template] = {
                  jinja=(_SYSTEM.replace("DEFAULT", _lit(VICUNA_SYSTEM)) + "{{ system + ' ' }}"
                         "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
                         f"{{{{ 'USER: ' + {_USER} + ' ' }}}}"
-                        "{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
+                        "{%- elif message['role'] == 'assistant' -%}"
+                        "{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
                         "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"),
                  ollama=lambda bos, eos: (_GO_SYSTEM % _go(VICUNA_SYSTEM) + "{{ $system }} "
                                           + _GO_ROLES % ("USER: {{ .Content }} ", "ASSISTANT: {{ .Content }}" + eos)

@@ -66,10 +66,12 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # ---- what to train
-    model: str = Field("embedded", description="base model: embedded (SmolLM2-135M) | hf:PATH (checkpoint dir)")
+    model: str = Field("embedded", description="base model: embedded (SmolLM2-135M) | hf:PATH (checkpoint dir)",
+                       json_schema_extra={"flags": ("--model", "-m")})
     template: str = Field("alpaca", description="prompt template; chat/serve/eval reuse it from camelid.json: "
                           + ", ".join(TEMPLATE_NAMES))
-    data: list[str] = Field(default_factory=list, description="training files (alpaca, seed-tasks, sharegpt, openai; "
+    data: list[str] = Field(default_factory=list, json_schema_extra={"flags": ("--data", "-d")},
+                            description="training files (alpaca, seed-tasks, sharegpt, openai; "
                             "JSON or JSONL, detected)")
     data_format: Optional[DataFormat] = Field(
         None, description="force a format instead of detecting it; text = raw text (plain files, or the text fields "
@@ -126,7 +128,7 @@ class TrainConfig(BaseModel):
     seed: int = 42
 
     # ---- output
-    output_dir: str = Field("runs/sft", description="run directory: model or adapter, tokenizer, camelid.json, "
+    output_dir: str = Field("runs/sft", json_schema_extra={"flags": ("--output-dir", "-o")}, description="run directory: model or adapter, tokenizer, camelid.json, "
                             "trainer_log.jsonl, loss.png, checkpoints/")
     overwrite: bool = Field(False, description="replace a finished run in output_dir")
     resume: bool = Field(True, description="continue from the newest checkpoint in output_dir when there is one")

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError
+from camelid.models.spec import local_path
 from camelid.train.config import TrainConfig, read_config_file, validate_config
 from camelid.train.sft import train
 from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer
@@ -73,7 +74,8 @@ def _input(base: Path, value: str, outputs: list[str]) -> str:
     file; else relative to the YAML's directory. A model spec keeps its `hf:` prefix; `embedded` stays."""
     if value == "embedded":
         return value
-    prefix, path = ("hf:", value[3:]) if value.startswith("hf:") else ("", value)
+    path = local_path(value)
+    prefix = value[: len(value) - len(path)]
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists() or any(_same(path, o) for o in outputs):
         return value
