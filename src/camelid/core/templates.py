@@ -7,6 +7,10 @@ tokenizes segment by segment to build labels (no offset guessing); inference joi
 
 An Alpaca-style user message may carry an extra `input` field (Stanford's instruction/input split); every
 other template sees `content + "\\n\\n" + input` via `user_text`.
+
+Each shipped template is declared once, in TEMPLATES: its segment builder, the same format as a Jinja
+chat_template (written into tokenizers and GGUF files) and as an Ollama Go template, side by side. Adding a
+template is adding one entry there (tokenizing lives in tokenize.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training examples: records -> token ids and labels -> batches (what `camelid train` and `data render` see).
 
-Tokenizing goes through `templates.encode` (segment by segment, never offset guessing), so the prompt a model is
+Tokenizing goes through `tokenize.encode` (segment by segment, never offset guessing), so the prompt a model is
 served with is token for token the prompt it was trained on. Every record that loses something is counted:
 nothing to train, cut at max_length, or decoded text that differs from the rendered template (FastChat's
 "tokenization mismatch", made loud).

@@ -1,6 +1,6 @@
 """transformers models: a checkpoint directory, a PEFT adapter directory, or a camelid run directory.
 
-Chat prompts are tokenized segment by segment exactly as training tokenizes them (`templates.encode`), so what
+Chat prompts are tokenized segment by segment exactly as training tokenizes them (`tokenize.encode`), so what
 the model sees at inference is what it was trained on, token for token.
 """
 

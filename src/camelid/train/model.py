@@ -84,7 +84,7 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None 
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
         kw["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    model.config.use_cache = False  # the cache must be off for packed rows (see data.py) and is useless in training
+    model.config.use_cache = False  # the cache must be off for packed rows (see data/examples.py) and is useless in training
     rows = model.get_input_embeddings().weight.shape[0]
     added = resize_embeddings(model, tok) if cfg.tokenizer is not None else 0  # 0: the sizes already match
     if cfg.trainable:
