@@ -132,7 +132,6 @@ def _cli_type(annotation: Any) -> Any:
 def field_help(f, default_note: str | None = None) -> str:
     """A field's description plus its default, as `--help` shows it."""
     text = (f.description or "").rstrip(".")
-    text = text[:1].upper() + text[1:]
     if default_note is None and f.default is not PydanticUndefined and f.default not in (None, [], ()):
         value = f.default
         if isinstance(value, bool):

@@ -11,7 +11,9 @@ from rich.table import Table
 
 from camelid.core.cli import console
 from camelid.core.io import CamelidError
-from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer, load_tokenizer, read_texts, token_stats
+from camelid.data.texts import read_texts
+from camelid.models.checkpoint import load_tokenizer, tokenizer_dir
+from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer, token_stats
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -53,7 +55,8 @@ def stats(
     if base is None:
         base = json.loads(ext.read_text(encoding="utf-8"))["base"] if ext.is_file() else "embedded"
     text = "\n".join(read_texts(file))
-    before, after = token_stats(load_tokenizer(base), text), token_stats(load_tokenizer(str(tokenizer)), text)
+    before = token_stats(load_tokenizer(tokenizer_dir(base)), text)
+    after = token_stats(load_tokenizer(tokenizer_dir(str(tokenizer))), text)
     result = {"file": str(file), "base": base, "tokenizer": str(tokenizer), "before": before, "after": after,
               "token_ratio": after["tokens"] / max(before["tokens"], 1)}
     table = Table("", "tokens", "tokens/char", "tokens/word")
