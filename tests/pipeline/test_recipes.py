@@ -36,7 +36,7 @@ def test_shipped_recipe_matches_the_commands_it_drives(path):
 def test_an_unknown_setting_in_a_recipe_is_refused_with_its_place(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntrain:\n  methd: lora\n")
-    with pytest.raises(CamelidError, match=r"bad.yaml: train: .*methd"):
+    with pytest.raises(CamelidError, match=r"bad.yaml: field 'train.methd': unknown setting"):
         load_recipe(bad)
     bad.write_text("name: x\ngenerate:\n  nmu: 3\ntrain: {}\n")
     with pytest.raises(CamelidError, match=r"generate\.nmu"):

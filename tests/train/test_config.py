@@ -93,7 +93,7 @@ def test_shipped_accelerate_configs_are_valid_and_leave_accumulation_to_camelid(
 def test_cli_errors_are_one_line(capsys):
     assert main(["train", "lora.r=x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("camelid: error: lora.r:")
+    assert len(err) == 1 and err[0].startswith("camelid: error: settings: field 'lora.r':")
     assert main(["train", "no_such_config.yaml"]) == 1
     assert "no such config file" in capsys.readouterr().err
     assert main(["train"]) == 1

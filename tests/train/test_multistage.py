@@ -36,7 +36,7 @@ def test_the_shipped_two_stage_config_validates_every_stage(tmp_path, monkeypatc
     assert [s.config.lr for s in routed.stages] == [1e-3, 3e-4] and routed.tokenizer.add == 10
     with pytest.raises(CamelidError, match="staged config"):
         load_config("kollama2_two_stage")
-    with pytest.raises(CamelidError, match="stage instructions: curriculum.rule"):
+    with pytest.raises(CamelidError, match="stage instructions: field 'curriculum.rule'"):
         load_stages("kollama2_two_stage", ["instructions.curriculum.rule=alphabetical"])
 
 
