@@ -10,119 +10,21 @@ other template sees `content + "\\n\\n" + input` via `user_text`.
 
 Each shipped template is declared once, in TEMPLATES: its segment builder, the same format as a Jinja
 chat_template (written into tokenizers and GGUF files) and as an Ollama Go template, side by side. Adding a
-template is adding one entry there (tokenizing lives in tokenize.py).
+template is adding one entry there (the types live in segments.py, tokenizing in tokenize.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
-from camelid.core.io import CamelidError
+from camelid.core.segments import (MASKS, Mask, Segment, Template, TemplateError, check_roles, jinja_renderer,
+                                   merge_segments, split_system, trained, user_text)
 
-Mask = Literal["assistant", "last", "all"]
-MASKS: tuple[str, ...] = ("assistant", "last", "all")
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str  # for kind "bos"/"eos" the text is empty; the tokenizer's token is used
-    kind: Literal["text", "bos", "eos"] = "text"
-    turn: int | None = None  # index into messages of the assistant turn this belongs to
-
-
-class TemplateError(CamelidError):
-    pass
-
-
-def user_text(m: dict) -> str:
-    """The user's text as a chat template sees it (Alpaca's `input` appended after a blank line)."""
-    extra = m.get("input") or ""
-    return m["content"] + ("\n\n" + extra if extra else "")
-
-
-def _check_roles(messages: list[dict], name: str) -> None:
-    roles = [m.get("role") for m in messages if m.get("role") != "system"]
-    for i, r in enumerate(roles):
-        want = "user" if i % 2 == 0 else "assistant"
-        if r != want:
-            raise TemplateError(f"template {name!r}: turn {i} has role {r!r}, expected {want!r} (roles must alternate "
-                                "user/assistant, starting with user)")
-
-
-def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:
-    if messages and messages[0].get("role") == "system":
-        return messages[0]["content"], messages[1:]
-    return default, messages
-
-
-@dataclass(frozen=True)
-class Template:
-    """A named prompt format. `build` returns segments; `stop` lists extra stop strings for generation."""
-
-    name: str
-    build: Callable[["Template", list[dict], bool], list[Segment]] = field(repr=False)
-    stop: tuple[str, ...] = ()
-    system: str = ""
-    end_token: str | None = None  # what an "eos" segment means when not the tokenizer's EOS (ChatML's <|im_end|>)
-    chat_template: str | None = field(default=None, repr=False)  # Jinja source for name == "tokenizer"
-    bos_token: str = "<s>"
-    eos_token: str = "</s>"
-    seed: int = 0  # self-instruct: picks each example's prompt format (see self_instruct_format)
-    jinja: str | None = field(default=None, repr=False)  # the same format as a Jinja chat_template (EOS: eos_token)
-    ollama: Callable[[str, str], str] | None = field(default=None, repr=False)  # (bos, eos) -> Ollama Go template
-
-    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
-        if not messages:
-            raise TemplateError("no messages to render")
-        return self.build(self, list(messages), add_generation_prompt)
-
-    def render(self, messages: list[dict], add_generation_prompt: bool = False,
-               bos_token: str | None = None, eos_token: str | None = None) -> str:
-        """The exact text the model sees, with BOS/EOS written as the tokenizer's token strings."""
-        bos, eos = bos_token or self.bos_token, self.end_token or eos_token or self.eos_token
-        return "".join(bos if s.kind == "bos" else eos if s.kind == "eos" else s.text
-                       for s in self.segments(messages, add_generation_prompt))
-
-    def stop_strings(self, eos_token: str | None = None) -> list[str]:
-        """Strings that end a generation besides the EOS id (text backends need the EOS string too)."""
-        out = [self.end_token or eos_token or self.eos_token, *self.stop]
-        return list(dict.fromkeys(s for s in out if s))
-
-    def jinja_chat_template(self) -> str:
-        """This format as a Jinja chat_template (a tokenizer's own for `tokenizer`)."""
-        source = self.chat_template if self.name == "tokenizer" else self.jinja
-        if not source:
-            raise TemplateError(f"template {self.name!r} has no Jinja chat_template form here")
-        return source
-
-    def ollama_template(self, bos: str, eos: str) -> str | None:
-        """The Go template Ollama renders `.Messages` with; None when Ollama should read the GGUF's chat_template.
-
-        A tokenizer's own Jinja that writes ChatML markers gets ChatML's Go form (Ollama cannot run Jinja)."""
-        if self.ollama is not None:
-            return self.ollama(bos, eos)
-        if self.name == "tokenizer" and "<|im_start|>" in (self.chat_template or ""):
-            return TEMPLATES["chatml"].ollama_template(bos, eos)
-        return None
-
-
-def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
-    """Which segments carry loss. EOS of a trained turn is always trained."""
-    if mask not in MASKS:
-        raise TemplateError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
-    turns = [s.turn for s in segments if s.turn is not None]
-    last = max(turns) if turns else None
-    if mask == "all":
-        return [True] * len(segments)
-    if mask == "last":
-        return [s.turn is not None and s.turn == last for s in segments]
-    return [s.turn is not None for s in segments]
-
+__all__ = ["MASKS", "Mask", "Segment", "Template", "TemplateError", "TEMPLATES", "TEMPLATE_NAMES", "get_template",
+           "jinja_chat_template", "jinja_renderer", "self_instruct_format", "trained", "user_text"]
 
 # ------------------------------------------------------------------------------------------- Jinja / Ollama parts
 # Each template below is declared once: its segment builder (what training and inference tokenize), the same
@@ -173,8 +75,8 @@ ALPACA_KO_PROMPT_NO_INPUT = (
 
 def _alpaca_builder(with_input: str, without_input: str) -> Callable:
     def build(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-        _, msgs = _split_system(messages, "")
-        _check_roles(msgs, t.name)
+        _, msgs = split_system(messages, "")
+        check_roles(msgs, t.name)
         if len(msgs) > 2:
             raise TemplateError(f"template {t.name!r} holds one instruction and one response; this conversation has "
                                 f"{len(msgs)} messages (use vicuna_v1.1, chatml or tokenizer for multi-turn data)")
@@ -199,8 +101,8 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
 
 def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     # FastChat SeparatorStyle.ADD_COLON_TWO, sep=" ", sep2="</s>": "SYS USER: u ASSISTANT: a</s>USER: ..."
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs = [Segment(system + " ")]
     for i, m in enumerate(msgs):
@@ -211,7 +113,7 @@ def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                      Segment("", "eos", turn=offset + i)]
     if gen:
         segs.append(Segment("ASSISTANT:"))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Llama 2
@@ -219,8 +121,8 @@ def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
 
 def _llama2(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     # Meta's format: <s>[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n{user} [/INST] {answer} </s><s>[INST] {user} [/INST]
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs: list[Segment] = []
     for i, m in enumerate(msgs):
@@ -231,15 +133,15 @@ def _llama2(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
             segs += [Segment("", "bos"), Segment(f"[INST] {text} [/INST]")]
         else:
             segs += [Segment(f" {m['content'].strip()} ", turn=offset + i), Segment("", "eos", turn=offset + i)]
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- ChatML
 
 
 def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs = [Segment(f"<|im_start|>system\n{system}<|im_end|>\n")] if system else []
     for i, m in enumerate(msgs):
@@ -250,7 +152,7 @@ def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                      Segment("", "eos", turn=offset + i), Segment("\n")]
     if gen:
         segs.append(Segment("<|im_start|>assistant\n"))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Jinja
@@ -262,9 +164,9 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         raise TemplateError("template 'tokenizer' needs a tokenizer with a chat_template")
     msgs = [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
     if msgs[0]["role"] != "system":
-        _check_roles(msgs, t.name)
+        check_roles(msgs, t.name)
     else:
-        _check_roles(msgs[1:], t.name)
+        check_roles(msgs[1:], t.name)
     render = jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
     segs: list[Segment] = []
     done = ""
@@ -291,37 +193,7 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         raise TemplateError("the tokenizer's chat_template does not render conversations as growing prefixes")
     if final[len(done):]:
         segs.append(Segment(final[len(done):]))
-    return _merge(segs)
-
-
-@functools.lru_cache(maxsize=16)  # compiling a chat_template costs far more than rendering it
-def jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(f"chat_template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    tmpl = env.from_string(source)
-
-    def render(msgs: list[dict], gen: bool) -> str:
-        if not msgs:
-            return ""
-        return tmpl.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos)
-
-    return render
-
-
-def _merge(segs: list[Segment]) -> list[Segment]:
-    """Join neighbouring text segments of the same turn (fewer, longer pieces tokenize more naturally)."""
-    out: list[Segment] = []
-    for s in segs:
-        if out and s.kind == "text" and out[-1].kind == "text" and out[-1].turn == s.turn:
-            out[-1] = Segment(out[-1].text + s.text, "text", s.turn)
-        elif s.kind != "text" or s.text:
-            out.append(s)
-    return out
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Self-Instruct
@@ -354,8 +226,8 @@ SELF_INSTRUCT_FORMATS: dict[str, tuple[str, str]] = {  # id -> (prompt, trained 
 
 def _self_instruct_parts(messages: list[dict]) -> tuple[str, str, str | None]:
     """(instruction, input, output or None), stripped as Self-Instruct's encode_instance strips them."""
-    _, msgs = _split_system(messages, "")
-    _check_roles(msgs, "self-instruct")
+    _, msgs = split_system(messages, "")
+    check_roles(msgs, "self-instruct")
     if len(msgs) > 2:
         raise TemplateError(f"template 'self-instruct' holds one instruction and one output; this conversation has "
                             f"{len(msgs)} messages")
@@ -489,7 +361,9 @@ def get_template(name: str, chat_template: str | None = None, bos_token: str | N
     if name == "tokenizer":
         if not chat_template:
             raise TemplateError("template 'tokenizer' needs a model whose tokenizer has a chat_template")
-        return Template("tokenizer", _jinja, chat_template=chat_template, **tokens)
+        # a tokenizer's own Jinja that writes ChatML markers gets ChatML's Go form (Ollama cannot run Jinja)
+        ollama = TEMPLATES["chatml"].ollama if "<|im_start|>" in chat_template else None
+        return Template("tokenizer", _jinja, chat_template=chat_template, ollama=ollama, **tokens)
     if name not in TEMPLATES:
         raise TemplateError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
     t = TEMPLATES[name]
