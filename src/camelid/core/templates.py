@@ -26,6 +26,7 @@ from camelid.core.segments import (MASKS, Mask, Segment, Template, TemplateError
 __all__ = ["MASKS", "Mask", "Segment", "Template", "TemplateError", "TEMPLATES", "TEMPLATE_NAMES", "get_template",
            "jinja_chat_template", "jinja_renderer", "self_instruct_format", "trained", "user_text"]
 
+
 # ------------------------------------------------------------------------------------------- Jinja / Ollama parts
 # Each template below is declared once: its segment builder (what training and inference tokenize), the same
 # format as a Jinja chat_template (written into tokenizers and GGUF files) and as an Ollama Go template. The
