@@ -8,6 +8,15 @@ import click
 import typer
 
 from camelid.core.io import CamelidError
+from camelid.data.cli import app as data_app
+from camelid.evaluate.cli import app as eval_app, arena
+from camelid.generate.cli import app as generate_app
+from camelid.modelfiles.cli import app as export_app, model_app
+from camelid.models.cli import app as models_app
+from camelid.pipeline.cli import app as pipeline_app
+from camelid.serve.cli import app as serve_app
+from camelid.train.cli import app as train_app
+from camelid.train.tokenizer_cli import app as tokenizer_app
 
 app = typer.Typer(
     name="camelid",
@@ -20,33 +29,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from camelid.data.cli import app as data_app
-    from camelid.models.cli import app as models_app, model_app
-
     app.add_typer(models_app)
-    from camelid.generate.cli import app as generate_app
-
     app.add_typer(generate_app)
-    from camelid.serve.cli import app as serve_app
-
     app.add_typer(serve_app)
     app.add_typer(data_app, name="data", help="Validate, convert, inspect, render, deduplicate and clean datasets.")
     app.add_typer(model_app, name="model", help="Inspect models and their special tokens.")
-    from camelid.evaluate.cli import app as eval_app, arena
-
     app.add_typer(eval_app, name="eval", help="Answer eval sets, judge answers with an LLM, report, benchmark.")
     app.command("arena")(arena)
-    from camelid.train.cli import app as train_app
-
     app.add_typer(train_app)
-    from camelid.train.export_cli import app as export_app
-
     app.add_typer(export_app)
-    from camelid.pipeline.cli import app as pipeline_app
-
     app.add_typer(pipeline_app)
-    from camelid.train.tokenizer_cli import app as tokenizer_app
-
     app.add_typer(tokenizer_app, name="tokenizer", help="Extend a tokenizer's vocabulary for a new language; "
                   "measure tokens per character.")
 

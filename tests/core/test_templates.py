@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from camelid.core.templates import IGNORE_INDEX, encode, get_template, trained
+from camelid.core.templates import get_template, trained
+from camelid.core.tokenize import IGNORE_INDEX, encode
 
 # tatsu-lab/stanford_alpaca train.py PROMPT_DICT, byte for byte
 STANFORD_PROMPT_INPUT = (
@@ -122,6 +123,6 @@ def test_mask_all_trains_every_segment():
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return AutoTokenizer.from_pretrained(embedded_hf_dir())

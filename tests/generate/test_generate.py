@@ -17,7 +17,7 @@ import pytest
 from camelid.cli import main
 from camelid.generate import alpaca
 from camelid.generate.filters import INSTANCE_REASONS, INSTRUCTION_REASONS
-from camelid.generate.pipeline import GenerateConfig, generate, sidecar_paths
+from camelid.generate.generator import GenerateConfig, generate, sidecar_paths
 from camelid.generate.prompts import default_seeds, load_seeds, prompt_file
 
 ROW_KEYS = {"instruction", "input", "output", "most_similar_instructions", "avg_similarity_score"}

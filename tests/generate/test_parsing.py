@@ -11,7 +11,7 @@ import pytest
 from camelid.core.io import CamelidError, DataError
 from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter, filter_instances
-from camelid.generate.pipeline import GenerateConfig, load_config, sidecar_paths
+from camelid.generate.generator import GenerateConfig, load_config, sidecar_paths
 from camelid.generate.prompts import SeedTask, default_seeds, load_seeds, prompt_file
 
 

@@ -11,10 +11,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
+
+import yaml
 
 
 class CamelidError(Exception):
@@ -178,8 +182,6 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 def read_yaml_mapping(path: str | os.PathLike, what: str = "settings", kind: str = "") -> dict:
     """A YAML config file that must hold a mapping (of `what`); a missing file (`no such {kind} file`), bad YAML
     (with its line) or another shape is a one-line error naming the file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise CamelidError(f"{path}: no such {kind + ' ' if kind else ''}file")
@@ -251,3 +253,39 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """A temp directory beside `out`, renamed to `out` on success and removed on error (never half-written)."""
+    out = Path(out)
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise CamelidError(f"{out}: already exists (pass --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parse_size(text: str | int) -> int:
+    """'1GB', '500MB', '64MiB', '4096' -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise CamelidError(f"size {text!r} not understood (examples: 1GB, 500MB, 64MiB)")
+    unit = (m.group(2) or "B").upper().rstrip("B")
+    base = 1024 if unit.endswith("I") else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index((unit.rstrip("I") or " ")[0]))

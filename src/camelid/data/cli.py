@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from camelid.core.cli import console
+from camelid.core.io import write_json
+from camelid.core.templates import get_template
+from camelid.data.clean import REASONS, clean_file, load_blocked_words, parse_langs
+from camelid.data.dedup import dedup_file
+from camelid.data.examples import render_file
+from camelid.data.formats import convert as convert_file, plural, validate_file
+from camelid.data.split import split_file
+from camelid.data.stats import show as show_records, stats as compute
+from camelid.models import load_model
+from camelid.models.checkpoint import template_name, tokenizer_for
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -33,8 +47,6 @@ def validate(
 
     Files are streamed: size does not matter.
     """
-    from camelid.data.formats import plural, validate_file
-
     records = problems = 0
     for path in files:
         report = validate_file(path, fmt)
@@ -70,8 +82,6 @@ def convert(
 
     Multi-turn conversations cannot become alpaca rows; the first one is named.
     """
-    from camelid.data.formats import convert as convert_file
-
     n = convert_file(src, dst, to, src_fmt)
     layout = "JSONL" if dst.suffix.lower() == ".jsonl" else "JSON list"
     console.print(f"wrote {n} records to {dst} ({to}, {layout})")
@@ -96,12 +106,8 @@ def stats(
 
     For generated data: Stanford's similarity scores, and why rows were rejected (<file>.rejected.jsonl).
     """
-    from camelid.data.stats import stats as compute
-
     tokenizer = None
     if model:
-        from camelid.models import load_model
-
         tokenizer = load_model(model, n_ctx=512)  # only its tokenizer is used
     try:
         result = compute(file, fmt, tokenizer=tokenizer, plot=plot)
@@ -117,9 +123,6 @@ def stats(
 
 
 def _print_stats(s: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     out = Console()
     head = Table(title=f"{s['file']} ({s['format']})", show_header=False)
     for key in ("records", "conversations", "messages", "turns", "system_messages", "empty_inputs"):
@@ -165,8 +168,6 @@ def show(
     fmt: FormatOpt = None,
 ) -> None:
     """Pretty-print the first N records of any format as conversations."""
-    from camelid.data.stats import show as show_records
-
     show_records(file, n, fmt)
 
 
@@ -198,10 +199,6 @@ def clean(
     exactly duplicated conversations are removed, each counted under its reason. Nothing is filtered by language
     unless --lang/--skip-lang is given (Korean is kept by default).
     """
-    from rich.table import Table
-
-    from camelid.data.clean import REASONS, clean_file, load_blocked_words, parse_langs
-
     rep = clean_file(src, out, load_blocked_words(blocked_words), parse_langs(lang), parse_langs(skip_lang))
     table = Table(title=f"{src} -> {out} ({rep.shape or 'empty'})")
     table.add_column("conversations")
@@ -216,8 +213,6 @@ def clean(
     table.add_row("languages seen", ", ".join(f"{k} {v:,}" for k, v in rep.languages.most_common()) or "-")
     console.print(table)
     if report:
-        from camelid.core.io import write_json
-
         write_json(report, rep.to_dict())
         console.print(f"wrote {report}")
 
@@ -244,11 +239,6 @@ def split(
     split_long_conversation): whole user+assistant exchanges only, ids suffixed _0, _1...; an exchange longer than
     the limit on its own is dropped and counted, never cut. Every piece is checked with the real template render.
     """
-    from rich.table import Table
-
-    from camelid.data.split import split_file
-    from camelid.models import load_model
-
     m = load_model(model, template=template, n_ctx=512)  # only its tokenizer is used
     try:
         rep = split_file(src, out, m, max_tokens)
@@ -265,8 +255,6 @@ def split(
         table.add_row(f"invalid, removed: {reason}", f"{count:,}")
     console.print(table)
     if report:
-        from camelid.core.io import write_json
-
         write_json(report, d)
         console.print(f"wrote {report}")
 
@@ -294,17 +282,8 @@ def render(
     fmt: Annotated[Optional[str], typer.Option("--format", help="Force the input format.")] = None,
 ) -> None:
     """Show records exactly as training tokenizes them, with the trained (loss-bearing) tokens marked."""
-    import sys
-
-    from rich.console import Console
-    from rich.text import Text
-
-    from camelid.core.templates import get_template
-    from camelid.train.data import render_file
-    from camelid.train.model import tokenizer_for
-
-    tok, run_template = tokenizer_for(model)
-    name = template or run_template or ("tokenizer" if tok.chat_template else "alpaca")
+    tok, run = tokenizer_for(model)
+    name = template_name(template, run, tok.chat_template, default="alpaca")
     tmpl = get_template(name, tok.chat_template, tok.bos_token, tok.eos_token)
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True, force_terminal=color)
     use_color = out.is_terminal if color is None else color
@@ -350,8 +329,6 @@ def dedup(
 
     Rejected records go to OUT's sidecar <name>.rejected.jsonl with reason, similar_to and similarity.
     """
-    from camelid.data.dedup import dedup_file
-
     rep = dedup_file(src, out, threshold, lang, seeds or (), key)
     console.print(f"kept {rep.kept:,}, rejected {rep.rejected:,} near-duplicates (lang {rep.lang}, ROUGE-L > "
                   f"{threshold}) in {rep.seconds:.1f} s -> {rep.output}"

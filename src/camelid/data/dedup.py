@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Indel
 
 from camelid.core.io import CamelidError, DataError, Problem, read_records, write_json, write_jsonl
+from camelid.data.lang import detect_language
 
 LANGS = ("en", "ko", "zh")
 TOP_K = 10  # Stanford stores the 10 most similar instructions
@@ -97,27 +100,10 @@ def check_lang(lang: str) -> str:
     return lang
 
 
-_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
-
-
-def script_shares(text: str) -> tuple[float, float]:
-    """(Hangul share, Han share) of the letters in `text`."""
-    hangul, han, latin = len(_HANGUL.findall(text)), len(_HAN.findall(text)), len(_LATIN.findall(text))
-    total = hangul + han + latin
-    return (hangul / total, han / total) if total else (0.0, 0.0)
-
-
 def detect_lang(texts: Iterable[str], sample: int = 2000) -> str:
-    """'ko' when Hangul makes up at least 30% of the letters, else 'zh' for Han, else 'en'."""
-    joined = "\n".join(t for _, t in zip(range(sample), texts))
-    hangul, han = script_shares(joined)
-    if hangul >= 0.3:
-        return "ko"
-    if han >= 0.3:
-        return "zh"
-    return "en"
+    """The tokenization for the first `sample` texts: ko, zh (character tokens, also for Japanese) or en."""
+    lang = detect_language("\n".join(t for _, t in zip(range(sample), texts)))
+    return lang if lang in ("ko", "zh") else "zh" if lang == "ja" else "en"
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -240,9 +226,6 @@ class Deduper:
 
     def _sim(self, queries: list[str], choices: list[str]) -> np.ndarray:
         """2*LCS/(a+b) for every pair (RapidFuzz's normalized Indel similarity)."""
-        from rapidfuzz import process
-        from rapidfuzz.distance import Indel
-
         if not queries or not choices:
             return np.zeros((len(queries), len(choices)))
         workers = self.workers if len(queries) * len(choices) > 100_000 else 1  # threads cost more than tiny calls

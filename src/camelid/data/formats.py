@@ -51,7 +51,9 @@ WRITABLE = ("alpaca", "sharegpt", "openai")
 ALPACA_KEYS = "alpaca_keys"
 MAX_LISTED = 50  # problems kept in a ValidationReport; all are counted
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# ShareGPT's speaker names (FastChat's exports and the scrapes it cleaned) -> roles; `data clean` writes what this reads
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
+                  "bing": "assistant", "assistant": "assistant", "model": "assistant", "system": "system"}
 OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 TO_SHAREGPT = {"user": "human", "assistant": "gpt", "system": "system"}
 _ALPACA_CORE = ("id", "instruction", "input", "output")

@@ -218,13 +218,3 @@ def results_html(res: dict) -> str:
             "<th>95% CI</th><th>win rate</th><th>95% CI</th><th>battles</th><th>wins</th><th>ties</th>"
             f"<th>losses</th></tr>{rows}</table><p><a href='/'>back to voting</a></p>")
 
-
-def serve(arena: Arena, host: str = "127.0.0.1", port: int = 8001, api_key: str | None = None,
-          allowed_hosts: list[str] | None = ()) -> None:
-    import uvicorn
-
-    from camelid.evaluate.arena_web import create_app
-
-    app = create_app(arena, api_key=api_key, allowed_hosts=allowed_hosts)
-    app.state.bind_host = host
-    uvicorn.run(app, host=host, port=port, log_level="warning")

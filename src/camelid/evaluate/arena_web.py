@@ -117,3 +117,12 @@ def create_app(arena: Arena, *, api_key: str | None = None, allowed_hosts: list[
 
     app.add_middleware(Guard, allowed_hosts=host_names, cors_origins=(), problem=problem)
     return app
+
+
+def serve(arena: Arena, host: str = "127.0.0.1", port: int = 8001, api_key: str | None = None,
+          allowed_hosts: list[str] | None = ()) -> None:
+    import uvicorn
+
+    app = create_app(arena, api_key=api_key, allowed_hosts=allowed_hosts)
+    app.state.bind_host = host
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -7,10 +7,20 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
 from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
                               console)
-from camelid.core.io import CamelidError
+from camelid.core.io import CamelidError, write_json
+from camelid.evaluate import arena as ar, arena_web
+from camelid.evaluate.answer import answer_questions
+from camelid.evaluate.harness import metrics_table, run_bench, save_results
+from camelid.evaluate.judge import judge_answers, read_judgments
+from camelid.evaluate.judge_prompts import check_prompt_set
+from camelid.evaluate.questions import load_answers, load_questions, reference_answers
+from camelid.evaluate.report import build_report, json_safe
+from camelid.evaluate.stats import pairwise_summary, relative_scores, single_summary
+from camelid.models import load_model
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -30,8 +40,6 @@ def _answers(first: list[Path] | None, more: list[Path] | None) -> list[Path]:
 
 
 def _merge_answers(files: list[Path]) -> dict:
-    from camelid.evaluate.questions import load_answers
-
     merged: dict = {}
     for f in files:
         for model, rows in load_answers(f).items():
@@ -64,10 +72,6 @@ def answer(
     load_4bit: Load4Opt = False,
 ) -> None:
     """Answer an eval set with a model (multi-turn questions turn by turn, earlier answers in context)."""
-    from camelid.evaluate.answer import answer_questions
-    from camelid.evaluate.questions import load_questions
-    from camelid.models import load_model
-
     qs = load_questions(questions, limit)
     m = load_model(model, base_urls=base_url, api_key=api_key, template=template, device=device, num_gpus=num_gpus,
                    load_8bit=load_8bit, load_4bit=load_4bit)
@@ -125,11 +129,6 @@ def judge(
     template: TemplateOpt = None,
 ) -> None:
     """Judge answers with an LLM: single 1-10 grading or pairwise comparison; prints scores / win rates."""
-    from camelid.evaluate.judge import judge_answers, read_judgments
-    from camelid.evaluate.judge_prompts import check_prompt_set
-    from camelid.evaluate.questions import load_answers, load_questions, reference_answers
-    from camelid.models import load_model
-
     check_prompt_set(prompts, lang)  # before loading anything
     qs = load_questions(questions, limit)
     ans = _merge_answers(_answers(answers, more))
@@ -166,9 +165,6 @@ def judge(
     single, pair = read_judgments([output])
     res = _print_summary(single, pair, baseline, seed)
     if summary is not None:
-        from camelid.core.io import write_json
-        from camelid.evaluate.report import json_safe
-
         write_json(summary, json_safe({"judge_prompts": prompts, "stats": {
             "judged": stats.judged, "cached": stats.cached, "unparsed": stats.unparsed, "failed": stats.failed},
             **res}))
@@ -177,10 +173,6 @@ def judge(
 
 
 def _print_summary(single: list[dict], pair: list[dict], baseline: str | None, seed: int) -> dict:
-    from rich.table import Table
-
-    from camelid.evaluate.stats import pairwise_summary, relative_scores, single_summary
-
     out: dict = {}
     if single:
         ss = single_summary(single, seed=seed)
@@ -213,8 +205,6 @@ def _print_summary(single: list[dict], pair: list[dict], baseline: str | None, s
 
 def _pair_details(pair: list[dict]):
     """Each pair's two games (who was A, the raw verdict) and the combined result: the swap and the tie rule."""
-    from rich.table import Table
-
     t = Table(title="each pair, judged in both orders")
     for c in ("question", "game 1: A / B -> verdict", "game 2 (swapped): A / B -> verdict", "result"):
         t.add_column(c)
@@ -243,8 +233,6 @@ def report(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Write a Markdown + HTML report with tables and charts from judgment files."""
-    from camelid.evaluate.report import build_report
-
     build_report(judgments, output, baseline=baseline, seed=seed, title=title)
     console.print(f"{output}/report.md, report.html and charts written", soft_wrap=True)
 
@@ -263,10 +251,6 @@ def bench(
     device: DeviceOpt = None,
 ) -> None:
     """Benchmarks (Open LLM Leaderboard kind) through lm-evaluation-harness, on local task data."""
-    from rich.table import Table
-
-    from camelid.evaluate.harness import metrics_table, run_bench, save_results
-
     names = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
     lim = int(limit) if limit is not None and limit >= 1 else limit
     res = run_bench(model, names, limit=lim, num_fewshot=num_fewshot, batch_size=batch_size, device=device,
@@ -308,30 +292,22 @@ def arena(
         "bind only loopback names are answered by default).")] = None,
 ) -> None:
     """Blind pairwise human evaluation in the browser (Alpaca's): vote A / B / tie / both bad."""
-    from camelid.evaluate import arena as ar
-
     if results:
-        from camelid.evaluate.report import json_safe
-
         res = ar.results(db)
         _print_arena(res)
         print(json.dumps(json_safe(res), ensure_ascii=False))
         return
     if questions is None:
         raise CamelidError("--questions is required to serve the arena")
-    from camelid.evaluate.questions import load_questions
-
     a = ar.Arena(load_questions(questions), _merge_answers(_answers(answers, more)), db, seed)
     console.print(f"arena: {len(a.items)} items over {len(a.models)} models, votes in {db}; "
                   f"open http://{host}:{port}/ (results at /results)")
     if api_key is not None and not api_key.strip():
         raise CamelidError("--api-key is empty")
-    ar.serve(a, host, port, api_key=api_key, allowed_hosts=allow_host or ())
+    arena_web.serve(a, host, port, api_key=api_key, allowed_hosts=allow_host or ())
 
 
 def _print_arena(res: dict) -> None:
-    from rich.table import Table
-
     v = res["votes"]
     t = Table(title=f"arena: {res['battles']} battles ({v['tie']} ties, {v['bad']} both bad, {v['skip']} skipped)")
     for c in ("model", "Elo (BT)", "95% CI", "win rate", "95% CI", "battles"):

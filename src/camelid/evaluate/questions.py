@@ -10,14 +10,13 @@ Answer files (FastChat's shape) are read here too, so judge, report and arena sh
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from camelid.core.io import CamelidError, DataError, Problem, read_records
+from camelid.data.lang import detect_language
 
-HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 
 
 @dataclass
@@ -48,11 +47,8 @@ class Question:
 
 
 def detect_lang(text: str) -> str:
-    """'ko' when Hangul makes up a fair part of the letters, else 'en' (the two judge prompt languages)."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return "en"
-    return "ko" if sum(bool(HANGUL.match(c)) for c in letters) / len(letters) > 0.2 else "en"
+    """The judge prompt language for a text: ko when its dominant script is Hangul, else en."""
+    return "ko" if detect_language(text) == "ko" else "en"
 
 
 def _problem(path: Path, line: int | None, index: int, fld: str | None, msg: str) -> DataError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -88,7 +87,7 @@ class Model:
     template: Template | None = None
     eos_token: str | None = None
     bos_token: str | None = None
-    context_length: int = 2048
+    context_length: int | None = 2048  # tokens of context; None when only the backend's server knows
     max_concurrency: int = 1  # how many requests `map` keeps in flight
     # Sampling fields beyond temperature/top_p/max_tokens/stop/seed that this backend honours
     sampling_options: frozenset[str] = frozenset()
@@ -99,6 +98,11 @@ class Model:
 
     def count_tokens(self, text: str) -> int:
         raise ModelError(f"{type(self).__name__} cannot count tokens")
+
+    def prefix_tokens(self) -> int:
+        """Tokens the tokenizer puts before any text on its own (Llama's BOS): training counts them, a render does
+        not show them."""
+        return 0
 
     # ---- text completion
     def stream(self, prompt: str, sampling: Sampling | None = None) -> Iterator[Chunk]:
@@ -131,18 +135,8 @@ class Model:
         so a caller can persist finished work at once (a slow or failing request never holds back the rest)."""
         return bounded_map(fn, items, concurrency or self.max_concurrency)
 
-    async def acomplete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
-        return await asyncio.to_thread(self.complete, prompt, sampling)
-
-    async def achat(self, messages: list[dict], sampling: Sampling | None = None) -> Completion:
-        return await asyncio.to_thread(self.chat, messages, sampling)
-
     def close(self) -> None:
         pass
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.name, "backend": type(self).__name__, "context_length": self.context_length,
-                "template": self.template.name if self.template else None, "eos_token": self.eos_token}
 
 
 def collect(chunks: Iterator[Chunk], model: str) -> Completion:

@@ -1,83 +1,19 @@
 """transformers models: a checkpoint directory, a PEFT adapter directory, or a camelid run directory.
 
-Chat prompts are tokenized segment by segment exactly as training tokenizes them (`templates.encode`), so what
+Chat prompts are tokenized segment by segment exactly as training tokenizes them (`tokenize.encode`), so what
 the model sees at inference is what it was trained on, token for token.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from camelid.core.templates import encode, get_template
+from camelid.core.templates import get_template
+from camelid.core.tokenize import encode, special_prefix
 from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAMELID_CACHE", Path.home() / ".cache" / "camelid"))
-
-
-def embedded_hf_dir() -> Path:
-    """The embedded GGUF dequantised to an fp32 safetensors checkpoint (made once, atomically, then reused).
-
-    transformers flags a model loaded with `gguf_file=` as quantised and Trainer/peft refuse it: drop the
-    quantizer and save a plain checkpoint first."""
-    from camelid.models import EMBEDDED_NAME, embedded_gguf
-
-    out = cache_dir() / f"{EMBEDDED_NAME}-hf"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = embedded_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".embedded-"))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None, dict | None]:
-    """(base model dir, adapter dir or None, camelid.json or None) for a checkpoint, adapter or run directory."""
-    from camelid.models import run_config
-
-    if str(path) == "embedded":
-        return embedded_hf_dir(), None, None
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such model directory")
-    cfg = run_config(path)
-    adapter = path / "adapter_config.json"
-    if adapter.is_file():
-        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if not base:
-            raise ModelError(f"{adapter}: field 'base_model_name_or_path' is missing")
-        base_dir = embedded_hf_dir() if base == "embedded" else Path(base)
-        if not (base_dir / "config.json").is_file():
-            raise ModelError(f"{adapter}: base model {base!r} not found (no config.json there)")
-        return base_dir, path, cfg
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: not a transformers checkpoint, adapter or camelid run (no config.json, "
-                         "adapter_config.json or camelid.json)")
-    return path, None, cfg
+from camelid.models.checkpoint import load_tokenizer, resolve, template_name
 
 
 class HFModel(Model):
@@ -87,14 +23,14 @@ class HFModel(Model):
                  num_gpus: int | None = None, load_8bit: bool = False, load_4bit: bool = False):
         try:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
         except ImportError:
             raise ModelError("the transformers backend needs torch and transformers: pip install 'camelid[train]'") from None
-        base, adapter, cfg = resolve_checkpoint(path)
+        ckpt = resolve(path)
+        base, adapter = ckpt.base, ckpt.adapter
         self.name = Path(path).name if str(path) != "embedded" else "embedded-hf"
-        self.run_config = cfg
-        tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        self.run = ckpt.run
+        self.tokenizer = load_tokenizer(ckpt.tokenizer_dir)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kw: dict[str, Any] = {"dtype": torch.bfloat16 if self.device == "cuda" else torch.float32}
         if load_8bit or load_4bit:
@@ -116,12 +52,15 @@ class HFModel(Model):
         self.model = model.eval()
         self.bos_token, self.eos_token = self.tokenizer.bos_token, self.tokenizer.eos_token
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-        name = template or (cfg or {}).get("template") or ("tokenizer" if self.tokenizer.chat_template else "alpaca")
+        name = template_name(template, self.run, self.tokenizer.chat_template, default="alpaca")
         self.template = get_template(name, self.tokenizer.chat_template, self.bos_token, self.eos_token)
         self._lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prefix_tokens(self) -> int:
+        return len(special_prefix(self.tokenizer))
 
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         return self._generate(self.tokenizer(prompt).input_ids, sampling)

@@ -80,6 +80,10 @@ class LlamaCppModel(Model):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def prefix_tokens(self) -> int:
+        # the GGUF says whether llama.cpp adds BOS in front of a prompt
+        return int(str(self.llm.metadata.get("tokenizer.ggml.add_bos_token", "")).lower() == "true")
+
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         n_prompt = self.count_tokens(prompt)
         if n_prompt == 0:

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from camelid.core.templates import user_text
 from camelid.models.base import (BadInputError, Chunk, Completion, ContextLengthError, Model, ModelError, Sampling,
                                  UpstreamError)
 
@@ -33,6 +34,7 @@ class RemoteModel(Model):
                         for u in base_urls]
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.max_concurrency = concurrency
+        self.context_length = None  # the server knows its model's context and checks every request itself
         self._next = itertools.count()
         self._lock = threading.Lock()
         self.retries = 0  # total retries made, for reports and tests
@@ -144,13 +146,8 @@ class RemoteModel(Model):
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)  # servers expose no tokenizer; a rough estimate for budgeting only
 
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "base_urls": self.base_urls}
-
 
 def _plain(messages: list[dict]) -> list[dict]:
-    from camelid.core.templates import user_text
-
     return [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
 
 

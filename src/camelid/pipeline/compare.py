@@ -13,8 +13,16 @@ import math
 from pathlib import Path
 
 from camelid.core.cli import console
-from camelid.core.io import read_json, write_json
-from camelid.core.templates import IGNORE_INDEX, encode
+from camelid.core.io import CamelidError, write_json
+from camelid.core.tokenize import IGNORE_INDEX, encode
+from camelid.evaluate.answer import answer_questions
+from camelid.evaluate.judge import judge_answers, read_judgments
+from camelid.evaluate.questions import load_answers, load_questions
+from camelid.evaluate.report import build_report
+from camelid.evaluate.stats import pairwise_summary, single_summary
+from camelid.models import load_model, local_path
+from camelid.models.checkpoint import RunInfo
+from camelid.models.hf import HFModel
 from camelid.pipeline.recipe import Recipe
 
 BEFORE, AFTER = "before", "after"
@@ -42,24 +50,17 @@ def response_loss(model, questions) -> tuple[float | None, int]:
 
 
 def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Path) -> dict:
-    from camelid.evaluate.answer import answer_questions
-    from camelid.evaluate.judge import judge_answers, read_judgments
-    from camelid.evaluate.questions import load_answers, load_questions
-    from camelid.evaluate.report import build_report
-    from camelid.evaluate.stats import pairwise_summary, single_summary
-    from camelid.models import load_model
-    from camelid.models.hf import HFModel
-
     ev = recipe.eval
     out.mkdir(parents=True, exist_ok=True)
     questions = load_questions(questions_path)
-    run_cfg = read_json(train_dir / "camelid.json")
-    base = run_cfg.get("base_model", "embedded")
-    base = base.removeprefix("hf:")
+    run = RunInfo.read(train_dir)
+    if run is None:
+        raise CamelidError(f"{train_dir}: no camelid.json (the train stage did not finish)")
+    base = local_path(run.base_model or "embedded")
     answers = out / "answers.jsonl"
     metrics: dict = {"questions": len(questions), "max_tokens": ev.max_tokens, "temperature": ev.temperature,
-                     "template": run_cfg.get("template")}
-    for model_id, load in ((BEFORE, lambda: HFModel(base, template=run_cfg.get("template"))),
+                     "template": run.template}
+    for model_id, load in ((BEFORE, lambda: HFModel(base, template=run.template)),
                            (AFTER, lambda: load_model(f"hf:{train_dir}"))):
         console.print(f"answering {len(questions)} held-out instructions: {model_id} training")
         model = load()

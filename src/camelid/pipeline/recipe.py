@@ -1,7 +1,7 @@
 """A recipe: the whole run (generate -> train -> eval -> serve) in one YAML file.
 
 Each stage's section is the config of the command it drives: `generate:` holds `camelid generate` settings,
-`train:` is a `camelid train` config (the same schema, checked here), `eval:` the before/after evaluation. Scaling
+`train:` is a `camelid train` config (the same pydantic models, so one schema and one error format), `eval:` the before/after evaluation. Scaling
 up is changing a few lines: `generate.model: openai:NAME` with `base_url`, `train.model: hf:PATH`, and launching
 with `accelerate launch` / `torchrun` on GPUs.
 """
@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
+from camelid.generate.generator import GenerateConfig
+from camelid.train.config import TrainConfig
 
 STAGES = ("generate", "train", "eval", "serve")
 
@@ -61,16 +64,21 @@ class Recipe(BaseModel):
                                  "seeds for generate.lang")
     data: list[str] = Field(default_factory=list, description="existing training files; with them the generate "
                             "stage is skipped (e.g. ShareGPT conversations for a Vicuna recipe)")
-    generate: Optional[dict[str, Any]] = Field(None, description="`camelid generate` settings (model, num, lang, "
+    generate: Optional[GenerateConfig] = Field(None, description="`camelid generate` settings (model, num, lang, "
                                                "mode, ...)")
-    train: dict[str, Any] = Field(default_factory=dict, description="a `camelid train` config (data and "
-                                  "output_dir are filled in by the run)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="a `camelid train` config (data and "
+                               "output_dir are filled in by the run)")
     eval: Optional[EvalSection] = None
     serve: ServeSection = Field(default_factory=ServeSection)
 
     @property
     def directory(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
+
+    def settings(self, section: str) -> dict[str, Any]:
+        """The settings a section gives (not its defaults), as the YAML wrote them: what the run hashes and passes on."""
+        value = getattr(self, section)
+        return value.model_dump(mode="json", exclude_unset=True) if value is not None else {}
 
     def enabled(self, stage: str) -> bool:
         return {"generate": self.generate is not None and not self.data, "train": True,
@@ -79,17 +87,10 @@ class Recipe(BaseModel):
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply `section.key=value` overrides, validate every section against its command."""
-    from camelid.train.config import apply_overrides, load_config
-
     p = Path(path)
     raw = read_yaml_mapping(p, "generate/train/eval sections", kind="recipe")
     raw = apply_overrides(raw, list(overrides or []))
-    try:
-        recipe = Recipe(**raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise CamelidError(f"{p}: {loc}: {err['msg']}") from None
+    recipe = validate(Recipe, raw, p)
     base = p.resolve().parent
     # relative data paths in a recipe are relative to the recipe file, like a Makefile's
     recipe.data = [str(_resolve(base, d)) for d in recipe.data]
@@ -98,20 +99,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if recipe.eval and recipe.eval.questions:
         recipe.eval.questions = str(_resolve(base, recipe.eval.questions))
     for key in ("data", "output_dir"):
-        if key in recipe.train:
+        if key in recipe.train.model_fields_set:
             raise CamelidError(f"{p}: train.{key} is set by the run (use the recipe's top-level data / run_dir)")
-    try:  # the train section must be a valid `camelid train` config
-        load_config(None, [], **recipe.train)
-    except CamelidError as e:
-        raise CamelidError(f"{p}: train: {e}") from None
-    if recipe.generate is not None:
-        from camelid.generate.pipeline import GenerateConfig
-
-        try:
-            GenerateConfig(**{"output": "x.jsonl", **recipe.generate})
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise CamelidError(f"{p}: generate.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return recipe
 
 

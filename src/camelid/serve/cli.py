@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated, Optional
 
@@ -10,6 +11,9 @@ import typer
 from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
                               console)
 from camelid.core.io import CamelidError
+from camelid.models import Sampling, load_model
+from camelid.serve.chat import chat_loop
+from camelid.serve.server import create_app, serve as run
 
 app = typer.Typer()
 
@@ -37,9 +41,6 @@ def chat(
 ) -> None:
     """Chat in the terminal (streaming). Commands: !!exit, !!reset, !!regen, !!save FILE, !!load FILE.
     With piped input: one message per line, one answer per message on stdout."""
-    from camelid.models import Sampling, load_model
-    from camelid.serve.chat import chat_loop
-
     m = load_model(model, base_urls=base_url, api_key=api_key, template=template, n_ctx=n_ctx,
                    device=device, num_gpus=num_gpus, load_8bit=load_8bit, load_4bit=load_4bit)
     try:
@@ -82,11 +83,6 @@ def serve(
 ) -> None:
     """Serve a model with the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) and a chat page at /.
     `--model openai:NAME --base-url A --base-url B` fronts several OpenAI-compatible workers round-robin."""
-    import logging
-
-    from camelid.models import load_model
-    from camelid.serve.server import create_app, serve as run
-
     if api_key is not None and not api_key.strip():
         raise CamelidError("--api-key is empty")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -85,14 +85,12 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
     `allowed_hosts`: Host names accepted besides loopback ones. While the server is bound to a loopback address
     (or its bind address is unknown) only those are answered; bound elsewhere, any Host is unless names are given.
     None: any Host, always. `cors_origins`: origins allowed to call it from a browser ("*": any)."""
-    from camelid.models.remote import RemoteModel
-
     served = model_name or model.name
     names = {served, model.name}
     gate = Gate(concurrency or model.max_concurrency, max_queue)
     created = int(time.time())
-    # a remote server knows its own context; locally max_tokens beyond the context can never be honoured
-    max_tokens_limit = None if isinstance(model, RemoteModel) else model.context_length
+    # max_tokens beyond the model's context can never be honoured (None: a remote server checks it itself)
+    max_tokens_limit = model.context_length
     extra_hosts = None if allowed_hosts is None else list(allowed_hosts)
 
     app = FastAPI(title="camelid", version="0.1.0", docs_url=None, redoc_url=None)

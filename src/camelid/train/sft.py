@@ -12,22 +12,30 @@ Multi-process: launch with `torchrun --nproc_per_node N -m camelid train ...` (D
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import resource
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camelid.core.io import CamelidError, JsonlAppender, write_json
-from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_template
-from camelid.train import checkpoint as ck
+import camelid
+from camelid.core.io import CamelidError, JsonlAppender, sha256_file
+from camelid.core.templates import get_template
+from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
+from camelid.data.examples import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
+                                   micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
+from camelid.models.checkpoint import RunInfo
+from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
-from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
-                                micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
+from camelid.train.curriculum import order_examples
 from camelid.train.model import load_for_training, save_trained, trainable_params
+from camelid.train.plot import plot_losses
 
 
 class TrainingError(CamelidError):
@@ -395,9 +403,6 @@ class StopRequest:
     the checkpoint); a second Ctrl-C stops at once."""
 
     def __init__(self):
-        import signal
-        import threading
-
         self.asked = False
         self._old: dict = {}
         if threading.current_thread() is threading.main_thread():
@@ -410,8 +415,6 @@ class StopRequest:
         self.asked = True
 
     def restore(self) -> None:
-        import signal
-
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
@@ -425,8 +428,6 @@ def _examples(files: list[str], cfg: TrainConfig, tokenizer, template, eval_only
     records = read_files(files, cfg.data_format)
     order = None
     if cfg.curriculum is not None and not eval_only:
-        from camelid.train.curriculum import order_examples
-
         c = cfg.curriculum
         records, order = order_examples(records, c.rule, c.field, c.stages, cfg.seed)
     return *build_examples(records, tokenizer, template, cfg.mask, cfg.max_length, cfg.truncation), order
@@ -435,10 +436,6 @@ def _examples(files: list[str], cfg: TrainConfig, tokenizer, template, eval_only
 def _fingerprint_extra(cfg: TrainConfig, vocab: dict) -> str:
     """The tokenizer's content and the curriculum: a resume must find the same ones (the tokenized examples alone
     could match with another tokenizer that leaves these texts alone)."""
-    import json
-
-    from camelid.core.io import sha256_file
-
     if cfg.tokenizer is None and cfg.curriculum is None:
         return ""  # fingerprints of runs without them stay what they were
     tok = Path(vocab["tokenizer"]) / "tokenizer.json"
@@ -475,9 +472,6 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
     import torch
     import transformers
 
-    import camelid
-    from camelid.train.plot import plot_losses
-
     tmp = out / ".final-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     files = save_trained(model, tokenizer, tmp, cfg, base, stop_ids, state_dict)
@@ -487,7 +481,7 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
             shutil.rmtree(out / name)
         os.replace(tmp / name, out / name)
     shutil.rmtree(tmp, ignore_errors=True)
-    write_json(out / "camelid.json", {
+    RunInfo(**{
         "kind": "sft",
         "template": cfg.template,
         "base_model": cfg.model,
@@ -513,4 +507,4 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
         "stop_token_ids": stop_ids,
         "versions": {"camelid": getattr(camelid, "__version__", "0"), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-    })
+    }).write(out)

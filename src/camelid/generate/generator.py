@@ -23,14 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from camelid.core.cli import console
+from camelid.core.config import validate
 from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, read_jsonl, read_yaml_mapping,
                              repair_jsonl_tail)
 from camelid.data.dedup import Deduper
 from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter, filter_instances
 from camelid.generate.prompts import default_seeds, load_seeds, prompt_file, read_prompt
+from camelid.models import load_model
 from camelid.models.base import Completion, ContextLengthError, Model, ModelError, Sampling
 
 MAIN_STEP = {"alpaca": "alpaca", "self-instruct": "bootstrap"}
@@ -45,33 +49,56 @@ MIN_MAX_TOKENS = 64
 EMBEDDED_MAX_TOKENS = 512
 
 
+def _flags(short: str) -> dict:
+    return {"flags": ("--" + {"-o": "output", "-m": "model", "-n": "num"}[short], short)}
+
+
+def mode_defaults(name: str) -> str:
+    """How `--help` words a setting whose default depends on the mode (and, for max_tokens, the teacher)."""
+    text = ", ".join(f"{mode} {values[name]}" for mode, values in DEFAULTS.items())
+    return text + (f"; {EMBEDDED_MAX_TOKENS} with the embedded teacher" if name == "max_tokens" else "")
+
+
 class GenerateConfig(BaseModel):
-    """Everything `camelid generate` takes; a YAML file has the same keys as the flags (flags win)."""
+    """Everything `camelid generate` takes: the YAML file's keys and the command's options (options win)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    output: Optional[Path] = Field(None, description="Kept records (Alpaca JSONL); sidecars beside it")
-    mode: Literal["alpaca", "self-instruct"] = "alpaca"
-    lang: Literal["en", "ko", "zh"] = "en"
-    seeds: Optional[Path] = Field(None, description="Seed tasks; default: the shipped ones for lang")
-    prompt: Optional[Path] = Field(None, description="Alpaca mode: generation prompt; default: alpaca_<lang>.txt")
-    model: str = "embedded"
+    output: Optional[Path] = Field(None, description="Kept records (Alpaca JSONL). Beside it: OUT.rejected.jsonl "
+                                   "and OUT.requests.jsonl. An existing file is resumed", json_schema_extra=_flags("-o"))
+    mode: Literal["alpaca", "self-instruct"] = Field("alpaca", description="alpaca (Stanford: 20 tasks with "
+                                                     "input/output per prompt) | self-instruct (Wang et al.'s four "
+                                                     "steps)")
+    lang: Literal["en", "ko", "zh"] = Field("en", description="en | ko | zh: prompt, seeds, filters, tokenizer for "
+                                            "dedup")
+    seeds: Optional[Path] = Field(None, description="Seed tasks (self-instruct JSONL or Alpaca rows); default: the "
+                                  "shipped seeds for --lang")
+    prompt: Optional[Path] = Field(None, description="Alpaca mode: the generation prompt file; default: the shipped "
+                                   "one for --lang")
+    model: str = Field("embedded", description="Teacher: embedded | gguf:PATH | hf:PATH | openai:NAME",
+                       json_schema_extra=_flags("-m"))
     base_url: Optional[list[str]] = None
     api_key: Optional[str] = None
-    chat: bool = Field(False, description="Send prompts as a chat user message (chat-only servers)")
-    num: int = Field(100, ge=1, description="Target number of kept instructions")
-    concurrency: Optional[int] = Field(None, ge=1, description="Requests in flight; default: the backend's")
-    request_batch_size: int = Field(5, ge=1, description="Prompts per round (at least concurrency)")
-    seed: int = 0
-    temperature: Optional[float] = Field(None, ge=0)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    threshold: float = Field(0.7, gt=0, le=1, description="Reject above this ROUGE-L F1")
-    num_prompt_instructions: Optional[int] = Field(None, ge=1)
-    max_instances: int = Field(5, ge=1, description="Self-Instruct: instances per instruction")
-    instance_max_tokens: int = Field(350, ge=1, description="Self-Instruct: tokens per instance request (Wang: 350)")
-    blacklist: Optional[list[str]] = Field(None, description="Keywords that reject an instruction")
-    max_requests: Optional[int] = Field(None, ge=1, description="Stop after this many generation requests")
+    chat: bool = Field(False, description="Send each prompt as a chat message (chat-only servers) instead of a text "
+                       "completion (Stanford's way)", json_schema_extra={"flags": ("--chat/--complete",)})
+    num: int = Field(100, ge=1, description="Target number of kept instructions", json_schema_extra=_flags("-n"))
+    concurrency: Optional[int] = Field(None, ge=1, description="Requests in flight (a server takes many; the "
+                                       "embedded model runs one at a time); default: the backend's")
+    request_batch_size: int = Field(5, ge=1, description="Prompts per round (at least --concurrency)")
+    seed: int = Field(0, description="Seeds prompt sampling and each request")
+    temperature: Optional[float] = Field(None, ge=0, description="Sampling temperature (Stanford 1.0, Wang et al. 0.7)")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Per generation request, lowered automatically when "
+                                      "the prompt leaves less room")
+    threshold: float = Field(0.7, gt=0, le=1, description="Reject an instruction whose ROUGE-L F1 to a seed or kept "
+                             "one is above this")
+    num_prompt_instructions: Optional[int] = Field(None, ge=1, description="In-context tasks per prompt")
+    max_instances: int = Field(5, ge=1, description="Self-instruct: instances per instruction")
+    instance_max_tokens: int = Field(350, ge=1, description="Self-instruct: tokens per instance request (Wang: 350)")
+    blacklist: Optional[list[str]] = Field(None, description="Keyword that rejects an instruction (repeatable; "
+                                           "replaces the default list)")
+    max_requests: Optional[int] = Field(None, ge=1, description="Stop after this many generation requests even "
+                                        "short of --num")
 
     def setting(self, name: str) -> Any:
         """A mode-dependent setting: the value given, else the mode's default."""
@@ -91,12 +118,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> GenerateC
         data = read_yaml_mapping(path, kind="config")
         data = {k.replace("-", "_"): v for k, v in data.items()}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return GenerateConfig(**data)
-    except ValidationError as e:
-        where = str(path) if path is not None else "options"
-        raise DataError([Problem(where, None, ".".join(str(x) for x in err["loc"]) or None, err["msg"])
-                         for err in e.errors()]) from None
+    return validate(GenerateConfig, data, path if path is not None else "options")
 
 
 def sidecar_paths(output: str | Path) -> tuple[Path, Path]:
@@ -368,8 +390,6 @@ class Generator:
     # ------------------------------------------------------------------ the loop
     def run(self) -> Report:
         """Generate until `num` instructions are kept (or max_requests generation requests were made)."""
-        from camelid.models import load_model
-
         cfg = self.cfg
         t0 = time.perf_counter()
         own_model = self.model is None
@@ -410,11 +430,6 @@ class Generator:
 
     # ------------------------------------------------------------------ progress (stderr)
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        from camelid.core.cli import console
-
         self._bar = Progress(TextColumn("[bold]kept"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                              console=console, disable=not self.show_progress, transient=False)

@@ -1,6 +1,6 @@
-"""Records -> token ids and labels -> batches.
+"""Training examples: records -> token ids and labels -> batches (what `camelid train` and `data render` see).
 
-Tokenizing goes through `templates.encode` (segment by segment, never offset guessing), so the prompt a model is
+Tokenizing goes through `tokenize.encode` (segment by segment, never offset guessing), so the prompt a model is
 served with is token for token the prompt it was trained on. Every record that loses something is counted:
 nothing to train, cut at max_length, or decoded text that differs from the rendered template (FastChat's
 "tokenization mismatch", made loud).
@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Iterable
 
 from camelid.core.io import CamelidError, DataError, Problem, sha256_file
-from camelid.core.templates import IGNORE_INDEX, Mask, Template, TemplateError, encode, special_prefix
+from camelid.core.templates import Mask, Template, TemplateError
+from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix
+from camelid.data.formats import read_conversations
+from camelid.data.texts import read_texts
 
 
 @dataclass
@@ -135,8 +138,6 @@ def _first_difference(want: str, got: str) -> str:
 
 def read_files(files: Iterable[str | Path], fmt: str | None = None) -> list[dict]:
     """Conversations from dataset files (any format camelid reads); ids default to FILE#INDEX."""
-    from camelid.data.formats import read_conversations
-
     out = []
     for f in files:
         path = Path(f)
@@ -183,11 +184,9 @@ def build_examples(conversations: list[dict], tokenizer, template: Template, mas
 
 def text_examples(files: Iterable[str | Path], tokenizer, max_length: int) -> tuple[list[Example], DataStats]:
     """Raw text for language-model training (`data_format: text`): every document (a plain-text file, or each text
-    field of a JSON/JSONL file, as `vocab.read_texts` reads them) is tokenized and ends with EOS, the documents are
+    field of a JSON/JSONL file, as `texts.read_texts` reads them) is tokenized and ends with EOS, the documents are
     concatenated and cut into `max_length` pieces, and every token is trained (run_clm's group_texts). A last piece
     of one token has nothing to predict and is left out."""
-    from camelid.train.vocab import read_texts
-
     stats = DataStats()
     out: list[Example] = []
     for f in files:
@@ -320,8 +319,6 @@ def trained_spans(tokenizer, input_ids: list[int], labels: list[int]) -> list[tu
 def render_file(path: str | Path, tokenizer, template: Template, mask: Mask = "assistant", max_length: int | None = None,
                 truncation: str = "drop_partial", limit: int | None = None, fmt: str | None = None):
     """Yield what training sees for each record: {id, input_ids, labels, spans, info} (`camelid data render`)."""
-    from camelid.data.formats import read_conversations
-
     for n, conv in enumerate(read_conversations(path, fmt)):
         if limit is not None and n >= limit:
             return

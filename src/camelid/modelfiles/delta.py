@@ -27,16 +27,14 @@ the end: a refused or interrupted apply leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from camelid.core.io import CamelidError, DataError, Problem, read_json, write_json
+from camelid.core.io import CamelidError, DataError, Problem, atomic_dir, parse_size, read_json, write_json
+from camelid.models.checkpoint import base_checkpoint
 
 DELTA_FILE = "delta.json"
 FORMAT = "camelid-delta"
@@ -48,55 +46,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """A temp directory beside `out`, renamed to `out` on success and removed on error (never half-written)."""
-    out = Path(out)
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise CamelidError(f"{out}: already exists (pass --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def parse_size(text: str | int) -> int:
-    """'1GB', '500MB', '64MiB', '4096' -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise CamelidError(f"size {text!r} not understood (examples: 1GB, 500MB, 64MiB)")
-    unit = (m.group(2) or "B").upper().rstrip("B")
-    base = 1024 if unit.endswith("I") else 1000
-    return int(float(m.group(1)) * base ** " KMGT".index((unit.rstrip("I") or " ")[0]))
-
-
 def resolve_source(spec: str | os.PathLike) -> Path:
     """A checkpoint directory from `embedded`, `hf:PATH` or a path; adapters and .bin checkpoints are refused."""
-    spec = str(spec)
-    if spec == "embedded":
-        from camelid.models.hf import embedded_hf_dir
-
-        return embedded_hf_dir()
-    path = Path(spec[3:] if spec.startswith("hf:") else spec)
-    if not path.is_dir():
-        raise CamelidError(f"{path}: no such checkpoint directory")
-    if (path / "adapter_config.json").is_file():
-        raise CamelidError(f"{path}: is a PEFT adapter; merge it into a full checkpoint first "
-                           f"(camelid export {path} --merge)")
+    path = base_checkpoint(spec)
     if not any(p.suffix == ".safetensors" for p in path.iterdir()):
         raise CamelidError(f"{path}: no .safetensors weights here (re-save the model with "
                            "save_pretrained(..., safe_serialization=True))")

@@ -11,7 +11,8 @@ import pytest
 
 from camelid.cli import main
 from camelid.core.io import CamelidError, sha256_file
-from camelid.train.delta import apply_delta, diff_weights, parse_size, verify_same
+from camelid.core.io import parse_size
+from camelid.modelfiles.delta import apply_delta, diff_weights, verify_same
 
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -44,7 +45,7 @@ def _save(directory: Path, tensors: dict, shard_bytes: int | None = None) -> Pat
 @pytest.fixture(scope="module")
 def embedded_pair(tmp_path_factory):
     """The embedded fp32 checkpoint and a copy with some tensors perturbed (a stand-in for a fine-tune)."""
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     base = embedded_hf_dir()
     state = load_file(str(base / "model.safetensors"))
@@ -130,7 +131,7 @@ def test_adapters_and_sizes_are_understood(tmp_path):
 PEAK_SCRIPT = """
 import json, sys
 import torch, safetensors.torch  # imported before the baseline: only the work itself is measured
-from camelid.train.delta import apply_delta
+from camelid.modelfiles.delta import apply_delta
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):

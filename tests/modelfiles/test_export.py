@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from camelid.cli import main
-from camelid.core.templates import TEMPLATES, TemplateError, _jinja_renderer, encode, get_template
-from camelid.train.export import export_gguf, jinja_chat_template, merge_adapter, modelfile
+from camelid.core.templates import TEMPLATES, TemplateError, jinja_renderer, get_template
+from camelid.core.tokenize import encode
+from camelid.core.templates import jinja_chat_template
+from camelid.modelfiles.gguf import export_gguf, modelfile
+from camelid.modelfiles.merge import merge_adapter
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -19,7 +22,7 @@ gguf = pytest.importorskip("gguf")
 
 @pytest.fixture(scope="module")
 def base_dir() -> Path:
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return embedded_hf_dir()
 
@@ -225,7 +228,7 @@ CONVERSATIONS = [
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_jinja_chat_templates_render_what_the_shipped_templates_render(name):
-    render = _jinja_renderer(jinja_chat_template(name), "<s>", "</s>")
+    render = jinja_renderer(jinja_chat_template(name), "<s>", "</s>")
     checked = 0
     for conv in CONVERSATIONS:
         for gen in (False, True):

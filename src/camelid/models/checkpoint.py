@@ -1,0 +1,279 @@
+"""Local checkpoints: the directories a model spec names, and what a camelid run recorded about itself.
+
+Every command that reads model files on disk (chat, serve, eval, train, export, weights, model check, data
+render, tokenizer) asks this module, so a spec means the same thing everywhere:
+- `resolve(spec)` -> `LocalCheckpoint`: the base model's directory (config.json + weights), the PEFT adapter's
+  directory when the spec is an adapter or an adapter run, the tokenizer's directory (the adapter's own when it
+  saved one, else the base's) and the run's `camelid.json` as a typed `RunInfo`;
+- `base_checkpoint(spec)`: a full checkpoint to train from or diff against (adapters refused);
+- `tokenizer_dir(spec)`: a tokenizer, also a tokenizer-only directory (`camelid tokenizer extend`);
+- `template_name(...)`: which chat template a model is used with (the one fallback rule);
+- `load_tokenizer(dir)`: the one way to open a tokenizer, with a one-line error.
+`camelid.json` is the contract between training and everything downstream; `RunInfo` is its schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from camelid.core.config import validation_message
+from camelid.core.io import CamelidError, write_json
+from camelid.models.base import ModelError
+from camelid.models.spec import EMBEDDED_NAME, embedded_gguf, local_path, parse_spec
+
+RUN_FILE = "camelid.json"
+ADAPTER_FILE = "adapter_config.json"
+
+
+# ---------------------------------------------------------------------------------------------- camelid.json
+
+
+class RunInfo(BaseModel):
+    """A finished run's `camelid.json`, written last by `camelid train` (and by `camelid export --merge`).
+
+    Unknown keys are kept (a newer camelid may record more); every key is optional so a run written by an
+    older camelid still reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str | None = None  # "sft"
+    template: str | None = None  # the chat template trained with: chat, serve, eval and export reuse it
+    base_model: str | None = None  # the spec trained from
+    base_model_path: str | None = None
+    method: str | None = None  # full | lora | dora | qlora | merged
+    mask: str | None = None
+    data: list[dict] | None = None
+    eval_data: list[dict] | None = None
+    config: dict[str, Any] | None = None  # the whole TrainConfig
+    data_stats: dict[str, Any] | None = None
+    vocab: dict[str, Any] | None = None
+    curriculum: dict[str, Any] | None = None
+    steps: int | None = None
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    train_time_s: float | None = None
+    tokens_seen: int | None = None
+    peak_memory_mb: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    world_size: int | None = None
+    precision: str | None = None
+    stop_token_ids: list[int] | None = None
+    versions: dict[str, str] | None = None
+    merged_from: dict[str, Any] | None = None  # export --merge: the adapter run this checkpoint was folded from
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> "RunInfo | None":
+        """The run's camelid.json, or None when the directory holds none."""
+        path = Path(directory) / RUN_FILE
+        if not path.is_file():
+            return None
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CamelidError(f"{path}: not readable as JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise CamelidError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise CamelidError(validation_message(e, path)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys that were set, in the order written (what `write` stores)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def write(self, directory: str | os.PathLike) -> None:
+        write_json(Path(directory) / RUN_FILE, self.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------- embedded
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAMELID_CACHE", Path.home() / ".cache" / "camelid"))
+
+
+def embedded_hf_dir() -> Path:
+    """The embedded GGUF dequantised to an fp32 safetensors checkpoint (made once, atomically, then reused).
+
+    transformers flags a model loaded with `gguf_file=` as quantised and Trainer/peft refuse it: drop the
+    quantizer and save a plain checkpoint first."""
+    out = cache_dir() / f"{EMBEDDED_NAME}-hf"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".embedded-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file()
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    """What a local spec names: a checkpoint, a PEFT adapter (its base found via adapter_config.json) or a run."""
+
+    spec: str
+    base: Path  # the full model's directory (config.json + weights)
+    adapter: Path | None  # the adapter's directory, when the spec is one
+    run: RunInfo | None  # camelid.json, when the spec is a camelid run
+
+    @property
+    def own(self) -> Path:
+        """The directory the spec itself names (the adapter's for an adapter)."""
+        return self.adapter or self.base
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The adapter's own tokenizer when it saved one (an extended vocabulary), else the base model's."""
+        return self.adapter if self.adapter is not None and has_tokenizer(self.adapter) else self.base
+
+    @property
+    def name(self) -> str:
+        return EMBEDDED_NAME if self.spec == "embedded" else Path(self.spec).resolve().name
+
+    def base_dirs(self) -> list[Path]:
+        """This checkpoint's directory and the base model's the run names (where an extended tokenizer began)."""
+        return [self.base, *base_of(self.run)]
+
+
+def resolve(spec: str | os.PathLike) -> LocalCheckpoint:
+    """`embedded`, `hf:PATH` or a directory (checkpoint, adapter or camelid run) -> its directories."""
+    path_text = local_path(str(spec))
+    if path_text == "embedded":
+        return LocalCheckpoint("embedded", embedded_hf_dir(), None, None)
+    path = Path(path_text)
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such model directory")
+    run = RunInfo.read(path)
+    adapter = path / ADAPTER_FILE
+    if adapter.is_file():
+        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise ModelError(f"{adapter}: field 'base_model_name_or_path' is missing")
+        base_dir = embedded_hf_dir() if base == "embedded" else Path(base)
+        if not (base_dir / "config.json").is_file():
+            raise ModelError(f"{adapter}: base model {base!r} not found (no config.json there)")
+        return LocalCheckpoint(path_text, base_dir, path, run)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a transformers checkpoint, adapter or camelid run (no config.json, "
+                         "adapter_config.json or camelid.json)")
+    return LocalCheckpoint(path_text, path, None, run)
+
+
+def base_checkpoint(spec: str | os.PathLike) -> Path:
+    """A full checkpoint directory to train from, diff or rebuild: adapters are refused (merge them first)."""
+    spec = str(spec).strip() or "embedded"
+    if spec == "embedded":
+        return embedded_hf_dir()
+    path = Path(local_path(spec)).expanduser().resolve()
+    if not path.is_dir():
+        raise CamelidError(f"model {spec!r}: no such directory (use embedded or hf:PATH to a transformers checkpoint)")
+    if (path / ADAPTER_FILE).is_file():
+        raise CamelidError(f"model {spec!r} is a PEFT adapter: train from its base model, or merge it first "
+                           f"(camelid export {spec} --merge)")
+    if not (path / "config.json").is_file():
+        raise CamelidError(f"model {spec!r}: not a transformers checkpoint (no config.json)")
+    return path
+
+
+def base_of(run: RunInfo | None) -> list[Path]:
+    """The base model's checkpoint dir named in camelid.json (its tokenizer names an extended vocabulary)."""
+    spec = (run.base_model if run is not None else None) or ""
+    if spec == "embedded":
+        return [embedded_hf_dir()]
+    path = Path(local_path(spec)) if spec else None
+    return [path] if path is not None and (path / "config.json").is_file() else []
+
+
+def tokenizer_dir(spec: str) -> Path:
+    """The directory holding the (fast) tokenizer for a spec: `embedded`, `hf:PATH`, a model or run directory, or
+    a tokenizer-only directory."""
+    spec = (spec or "embedded").strip()
+    if spec == "embedded":
+        return embedded_hf_dir()
+    path = Path(local_path(spec))
+    if (path / "tokenizer.json").is_file():
+        return path
+    if not path.is_dir():
+        raise CamelidError(f"tokenizer {spec!r}: no such directory (use embedded, hf:PATH or a directory)")
+    ckpt = resolve(path)
+    for d in (ckpt.adapter, ckpt.base):
+        if d is not None and (d / "tokenizer.json").is_file():
+            return d
+    raise CamelidError(f"{path}: no tokenizer.json here or in its base model (only fast tokenizers are supported)")
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer, template
+
+
+def load_tokenizer(path: str | os.PathLike, require_eos: bool = False):
+    """AutoTokenizer.from_pretrained, with a one-line error for a directory without a usable tokenizer.
+
+    `require_eos`: refuse a tokenizer without an EOS token (a model trained with it could never stop)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        detail = f" ({first})" if first and not first.endswith(":") else ""
+        raise CamelidError(f"{path}: no usable tokenizer here (tokenizer.json + tokenizer_config.json){detail}") from None
+    if require_eos and tok.eos_token_id is None:
+        raise CamelidError(f"{path}: the tokenizer has no EOS token, so a trained model could never stop "
+                           "(set eos_token in tokenizer_config.json)")
+    return tok
+
+
+def template_name(override: str | None, run: RunInfo | None, chat_template: str | None,
+                  default: str | None = None) -> str | None:
+    """The chat template a model is used with: `--template`, else the run's (camelid.json), else the tokenizer's
+    own chat_template, else `default` (inference picks alpaca, the trainer's default; file tools say none)."""
+    return override or (run.template if run is not None else None) or ("tokenizer" if chat_template else default)
+
+
+def tokenizer_for(spec: str) -> tuple[Any, RunInfo | None]:
+    """(tokenizer, the run's camelid.json or None) for a local model spec, loading no weights."""
+    s = parse_spec(spec)
+    if s.kind == "embedded":
+        return load_tokenizer(embedded_hf_dir(), require_eos=True), None
+    if s.kind == "gguf":
+        from transformers import AutoTokenizer
+
+        p = Path(s.target)
+        return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name), None
+    if s.kind != "hf":
+        raise CamelidError(f"model {spec!r}: rendering needs a local tokenizer (embedded, hf:PATH or gguf:PATH)")
+    ckpt = resolve(s.target)
+    return load_tokenizer(ckpt.tokenizer_dir, require_eos=True), ckpt.run
