@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import threading
 
 import click
 import typer
 
-from camelid.core.io import CamelidError
+from camelid.core.errors import CamelidError, interrupted_line, os_error_line
 
 app = typer.Typer(
     name="camelid",
@@ -72,32 +76,65 @@ def _exceptions() -> tuple[tuple, tuple, tuple]:
 EXIT, USAGE, ABORT = _exceptions()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that temps are removed and the command says what it kept."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interruption(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind an exception (click turns Ctrl-C into Abort), or None."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors print one line and exit 1; no tracebacks for what the user can fix."""
+    """Entry point: user errors, OS errors (disk full, a directory for a file, a read-only disk) and interruptions
+    print one line and exit non-zero; no tracebacks for what the user can fix."""
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        rv = app(args=argv, prog_name="camelid", standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
-    except EXIT as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0)) or 0
-    except USAGE as e:
-        if getattr(e, "ctx", None) is not None and type(e).__name__ == "NoArgsIsHelpError":
-            print(e.ctx.get_help())
-            code = 0
-        else:
-            e.show()
-            code = e.exit_code
-    except ABORT:
-        print("camelid: aborted", file=sys.stderr)
-        code = 130
-    except CamelidError as e:
-        print(f"camelid: error: {e}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("camelid: interrupted", file=sys.stderr)
-        code = 130
+        code = _run(argv)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        rv = app(args=argv, prog_name="camelid", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except EXIT as e:
+        return getattr(e, "exit_code", getattr(e, "code", 0)) or 0
+    except USAGE as e:
+        if getattr(e, "ctx", None) is not None and type(e).__name__ == "NoArgsIsHelpError":
+            print(e.ctx.get_help())
+            return 0
+        e.show()
+        return e.exit_code
+    except (*ABORT, KeyboardInterrupt) as e:
+        intr = _interruption(e)
+        print(interrupted_line() if intr is not None else "camelid: aborted", file=sys.stderr)
+        return 143 if isinstance(intr, Terminated) else 130
+    except CamelidError as e:
+        print(f"camelid: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `camelid data show ... | head`: the reader left; nothing to report
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
+        return 1
+    except OSError as e:
+        print(f"camelid: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -84,13 +84,17 @@ def generate(
                      blacklist=blacklist or None, max_requests=max_requests)
     cfg = load_config(config, overrides)
     gen = Generator(cfg, show_progress=not quiet)
-    if gen.kept:
-        console.print(f"resuming {cfg.output}: {gen.kept} kept, {sum(gen.reasons.values())} rejected so far")
+    note = gen.resume_note()
+    if note:
+        console.print(f"resuming {cfg.output}: {note}")
     rep = gen.run()
     rejected = ", ".join(f"{r} {n}" for r, n in rep.rejected.most_common()) or "none"
+    t = rep.totals
+    so_far = (f" ({t.requests} requests, {t.prompt_tokens + t.completion_tokens:,} tokens, "
+              f"{rep.total_seconds:.1f} s in all runs)" if rep.resumed_from or t.requests != rep.requests else "")
     console.print(f"kept {rep.kept}/{rep.target} ({rep.kept - rep.resumed_from} new) in {rep.seconds:.1f} s; "
                   f"{rep.requests} requests ({rep.failed_requests} failed), {rep.prompt_tokens:,} prompt + "
-                  f"{rep.completion_tokens:,} completion tokens; rejected: {rejected}")
-    console.print(f"wrote {rep.output}, {gen.rejected_path.name}, {gen.requests_path.name}")
+                  f"{rep.completion_tokens:,} completion tokens{so_far}; rejected: {rejected}")
+    console.print(f"wrote {rep.output}, {gen.rejected_path.name}, {gen.requests_path.name}, {gen.rounds_path.name}")
     if rep.stopped:
         console.print(f"[yellow]stopped short of --num: {rep.stopped}[/]")

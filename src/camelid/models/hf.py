@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from camelid.core.io import dir_mode
 from camelid.core.templates import encode, get_template
 from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
 
@@ -44,6 +45,7 @@ def embedded_hf_dir() -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".embedded-"))
+    os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; the renamed directory must read like any other
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

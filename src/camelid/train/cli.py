@@ -69,6 +69,10 @@ def train_command(
     if show_config:
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), end="")
         return
+    from camelid.train.data import check_data_files
+
+    if cfg.data:  # before torch is even imported: a bad file is a one-line error in a second
+        check_data_files([*cfg.data, *cfg.eval_data], cfg.data_format)
     from camelid.train.sft import train
 
     train(cfg, console=console)

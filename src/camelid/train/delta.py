@@ -36,7 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from camelid.core.io import CamelidError, DataError, Problem, read_json, write_json
+from camelid.core.io import (CamelidError, DataError, Problem, clean_stale_temps, dir_mode, read_json,
+                             write_json)
 
 DELTA_FILE = "delta.json"
 FORMAT = "camelid-delta"
@@ -55,7 +56,9 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise CamelidError(f"{out}: already exists (pass --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    clean_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"))
+    os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would hide the model from the server or container it is for
     try:
         yield tmp
         if out.exists():

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from camelid.core.cli import console
-from camelid.core.io import CamelidError, read_json, write_json, write_text
+from camelid.core.io import CamelidError, clean_stale_temps, file_mode, read_json, write_json, write_text
 from camelid.core.templates import (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT, ALPACA_PROMPT_INPUT,
                                     ALPACA_PROMPT_NO_INPUT, VICUNA_SYSTEM, Template, get_template,
                                     special_prefix)
@@ -423,7 +423,11 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     if not any(dst == "output.weight" for _, dst, _, _ in plan) and not cfg.get("tie_word_embeddings"):
         raise CamelidError(f"{ckpt}: no lm_head.weight and tie_word_embeddings is false")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")[1])
+    clean_stale_temps(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp")
+    os.fchmod(fd, file_mode(out))  # mkstemp's 0600 would hide the GGUF from Ollama or a container
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         w.add_type("model")

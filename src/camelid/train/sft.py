@@ -25,8 +25,9 @@ from camelid.core.io import CamelidError, JsonlAppender, write_json
 from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_template
 from camelid.train import checkpoint as ck
 from camelid.train.config import TrainConfig
-from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
-                                micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
+from camelid.train.data import (DataStats, Example, build_examples, check_data_files, collate, data_files_info,
+                                examples_fingerprint, micro_batches, plan_steps, read_files, split_eval,
+                                steps_per_epoch, text_examples)
 from camelid.train.model import load_for_training, save_trained, trainable_params
 
 
@@ -217,6 +218,7 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
 
     if not cfg.data:
         raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
+    check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()  # a second run in this process may use another precision (process group kept)
