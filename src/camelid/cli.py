@@ -11,6 +11,7 @@ import threading
 import click
 import typer
 
+from camelid import _interrupted_while_starting
 from camelid.core.errors import CamelidError, interrupted_line, os_error_line
 
 app = typer.Typer(
@@ -80,8 +81,17 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C so that temps are removed and the command says what it kept."""
 
 
+_signalled: list[int] = []  # the signals that interrupted this command (typer hides them: Exit(130) as a return)
+
+
 def _on_sigterm(signum, frame) -> None:
+    _signalled.append(signum)
     raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    _signalled.append(signum)
+    raise KeyboardInterrupt
 
 
 def _interruption(e: BaseException) -> KeyboardInterrupt | None:
@@ -93,27 +103,42 @@ def _interruption(e: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def _interrupted(e: BaseException) -> int:
+    print(interrupted_line(), file=sys.stderr)
+    return 143 if isinstance(_interruption(e), Terminated) or signal.SIGTERM in _signalled[-1:] else 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors, OS errors (disk full, a directory for a file, a read-only disk) and interruptions
     print one line and exit non-zero; no tracebacks for what the user can fix."""
-    old_term = None
+    old_term = old_int = None
     if threading.current_thread() is threading.main_thread():
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) in (_interrupted_while_starting, signal.default_int_handler):
+            old_int = signal.signal(signal.SIGINT, _on_sigint)  # KeyboardInterrupt as ever, and noted
     try:
         code = _run(argv)
     finally:
         if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is _interrupted_while_starting else old_term)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     if argv is None:
         sys.exit(code)
     return code
 
 
 def _run(argv: list[str] | None) -> int:
+    _signalled.clear()
     try:
         rv = app(args=argv, prog_name="camelid", standalone_mode=False)
+        if rv == 130 and _signalled:  # typer returns Exit(130) for a KeyboardInterrupt in non-standalone mode
+            print(interrupted_line(), file=sys.stderr)
+            return 143 if _signalled[-1] == signal.SIGTERM else 130
         return rv if isinstance(rv, int) else 0
     except EXIT as e:
+        if _interruption(e) is not None:  # typer turns Ctrl-C into Exit(130): say so, and what was kept
+            return _interrupted(e)
         return getattr(e, "exit_code", getattr(e, "code", 0)) or 0
     except USAGE as e:
         if getattr(e, "ctx", None) is not None and type(e).__name__ == "NoArgsIsHelpError":
@@ -122,9 +147,10 @@ def _run(argv: list[str] | None) -> int:
         e.show()
         return e.exit_code
     except (*ABORT, KeyboardInterrupt) as e:
-        intr = _interruption(e)
-        print(interrupted_line() if intr is not None else "camelid: aborted", file=sys.stderr)
-        return 143 if isinstance(intr, Terminated) else 130
+        if _interruption(e) is None:
+            print("camelid: aborted", file=sys.stderr)
+            return 130
+        return _interrupted(e)
     except CamelidError as e:
         print(f"camelid: error: {e}", file=sys.stderr)
         return 1

@@ -53,6 +53,14 @@ def os_error_line(e: OSError) -> str:
 
 
 _notes: list[Callable[[], str]] = []
+_said: list[str] = []  # the note of the command an interruption unwound
+
+
+def _note(note: Callable[[], str]) -> str:
+    try:
+        return note()
+    except Exception:  # the note is best effort: never mask the interruption with a second error
+        return ""
 
 
 @contextlib.contextmanager
@@ -61,17 +69,16 @@ def interrupt_note(note: Callable[[], str]) -> Iterator[None]:
     _notes.append(note)
     try:
         yield
+    except KeyboardInterrupt:
+        _said[:] = [_note(note)]  # taken now: the command's state is gone once the interruption has unwound it
+        raise
     finally:
         _notes.remove(note)
 
 
 def interrupted_line() -> str:
     """What the CLI prints when a command is interrupted: the innermost command's note, else the general rule."""
-    note = ""
-    if _notes:
-        try:
-            note = _notes[-1]()
-        except Exception:  # the note is best effort: never mask the interruption with a second error
-            note = ""
+    note = _note(_notes[-1]) if _notes else (_said[0] if _said else "")
+    _said.clear()
     return "camelid: interrupted; " + (note or "nothing was half-written: outputs are written whole or not at all "
                                        "(append-only logs keep every finished line)")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from camelid.core.cli import ApiKeyOpt, BaseUrlOpt, console
+from camelid.core.errors import interrupt_note
 
 app = typer.Typer()
 
@@ -83,18 +84,25 @@ def generate(
                      instance_max_tokens=instance_max_tokens, num_prompt_instructions=num_prompt_instructions,
                      blacklist=blacklist or None, max_requests=max_requests)
     cfg = load_config(config, overrides)
-    gen = Generator(cfg, show_progress=not quiet)
-    note = gen.resume_note()
-    if note:
-        console.print(f"resuming {cfg.output}: {note}")
-    rep = gen.run()
-    rejected = ", ".join(f"{r} {n}" for r, n in rep.rejected.most_common()) or "none"
-    t = rep.totals
-    so_far = (f" ({t.requests} requests, {t.prompt_tokens + t.completion_tokens:,} tokens, "
-              f"{rep.total_seconds:.1f} s in all runs)" if rep.resumed_from or t.requests != rep.requests else "")
-    console.print(f"kept {rep.kept}/{rep.target} ({rep.kept - rep.resumed_from} new) in {rep.seconds:.1f} s; "
-                  f"{rep.requests} requests ({rep.failed_requests} failed), {rep.prompt_tokens:,} prompt + "
-                  f"{rep.completion_tokens:,} completion tokens{so_far}; rejected: {rejected}")
-    console.print(f"wrote {rep.output}, {gen.rejected_path.name}, {gen.requests_path.name}, {gen.rounds_path.name}")
-    if rep.stopped:
-        console.print(f"[yellow]stopped short of --num: {rep.stopped}[/]")
+    made: list[Generator] = []
+
+    def note() -> str:
+        return made[0].interrupted_note() if made else f"{cfg.output} is as it was; the same command resumes it"
+
+    with interrupt_note(note):
+        gen = Generator(cfg, show_progress=not quiet)
+        made.append(gen)
+        note_ = gen.resume_note()
+        if note_:
+            console.print(f"resuming {cfg.output}: {note_}")
+        rep = gen.run()
+        rejected = ", ".join(f"{r} {n}" for r, n in rep.rejected.most_common()) or "none"
+        t = rep.totals
+        so_far = (f" ({t.requests} requests, {t.prompt_tokens + t.completion_tokens:,} tokens, "
+                  f"{rep.total_seconds:.1f} s in all runs)" if rep.resumed_from or t.requests != rep.requests else "")
+        console.print(f"kept {rep.kept}/{rep.target} ({rep.kept - rep.resumed_from} new) in {rep.seconds:.1f} s; "
+                      f"{rep.requests} requests ({rep.failed_requests} failed), {rep.prompt_tokens:,} prompt + "
+                      f"{rep.completion_tokens:,} completion tokens{so_far}; rejected: {rejected}")
+        console.print(f"wrote {rep.output}, {gen.rejected_path.name}, {gen.requests_path.name}, {gen.rounds_path.name}")
+        if rep.stopped:
+            console.print(f"[yellow]stopped short of --num: {rep.stopped}[/]")

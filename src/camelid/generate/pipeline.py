@@ -442,7 +442,7 @@ class Generator:
         t0 = time.perf_counter()
         own_model = self.model is None
         try:
-            with interrupt_note(self._interrupted):
+            with interrupt_note(self.interrupted_note):
                 if self.kept < cfg.num and own_model:
                     self.model = load_model(cfg.model, base_urls=cfg.base_url, api_key=cfg.api_key,
                                             concurrency=cfg.concurrency or 8)
@@ -493,7 +493,7 @@ class Generator:
             else:
                 failed_rounds = 0
 
-    def _interrupted(self) -> str:
+    def interrupted_note(self) -> str:
         return (f"kept {self.kept} instructions in {self.cfg.output} ({self.out_lines} rows); replies that were in "
                 f"flight are logged in {self.requests_path.name} and used when the same command runs again")
 
