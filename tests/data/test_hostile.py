@@ -37,7 +37,8 @@ def deep(n: int) -> str:
 
 # name -> (file name, bytes given the command's well-formed record); None as bytes: a directory
 CASES = {
-    "nesting past Python's recursion limit": ("deep.jsonl", lambda r: line(r) + '{"instruction": ' + deep(5000) + "}\n"),
+    "nesting past Python's recursion limit": ("deep.jsonl",
+                                              lambda r: line(r) + '{"instruction": ' + deep(5000) + "}\n"),
     "nesting deeper than any dataset": ("deep100.jsonl", lambda r: line(r) + '{"x": ' + deep(100) + "}\n"),
     "nesting in a JSON list": ("deep.json", lambda r: "[" + json.dumps(r) + ",\n" + deep(3000) + "]\n"),
     "an integer of 5000 digits": ("bigint.jsonl", lambda r: line(r) + line(r)[:-2] + ', "id": ' + "9" * 5000 + "}\n"),

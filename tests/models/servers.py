@@ -199,7 +199,7 @@ class TeacherServer:
             else:
                 pieces.append(f" {inst}\n{n + j}. Input:\n<noinput>\n{n + j}. Output:\n"
                               + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 15))) + "\n")
-        return f"###\n".join(p if i == 0 else f"{n + i}. Instruction:{p}" for i, p in enumerate(pieces)) + "###\n"
+        return "###\n".join(p if i == 0 else f"{n + i}. Instruction:{p}" for i, p in enumerate(pieces)) + "###\n"
 
     def close(self) -> None:
         self.httpd.shutdown()

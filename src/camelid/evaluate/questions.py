@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camelid.core.io import CamelidError, DataError, Problem, read_records
+from camelid.core.io import DataError, Problem, read_records
 from camelid.core.records import check_input, json_type, read_text
 
 HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")

@@ -16,7 +16,6 @@ same prompts and the same data whatever the concurrency. Prompt k is sampled wit
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import re
 import threading
