@@ -52,7 +52,8 @@ def load_seeds(path: str | Path) -> list[SeedTask]:
             continue
         inst = rec.get("instruction")
         if not isinstance(inst, str) or not inst.strip():
-            bad("instruction", "missing or empty" if not isinstance(inst, str) or not inst else "blank")
+            bad("instruction", "missing" if "instruction" not in rec else f"expected a string, got {json_type(inst)}"
+                if not isinstance(inst, str) else "empty" if not inst else "blank")
             continue
         if "instances" in rec:
             instances = rec["instances"]
