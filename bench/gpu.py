@@ -159,7 +159,7 @@ def resident_mb() -> float:
 def tokenizer_dir(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return embedded_hf_dir()
 

@@ -14,6 +14,7 @@ so `lang="ko"` tokenizes into Kiwi morphemes and `lang="zh"` into single Han cha
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -26,7 +27,8 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Indel
 
-from camelid.core.io import CamelidError, DataError, Problem, read_records, write_json, write_jsonl
+from camelid.core.io import CamelidError, DataError, Problem, atomic_writes, read_records
+from camelid.core.records import json_type
 from camelid.data.lang import detect_language
 
 LANGS = ("en", "ko", "zh")
@@ -367,6 +369,13 @@ class DedupReport:
     rejected_path: Path | None
 
 
+def check_threshold(threshold: float) -> float:
+    """ROUGE-L F1 lies in [0, 1]: a threshold outside (0, 1] would reject everything or nothing."""
+    if not 0 < threshold <= 1:
+        raise CamelidError(f"--threshold {threshold}: expected a ROUGE-L F1 above 0 and at most 1 (Stanford: 0.7)")
+    return threshold
+
+
 def rejected_path(out: str | Path) -> Path:
     """`data.jsonl` -> `data.rejected.jsonl`: the sidecar of rejected records (read by `camelid data stats`)."""
     return Path(out).with_suffix(".rejected.jsonl")
@@ -377,10 +386,10 @@ def _texts(path: Path, key: str) -> tuple[list[dict], list[str]]:
     for line, idx, rec in read_records(path):
         where = (str(path), line, key)
         if not isinstance(rec, dict):
-            problems.append(Problem(str(path), line, None, f"expected an object, got {type(rec).__name__}",
+            problems.append(Problem(str(path), line, None, f"expected an object, got {json_type(rec)}",
                                     record=idx))
         elif not isinstance(rec.get(key), str):
-            msg = "missing" if key not in rec else f"expected a string, got {type(rec[key]).__name__}"
+            msg = "missing" if key not in rec else f"expected a string, got {json_type(rec[key])}"
             problems.append(Problem(*where, msg, record=idx))
         else:
             records.append(rec)
@@ -401,6 +410,7 @@ def dedup_file(path: str | Path, out: str | Path, threshold: float = 0.7, lang: 
     written) or an earlier kept record are dropped; kept records get `most_similar_instructions` and
     `avg_similarity_score`. The output is written atomically (.json: a JSON list, else JSONL)."""
     t0 = time.perf_counter()
+    check_threshold(threshold)
     path, out = Path(path), Path(out)
     records, texts = _texts(path, key)
     seed_texts: list[str] = []
@@ -413,13 +423,16 @@ def dedup_file(path: str | Path, out: str | Path, threshold: float = 0.7, lang: 
     dd.add(seed_texts, seed_tokens)
     verdicts = dd.offer_many(texts, tokens, progress=progress)
     kept = [{**rec, **v.fields()} for rec, v in zip(records, verdicts) if v.keep]
-    if out.suffix == ".json":
-        write_json(out, kept, indent=4)
-    else:
-        write_jsonl(out, kept)
-    rej_path = None
-    if write_rejected:
-        rej_path = rejected_path(out)
-        write_jsonl(rej_path, ({**rec, "reason": "near_duplicate", "similar_to": v.similar_to,
-                                "similarity": v.score} for rec, v in zip(records, verdicts) if not v.keep))
+    rej_path = rejected_path(out) if write_rejected else None
+    # the output and its sidecar are written as a pair: both complete, or neither replaced
+    with atomic_writes([out] + ([rej_path] if rej_path else [])) as files:
+        if out.suffix == ".json":
+            json.dump(kept, files[0], ensure_ascii=False, indent=4)
+            files[0].write("\n")
+        else:
+            files[0].writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+        if rej_path:
+            files[1].writelines(json.dumps({**rec, "reason": "near_duplicate", "similar_to": v.similar_to,
+                                            "similarity": v.score}, ensure_ascii=False) + "\n"
+                                for rec, v in zip(records, verdicts) if not v.keep)
     return DedupReport(len(kept), len(records) - len(kept), lang, time.perf_counter() - t0, out, rej_path)

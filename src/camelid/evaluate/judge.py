@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from camelid.core.io import CamelidError, JsonlAppender, read_jsonl, repair_jsonl_tail, sha256_json
+from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, output_lock, read_jsonl,
+                             repair_jsonl_tail, sha256_json)
+from camelid.core.records import json_type
 from camelid.evaluate.judge_prompts import (check_prompt_set, needs_reference, pair_messages, parse_score,
                                             parse_verdict, single_messages)
 from camelid.evaluate.questions import Answer, Question
@@ -151,50 +153,52 @@ def run_tasks(judge: Model, tasks: list[_Task], out: str | Path, sampling: Sampl
               on_done: Callable[[dict], None] | None = None) -> JudgeStats:
     """Judge every task whose key is not yet in `out`; append each finished judgment at once."""
     out = Path(out)
-    done, sets = set(), set()
-    if out.exists():
-        repair_jsonl_tail(out)
-        for _, r in read_jsonl(out):
-            if isinstance(r, dict):
+    with output_lock(out):  # one writer per output: a second is refused before it reads or cuts anything
+        done, sets = set(), set()
+        if out.exists():
+            repair_jsonl_tail(out)
+            for line, r in read_jsonl(out):
+                if not isinstance(r, dict):
+                    raise DataError(Problem(str(out), line, None, f"expected a judgment object, got {json_type(r)}"))
                 done.add(r.get("key"))
                 if r.get("mode") in ("single", "pairwise"):
                     sets.add(prompt_set(r))
-    wanted = {t.row["prompts"] for t in tasks}
-    if sets - wanted:  # a report must never average scores made with two prompt sets
-        raise CamelidError(f"{out} holds judgments made with the {', '.join(sorted(sets))} judge prompts; write "
-                           f"the {', '.join(sorted(wanted))} ones to another file")
-    seen, todo = set(), []
-    for t in tasks:
-        if t.key not in done and t.key not in seen:
-            todo.append(t)
-            seen.add(t.key)
-    stats = JudgeStats(cached=sum(t.key in done for t in tasks))
-    t0 = time.perf_counter()
+        wanted = {t.row["prompts"] for t in tasks}
+        if sets - wanted:  # a report must never average scores made with two prompt sets
+            raise CamelidError(f"{out} holds judgments made with the {', '.join(sorted(sets))} judge prompts; write "
+                               f"the {', '.join(sorted(wanted))} ones to another file")
+        seen, todo = set(), []
+        for t in tasks:
+            if t.key not in done and t.key not in seen:
+                todo.append(t)
+                seen.add(t.key)
+        stats = JudgeStats(cached=sum(t.key in done for t in tasks))
+        t0 = time.perf_counter()
 
-    def work(task: _Task) -> list:
-        return [judge.chat(msgs, sampling) for msgs in task.calls]
+        def work(task: _Task) -> list:
+            return [judge.chat(msgs, sampling) for msgs in task.calls]
 
-    with JsonlAppender(out) as app:
-        for i, r in judge.map(work, todo, concurrency):
-            task = todo[i]
-            if isinstance(r, BaseException):
-                if not isinstance(r, Exception):
-                    raise r
-                stats.failed.append((task.key, f"{type(r).__name__}: {r}"))
-                continue
-            finish = _finish_single if task.row["mode"] == "single" else _finish_pair
-            row = {"key": task.key, **finish(task.row, r),
-                   "user_prompts": [c[-1]["content"] for c in task.calls], "tstamp": time.time()}
-            unparsed = row.get("score") is None if row["mode"] == "single" else row["winner"] == "error"
-            stats.unparsed += unparsed
-            stats.judged += 1
-            app.write(row)
-            if on_done:
-                on_done(row)
-    stats.seconds = time.perf_counter() - t0
-    if todo and stats.failed and not stats.judged:
-        raise CamelidError(f"every judgment failed; first: {stats.failed[0][1]}")
-    return stats
+        with JsonlAppender(out) as app:
+            for i, r in judge.map(work, todo, concurrency):
+                task = todo[i]
+                if isinstance(r, BaseException):
+                    if not isinstance(r, Exception):
+                        raise r
+                    stats.failed.append((task.key, f"{type(r).__name__}: {r}"))
+                    continue
+                finish = _finish_single if task.row["mode"] == "single" else _finish_pair
+                row = {"key": task.key, **finish(task.row, r),
+                       "user_prompts": [c[-1]["content"] for c in task.calls], "tstamp": time.time()}
+                unparsed = row.get("score") is None if row["mode"] == "single" else row["winner"] == "error"
+                stats.unparsed += unparsed
+                stats.judged += 1
+                app.write(row)
+                if on_done:
+                    on_done(row)
+        stats.seconds = time.perf_counter() - t0
+        if todo and stats.failed and not stats.judged:
+            raise CamelidError(f"every judgment failed; first: {stats.failed[0][1]}")
+        return stats
 
 
 def judge_answers(judge: Model, questions: list[Question], answers: dict[str, dict[str, Answer]], out: str | Path,

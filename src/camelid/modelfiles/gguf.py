@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from camelid.core.cli import console
-from camelid.core.io import CamelidError, read_json, write_text
+from camelid.core.io import CamelidError, clean_stale_temps, file_mode, read_json, write_text
 from camelid.core.templates import Template, TemplateError, get_template
 from camelid.core.tokenize import special_prefix
 from camelid.modelfiles.delta import Checkpoint
@@ -282,7 +282,11 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     if not any(dst == "output.weight" for _, dst, _, _ in plan) and not cfg.get("tie_word_embeddings"):
         raise CamelidError(f"{ckpt}: no lm_head.weight and tie_word_embeddings is false")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")[1])
+    clean_stale_temps(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp")
+    os.fchmod(fd, file_mode(out))  # mkstemp's 0600 would hide the GGUF from Ollama or a container
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         w.add_type("model")

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from camelid.core.config import validation_message
-from camelid.core.io import CamelidError, write_json
+from camelid.core.io import CamelidError, dir_mode, write_json
 from camelid.models.base import ModelError
 from camelid.models.spec import EMBEDDED_NAME, embedded_gguf, local_path, parse_spec
 
@@ -122,6 +122,7 @@ def embedded_hf_dir() -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".embedded-"))
+    os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; the renamed directory must read like any other
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

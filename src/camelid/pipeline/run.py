@@ -100,7 +100,7 @@ def run_recipe(recipe: Recipe, *, from_stage: str | None = None, only: str | Non
         stages.put(stage, {"status": "running", "inputs": key, "started": time.time()})
         t0 = time.perf_counter()
         summary, outputs = runner(out_dir)
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        summary.setdefault("seconds", round(time.perf_counter() - t0, 1))  # a stage may count its resumes too
         upstream[stage] = digest(outputs)
         stages.put(stage, {"status": "done", "inputs": key, "outputs": upstream[stage], "summary": summary,
                            "finished": time.time()})
@@ -151,8 +151,11 @@ def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runne
         if r.kept == 0:
             raise CamelidError(f"generate kept no instruction ({r.stopped or 'see ' + str(out)}); nothing to train on")
         summary = {"kept": r.kept, "target": r.target, "candidates": r.kept + sum(r.rejected.values()),
-                   "rejected": dict(r.rejected), "requests": r.requests, "failed_requests": r.failed_requests,
-                   "tokens": r.prompt_tokens + r.completion_tokens, "stopped": r.stopped}
+                   "rejected": dict(r.rejected), "stopped": r.stopped,
+                   # every invocation of this stage (resumes included), from the durable logs
+                   "requests": r.totals.requests, "failed_requests": r.totals.failed,
+                   "tokens": r.totals.prompt_tokens + r.totals.completion_tokens,
+                   "seconds": round(max(r.total_seconds, r.seconds), 1)}
         return summary, [out / "data.jsonl"]
 
     return run, inputs

@@ -28,8 +28,9 @@ import camelid
 from camelid.core.io import CamelidError, JsonlAppender, sha256_file
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
-from camelid.data.examples import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
-                                   micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
+from camelid.data.examples import (DataStats, Example, build_examples, check_data_files, collate, data_files_info,
+                                   examples_fingerprint, micro_batches, plan_steps, read_files, split_eval,
+                                   steps_per_epoch, text_examples)
 from camelid.models.checkpoint import RunInfo
 from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
@@ -229,6 +230,7 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
 
     if not cfg.data:
         raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
+    check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()  # a second run in this process may use another precision (process group kept)
