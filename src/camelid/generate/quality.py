@@ -43,7 +43,7 @@ class QualityConfig(BaseModel):
     enabled: bool = True
     numbering: bool = Field(True, description="reject list numbers leaked into the instruction or output ('30.')")
     template: bool = Field(True, description="reject outputs with the prompt's labels (Instruction:, <noinput>)")
-    repeats_instruction: float = Field(0.8, gt=0, le=1, description="reject an output whose ROUGE-L F1 (words) "
+    repeats_instruction: float = Field(0.9, gt=0, le=1, description="reject an output whose ROUGE-L F1 (words) "
                                        "against the instruction is at least this")
     repetition_n: int = Field(4, ge=1, description="n-gram size of the repetition check (words; characters for zh)")
     max_repetition: float = Field(0.5, gt=0, le=1, description="reject when more than this share of the output's "
