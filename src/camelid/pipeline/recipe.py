@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from camelid.core.io import CamelidError, read_yaml_mapping
+from camelid.data.checks import Check
 
 STAGES = ("generate", "train", "eval", "serve")
 
@@ -28,7 +29,8 @@ class EvalSection(BaseModel):
     heldout_seed: int = Field(0, description="seed of the held-out split, apart from the run's seed: runs that differ "
                               "only by seed (a sweep's error bars) are evaluated on the same questions")
     questions: Optional[str] = Field(None, description="an eval file instead of held-out seeds (any eval shape)")
-    judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME")
+    judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME | none (no judge: "
+                       "loss, ROUGE-L, self-stops and the check carry the signal)")
     judge_base_url: list[str] = Field(default_factory=list, description="servers for an openai: judge")
     max_tokens: int = Field(128, ge=1, description="answer budget: an answer that needs all of it did not stop "
                             "by itself")
@@ -37,6 +39,9 @@ class EvalSection(BaseModel):
     single: bool = Field(False, description="also grade each after-training answer 1-10 (one more judge call per "
                          "question)")
     lang: Literal["auto", "en", "ko"] = "auto"
+    check: Optional[Check] = Field(None, description="a programmatic check of each answer (contains, starts_with, "
+                                   "ends_with, regex, bullets, lang), its pass rate measured before and after; "
+                                   "default: the distill section's")
 
 
 class ServeSection(BaseModel):
@@ -61,6 +66,9 @@ class Recipe(BaseModel):
                             "stage is skipped (e.g. ShareGPT conversations for a Vicuna recipe)")
     generate: Optional[dict[str, Any]] = Field(None, description="`camelid generate` settings (model, num, lang, "
                                                "mode, ...)")
+    distill: Optional[dict[str, Any]] = Field(None, description="context distillation instead of generate: the "
+                                              "teacher answers the seed instructions under a system prompt the "
+                                              "student never sees (camelid.generate.distill.DistillConfig)")
     train: dict[str, Any] = Field(default_factory=dict, description="a `camelid train` config (data and "
                                   "output_dir are filled in by the run)")
     eval: Optional[EvalSection] = None
@@ -71,7 +79,8 @@ class Recipe(BaseModel):
         return Path(self.run_dir or f"runs/{self.name}")
 
     def enabled(self, stage: str) -> bool:
-        return {"generate": self.generate is not None and not self.data, "train": True,
+        return {"generate": (self.generate is not None or self.distill is not None) and not self.data,
+                "train": True,
                 "eval": self.eval is not None, "serve": self.serve.enabled}[stage]
 
 
@@ -110,6 +119,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         except ValidationError as e:
             err = e.errors()[0]
             raise CamelidError(f"{p}: generate.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    if recipe.distill is not None:
+        from camelid.generate.distill import DistillConfig
+
+        if recipe.generate is not None:
+            raise CamelidError(f"{p}: give generate or distill, not both")
+        try:
+            DistillConfig(**{"output": "x.jsonl", **recipe.distill})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise CamelidError(f"{p}: distill.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return recipe
 
 

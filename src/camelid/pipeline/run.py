@@ -137,6 +137,9 @@ Runner = Callable[[Path], tuple[dict, list[Path]]]
 def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
     from camelid.generate.pipeline import GenerateConfig, generate
 
+    if recipe.distill is not None:
+        return distill_stage(recipe, run_dir, upstream)
+
     seeds = run_dir / "prepare" / "seeds.jsonl"
     settings = {"seed": recipe.seed, "lang": recipe.lang, **(recipe.generate or {})}
     inputs = {"settings": settings, "seeds": sha256_file(seeds)}
@@ -149,6 +152,30 @@ def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runne
         summary = {"kept": r.kept, "target": r.target, "candidates": r.kept + sum(r.rejected.values()),
                    "rejected": dict(r.rejected), "requests": r.requests, "failed_requests": r.failed_requests,
                    "tokens": r.prompt_tokens + r.completion_tokens, "stopped": r.stopped}
+        return summary, [out / "data.jsonl"]
+
+    return run, inputs
+
+
+def distill_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    """The generate stage of a context-distillation recipe: the teacher answers the (non-held-out) seed
+    instructions under the hidden context; the answers are the training data."""
+    from camelid.generate.distill import DistillConfig, distill
+
+    seeds = run_dir / "prepare" / "seeds.jsonl"
+    settings = {"seed": recipe.seed, "lang": recipe.lang, **(recipe.distill or {})}
+    inputs = {"settings": settings, "seeds": sha256_file(seeds), "mode": "distill"}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        cfg = DistillConfig(**{**settings, "seeds": str(seeds), "output": str(out / "data.jsonl")})
+        r = distill(cfg)
+        if r.kept == 0:
+            raise CamelidError(f"distill kept no answer (rejected: {dict(r.rejected)}); see {out}")
+        summary = {"mode": "distill", "kept": r.kept, "target": r.candidates, "candidates": r.candidates,
+                   "rejected": dict(r.rejected), "requests": r.requests, "failed_requests": r.failed_requests,
+                   "tokens": r.prompt_tokens + r.completion_tokens, "stopped": None, "errors": r.errors}
+        if cfg.check is not None:
+            summary["teacher_check"] = {"check": cfg.check.describe(), "k": r.teacher_passes, "n": r.candidates}
         return summary, [out / "data.jsonl"]
 
     return run, inputs
