@@ -89,8 +89,11 @@ def _user(instruction: str, inp: str) -> str:
     return instruction + ("\n\n" + inp if inp else "")
 
 
-def distill(cfg: DistillConfig, model: Model | None = None) -> DistillReport:
+def distill(cfg: DistillConfig, model: Model | None = None, show_progress: bool = True) -> DistillReport:
     """Answer every (instruction, sample) not yet in the output files; return the counts of the whole output."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from camelid.core.cli import console
     from camelid.models import load_model
 
     out = Path(cfg.output)
@@ -123,9 +126,13 @@ def distill(cfg: DistillConfig, model: Model | None = None) -> DistillReport:
         sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
         return model.chat(teacher_messages(cfg, _user(t.instruction, t.input)), sampling)
 
+    bar = Progress(TextColumn("[bold]answered"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"), console=console, disable=not show_progress)
+    task = bar.add_task("answered", total=len(todo_all), completed=len(todo_all) - len(todo), info="")
     try:
-        with JsonlAppender(out) as kept, JsonlAppender(rejected_path) as rejected:
+        with bar, JsonlAppender(out) as kept, JsonlAppender(rejected_path) as rejected:
             for n, res in (model.map(answer, todo, cfg.concurrency) if todo else ()):
+                bar.update(task, advance=1, info=f"kept {rep.kept} · rejected {sum(rep.rejected.values())}")
                 i, k = todo[n]
                 rep.requests += 1
                 if isinstance(res, BaseException):

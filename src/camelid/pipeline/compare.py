@@ -86,7 +86,8 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
         metrics[model_id]["self_stop_rate"] = sum(f == "stop" for f in finishes) / len(finishes) if finishes else None
         metrics[model_id]["mean_answer_words"] = sum(words) / len(words) if words else None
     check = ev.check or ((recipe.distill or {}).get("check") if recipe.distill else None)
-    add_signal(metrics, questions, got, losses, Check(**check) if isinstance(check, dict) else check, recipe.seed)
+    add_signal(metrics, questions, got, losses, Check(**check) if isinstance(check, dict) else check, recipe.seed,
+               recipe.lang)
     if ev.judge == "none":
         write_json(out / "metrics.json", _finite(metrics))
         return _finite(metrics)
@@ -121,7 +122,8 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
     return _finite(metrics)
 
 
-def add_signal(metrics: dict, questions, got: dict, losses: dict, check: Check | None, seed: int = 0) -> None:
+def add_signal(metrics: dict, questions, got: dict, losses: dict, check: Check | None, seed: int = 0,
+               lang: str = "en") -> None:
     """Measures with intervals that need no judge: the response loss and its paired change, ROUGE-L against the
     references, self-stops with counts, and the check's pass rate (a behaviour's adherence) when one is given."""
     from camelid.evaluate import signal
@@ -138,10 +140,11 @@ def add_signal(metrics: dict, questions, got: dict, losses: dict, check: Check |
         metrics["response_loss_change"] = {"change": change, "n": len(ids), "ci": signal.paired_ratio_diff_ci(
             [b[i][0] for i in ids], [b[i][1] for i in ids], [a[i][0] for i in ids], [a[i][1] for i in ids],
             seed=seed)}
-    refs = {str(q.question_id): (q.reference_output, q.lang) for q in questions if q.reference_output}
-    rouge = {m: {qid: signal.rouge_l(ans.turns[0], refs[qid][0], refs[qid][1] if refs[qid][1] in ("en", "ko")
-                                     else "en")
-                 for qid, ans in got.get(m, {}).items() if qid in refs} for m in (BEFORE, AFTER)}
+    # Korean by Kiwi morphemes, Chinese by characters (rouge_score's tokenizer would delete both)
+    refs = {str(q.question_id): (q.reference_output, "zh" if lang == "zh" else q.lang)
+            for q in questions if q.reference_output}
+    rouge = {m: {qid: signal.rouge_l(ans.turns[0], *refs[qid]) for qid, ans in got.get(m, {}).items() if qid in refs}
+             for m in (BEFORE, AFTER)}
     if rouge[BEFORE] and rouge[AFTER]:
         metrics["rouge_l"] = signal.before_after(rouge[BEFORE], rouge[AFTER], seed=seed)
     common = sorted(set(got.get(BEFORE, {})) & set(got.get(AFTER, {})))
