@@ -1,9 +1,11 @@
 """Honest before/after: the student before and after training, on instructions it never trained on.
 
-Three measures, reported whatever they show: response-token loss on the held-out reference answers (same
-template, same tokens as training), the share of answers that stop by themselves within the token budget, and a
-pairwise LLM-judge comparison with the position swap. Both sides run on the same backend (transformers) with the
-same template and greedy decoding, so the only difference is the training.
+Measures reported whatever they show, each with a 95% bootstrap interval and the change with a paired one:
+response-token loss on the held-out reference answers (same template, same tokens as training), ROUGE-L of the
+answers against those references, the answers that stop by themselves within the token budget (with counts), the
+pass rate of a programmatic check when the recipe has one (a distilled behaviour), and a pairwise LLM-judge
+comparison with the position swap unless `eval.judge: none`. Both sides run on the same backend (transformers) with
+the same template and greedy decoding, so the only difference is the training.
 """
 
 from __future__ import annotations
@@ -19,13 +21,6 @@ from camelid.data.checks import Check
 from camelid.pipeline.recipe import Recipe
 
 BEFORE, AFTER = "before", "after"
-
-
-def response_loss(model, questions) -> tuple[float | None, int]:
-    """Mean loss per trained token of the reference answers under `model` (an HFModel), and the token count."""
-    per = response_losses(model, questions)
-    total, count = sum(v[0] for v in per.values()), sum(v[1] for v in per.values())
-    return (total / count if count else None), count
 
 
 def response_losses(model, questions) -> dict[str, tuple[float, int]]:
