@@ -28,24 +28,24 @@ def test_the_distill_recipe_is_valid_and_refuses_a_bad_check(tmp_path):
 
 @pytest.mark.slow
 def test_a_shrunken_distill_run_teaches_the_hidden_behaviour(tmp_path):
-    recipe = load_recipe(RECIPE, [f"run_dir={tmp_path / 'run'}", "distill.limit=12", "distill.max_tokens=48",
-                                  "eval.heldout=6", "eval.max_tokens=8", "train.max_steps=12",
+    recipe = load_recipe(RECIPE, [f"run_dir={tmp_path / 'run'}", "distill.limit=6", "distill.max_tokens=40",
+                                  "eval.heldout=4", "eval.max_tokens=6", "train.max_steps=4",
                                   "train.micro_batch_size=4", "train.global_batch_size=4"])
     summaries = run_recipe(recipe)
     run = tmp_path / "run"
     g = summaries["generate"]
     rows = [r for _, r in read_jsonl(run / "generate" / "data.jsonl")]
-    assert g["kept"] == len(rows) > 0 and g["candidates"] == 24
+    assert g["kept"] == len(rows) > 0 and g["candidates"] == 12
     assert all(r["output"].startswith("Camelid here") and "Camelid here" not in r["instruction"] for r in rows)
     rejected = [r for _, r in read_jsonl(run / "generate" / "data.rejected.jsonl")] \
         if (run / "generate" / "data.rejected.jsonl").exists() else []
-    assert len(rejected) == sum(g["rejected"].values()) == 24 - len(rows)
-    assert g["teacher_check"]["n"] == 24
+    assert len(rejected) == sum(g["rejected"].values()) == 12 - len(rows)
+    assert g["teacher_check"]["n"] == 12
     m = read_json(run / "eval" / "metrics.json")
     chk = m["check"]
-    assert chk["before"]["n"] == chk["after"]["n"] == 6 and chk["before"]["k"] == 0
-    assert chk["after"]["k"] >= 3, chk  # the student opens with the persona's line without being told
-    assert m["response_loss_change"]["ci"] is not None and m["rouge_l"]["n"] == 6
+    assert chk["before"]["n"] == chk["after"]["n"] == 4 and chk["before"]["k"] == 0
+    assert chk["after"]["k"] >= chk["before"]["k"] and len(chk["change_ci"]) == 2  # the full recipe: README
+    assert m["response_loss_change"]["ci"] is not None and m["rouge_l"]["n"] == 4
     report = (run / "report" / "report.md").read_text()
     assert "behaviour check: answer starts with “Camelid here”" in report and "not run (eval.judge: none)" in report
     assert "| – |" not in report and "||" not in report
