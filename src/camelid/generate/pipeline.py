@@ -359,8 +359,9 @@ class Generator:
             is_clf, comp = res
             parsed = self_instruct.parse_instances(comp.text, is_clf, comp.finish_reason)
             good, bad = filter_instances(parsed)
-            bad += [(x, r) for x in good if (r := self.quality.reason(inst, x["input"], x["output"]))]
-            good = [x for x in good if not self.quality.reason(inst, x["input"], x["output"])]
+            verdicts = [(x, self.quality.reason(inst, x["input"], x["output"])) for x in good]
+            bad += [(x, r) for x, r in verdicts if r]
+            good = [x for x, r in verdicts if not r]
             for x, reason in bad:
                 self._reject({"instruction": inst, **x}, reason, k)
             good = good[: self.cfg.max_instances]
