@@ -407,7 +407,7 @@ def part_invariants(b: Bench) -> dict:
 def greedy_ids(m, prompt: str, n: int) -> list[int]:
     import torch
 
-    from camelid.core.templates import encode
+    from camelid.core.tokenize import encode
 
     ids, _ = encode(m.tokenizer, m.template, [{"role": "user", "content": prompt}], add_generation_prompt=True)
     with torch.no_grad():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from camelid.core.io import CamelidError
+from camelid.generate.distill import DistillConfig
 from camelid.generate.generator import GenerateConfig
 from camelid.models import parse_spec
 from camelid.pipeline.recipe import load_recipe
@@ -28,7 +29,9 @@ def test_shipped_recipe_matches_the_commands_it_drives(path):
     if recipe.generate is not None:
         gen = GenerateConfig(**{**recipe.settings("generate"), "output": "x.jsonl"})
         parse_spec(gen.model, base_urls=gen.base_url)
-    if recipe.eval is not None:
+    if recipe.distill is not None:
+        parse_spec(DistillConfig(**{**recipe.distill, "output": "x.jsonl"}).model)
+    if recipe.eval is not None and recipe.eval.judge != "none":
         parse_spec(recipe.eval.judge, base_urls=recipe.eval.judge_base_url or None)
     assert recipe.enabled("train")
 

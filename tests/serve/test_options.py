@@ -134,7 +134,8 @@ def test_options_reach_an_openai_upstream_unchanged(server, embedded):
 def hf_server():
     """The embedded model through transformers (logits processors, no grammar), served."""
     pytest.importorskip("transformers")
-    from camelid.models.hf import HFModel, embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
+    from camelid.models.hf import HFModel
 
     model = HFModel(embedded_hf_dir())
     with BackgroundServer(create_app(model, page=False)) as srv:

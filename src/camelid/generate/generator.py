@@ -39,6 +39,7 @@ from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter, filter_instances
 from camelid.generate.journal import (Pending, Totals, check_rejected_row, check_request_row, read_prefix,
                                       read_rounds, rounds_path)
+from camelid.generate.quality import OutputFilter, QualityConfig
 from camelid.generate.prompts import default_seeds, load_seeds, prompt_file, read_prompt
 from camelid.models import load_model
 from camelid.models.base import Completion, ContextLengthError, Model, ModelError, Sampling
@@ -105,6 +106,8 @@ class GenerateConfig(BaseModel):
                                            "replaces the default list)")
     max_requests: Optional[int] = Field(None, ge=1, description="Stop after this many generation requests even "
                                         "short of --num")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Output-quality filters' thresholds "
+                                   "(numbering/template leaks, repetition, language, length ratio)")
 
     def setting(self, name: str) -> Any:
         """A mode-dependent setting: the value given, else the mode's default."""
@@ -163,6 +166,7 @@ class Generator:
         self.base_prompt = read_prompt(cfg.prompt) if cfg.prompt else prompt_file(f"alpaca_{cfg.lang}")
         self.npi = cfg.setting("num_prompt_instructions")
         self.filter = InstructionFilter(cfg.lang, cfg.blacklist)
+        self.quality = OutputFilter(cfg.quality, cfg.lang)
         self.dedup = Deduper(cfg.threshold, cfg.lang)
         self.dedup.add([t.instruction for t in self.seeds])
         self.rejected_path, self.requests_path = sidecar_paths(cfg.output)
@@ -342,6 +346,8 @@ class Generator:
         """Instruction filters (Stanford's order; then an empty output), then ROUGE-L against the seeds and the
         kept instructions. Returns Stanford's similarity fields when it passes (with add: and pools it)."""
         reason = self.filter.reason(inst) or ("empty_output" if need_output and not row.get("output") else None)
+        if not reason and need_output:
+            reason = self.quality.reason(inst, row.get("input", ""), row["output"])
         if reason:
             self._reject(row, reason, k)
             return None
@@ -442,6 +448,9 @@ class Generator:
             is_clf, comp = res
             parsed = self_instruct.parse_instances(comp.text, is_clf, comp.finish_reason)
             good, bad = filter_instances(parsed)
+            verdicts = [(x, self.quality.reason(inst, x["input"], x["output"])) for x in good]
+            bad += [(x, r) for x, r in verdicts if r]
+            good = [x for x, r in verdicts if not r]
             for x, reason in bad:
                 self._reject({"instruction": inst, **x}, reason, k)
             good = good[: self.cfg.max_instances]
