@@ -1,4 +1,5 @@
-"""Near-duplicate filtering: Stanford's decisions exactly (against rouge_score itself), Korean and Chinese."""
+"""Near-duplicate filtering: Stanford's decisions exactly (against rouge_score itself and against camelid's previous
+filter, which scored every candidate against the whole pool), Korean and Chinese."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 
 from camelid.cli import main
 from camelid.data.dedup import Deduper, chinese_tokens, dedup_file, detect_lang, korean_tokens, rouge_tokens
+from camelid.generate.prompts import default_seeds, load_seeds
+
+from .dedup_reference import Deduper as PreviousDeduper
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 
@@ -55,7 +59,52 @@ def _assert_same(ref: list[dict | None], ours: list[dict | None]) -> None:
     for r, o in zip(ref, ours):
         if r is not None:
             assert list(r["most_similar_instructions"].values()) == list(o["most_similar_instructions"].values())
-            assert r["avg_similarity_score"] == pytest.approx(o["avg_similarity_score"], abs=1e-12)
+            assert r["avg_similarity_score"] == o["avg_similarity_score"]  # np.mean over the same row
+
+
+def _assert_same_as_previous(seeds: list[str], cands: list[str], lang: str = "en", threshold: float = 0.7,
+                             batch: int | None = None) -> list[bool]:
+    """The indexed filter (with and without the similarity fields) against the previous one, verdict by
+    verdict; `batch` offers the candidates a few at a time, as generation does (the index re-ranks as it grows)."""
+    def run(dd) -> list:
+        dd.add(seeds)
+        if batch is None:
+            return dd.offer_many(cands)
+        return [v for i in range(0, len(cands), batch) for v in dd.offer_many(cands[i:i + batch])]
+
+    old = run(PreviousDeduper(threshold, lang))
+    new = run(Deduper(threshold, lang))
+    bare = run(Deduper(threshold, lang, similarity=False))
+    assert [v.keep for v in old] == [v.keep for v in new] == [v.keep for v in bare]
+    for o, n, b in zip(old, new, bare):
+        if o.keep:
+            assert (n.most_similar, n.score, n.similar_to) == (o.most_similar, o.score, o.similar_to)
+            assert n.avg == pytest.approx(o.avg, abs=1e-12) and b.score is None
+        else:
+            assert (n.score, n.similar_to) == (b.score, b.similar_to) == (o.score, o.similar_to)
+    return [v.keep for v in old]
+
+
+def _synthetic(n: int, seed: int, vocab: list[str], join: str = " ", dup_share: float = 0.3) -> list[str]:
+    """Zipf-distributed words with near-duplicates of earlier texts (a word replaced, dropped or added)."""
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) ** 1.1 for i in range(len(vocab))]
+    out: list[str] = []
+    for _ in range(n):
+        if out and rng.random() < dup_share:
+            w = rng.choice(out).split(join) if join else list(rng.choice(out))
+            for _ in range(rng.randint(1, 2)):
+                j, op = rng.randrange(len(w)), rng.random()
+                if op < 0.4:
+                    w[j] = rng.choices(vocab, weights)[0]
+                elif op < 0.7 and len(w) > 3:
+                    del w[j]
+                else:
+                    w.insert(j, rng.choices(vocab, weights)[0])
+            out.append(join.join(w))
+        else:
+            out.append(join.join(rng.choices(vocab, weights, k=rng.randint(4, 24))))
+    return out
 
 
 def test_tokenizer_is_rouge_scores_token_for_token(shared_data):
@@ -74,6 +123,46 @@ def test_decisions_and_scores_equal_stanfords_loop_on_real_instructions(shared_d
     assert any(r is None for r in ref) and any(r is not None for r in ref)
     _assert_same(ref, _camelid(seeds, cands))
     _assert_same(ref, _camelid(seeds, cands, block=7))  # many blocks: the in-block greedy order matters
+
+
+def test_indexed_filter_equals_the_previous_one_on_real_instructions(shared_data):
+    seeds, cands = _real_instructions(shared_data)
+    keep = _assert_same_as_previous(seeds, cands)
+    assert 0 < keep.count(False) < len(cands)
+    for threshold in (0.3, 0.5, 0.9, 1.0):  # other thresholds move the prefix and length bounds
+        _assert_same_as_previous(seeds, cands[:300], threshold=threshold)
+
+
+def test_indexed_filter_equals_the_previous_one_on_synthetic_instructions():
+    vocab = [f"w{i}" for i in range(3000)]
+    seeds = _synthetic(175, 0, vocab, dup_share=0)
+    keep = _assert_same_as_previous(seeds, _synthetic(3000, 1, vocab))
+    assert keep.count(False) > 500
+    # a few at a time, with new words arriving as the pool grows: the index re-ranks (at 512, 1024, 2048 entries)
+    vocab2 = vocab + [f"new{i}" for i in range(2000)]
+    _assert_same_as_previous(seeds, _synthetic(3000, 2, vocab2[::-1]), batch=16)
+    # tiny texts, empty ones, repeated tokens
+    tiny = _synthetic(800, 3, ["a", "b", "c", "d", "e", "the"], dup_share=0.5) + ["", "!!!", "a a a a", "a a a"]
+    _assert_same_as_previous(["", "a b c"], tiny, batch=7)
+
+
+def test_indexed_filter_equals_the_previous_one_in_korean_and_chinese(shared_data):
+    rows = [json.loads(x) for x in open(shared_data / "kullm/user_oriented_instructions_eval_ko.jsonl")]
+    originals = [r["instruction"] for r in rows]
+    rng = random.Random(3)
+    cands = originals + [_perturb_ko(t, rng) for t in originals]
+    rng.shuffle(cands)
+    ko_seeds = [t.instruction for t in load_seeds(default_seeds("ko"))]
+    keep = _assert_same_as_previous(ko_seeds, cands, lang="ko")
+    assert keep.count(False) >= 200
+    _assert_same_as_previous(ko_seeds, cands, lang="ko", batch=16)
+
+    zh_seeds = [t.instruction for t in load_seeds(default_seeds("zh"))]
+    chars = sorted({c for t in zh_seeds for c in t if "\u4e00" <= c <= "\u9fff"})
+    zh = _synthetic(1500, 4, chars, join="")
+    keep = _assert_same_as_previous(zh_seeds, zh, lang="zh")
+    assert 100 < keep.count(False) < 1400
+    _assert_same_as_previous(zh_seeds, zh, lang="zh", batch=16)
 
 
 def test_scores_exactly_at_the_threshold_decide_as_rouge_score_does():

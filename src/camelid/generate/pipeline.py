@@ -18,7 +18,8 @@ import re
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional
@@ -251,10 +252,14 @@ class Generator:
         self.reasons[reason] += 1
         self._refresh()
 
+    def _filter_reason(self, inst: str, row: dict, need_output: bool = False) -> str | None:
+        """Instruction filters (Stanford's order), then an empty output."""
+        return self.filter.reason(inst) or ("empty_output" if need_output and not row.get("output") else None)
+
     def _screen(self, inst: str, row: dict, k: int, add: bool, need_output: bool = False) -> dict | None:
-        """Instruction filters (Stanford's order; then an empty output), then ROUGE-L against the seeds and the
-        kept instructions. Returns Stanford's similarity fields when it passes (with add: and pools it)."""
-        reason = self.filter.reason(inst) or ("empty_output" if need_output and not row.get("output") else None)
+        """The filters, then ROUGE-L against the seeds and the kept instructions. Returns Stanford's similarity
+        fields when it passes (with add: and pools it; without, the fields are empty)."""
+        reason = self._filter_reason(inst, row, need_output)
         if reason:
             self._reject(row, reason, k)
             return None
@@ -273,33 +278,69 @@ class Generator:
         self._refresh()
 
     # ------------------------------------------------------------------ the two modes
-    def _alpaca_round(self, ks: list[int]) -> int:
-        items = [(k, alpaca.sample_prompt(self.base_prompt, self.seeds, random.Random(f"{self.cfg.seed}:{k}"),
-                                          self.npi)) for k in ks]
+    def _alpaca_stream(self) -> None:
+        """Alpaca prompts depend only on their number k, so requests k, k+1, ... keep going out while earlier
+        replies are parsed and filtered: `concurrency` run at a time and as many again wait queued, so a fast
+        teacher never idles on the filter. Replies are processed in request order (the same data as rounds)."""
+        cfg = self.cfg
+        conc = cfg.concurrency or self.model.max_concurrency
+        size = max(cfg.request_batch_size, conc)
+        stop = list(dict.fromkeys(alpaca.STOP))
+        pending: deque[tuple[int, Future]] = deque()
+        made = failed = 0
 
-        def call(item: tuple[int, str]) -> Completion:
-            k, prompt = item
-            return self._request(k, "alpaca", prompt, self._sampling(self._request_seed(k),
-                                                                     stop=list(dict.fromkeys(alpaca.STOP))))
+        def call(k: int) -> Completion:
+            prompt = alpaca.sample_prompt(self.base_prompt, self.seeds, random.Random(f"{cfg.seed}:{k}"), self.npi)
+            return self._request(k, "alpaca", prompt, self._sampling(self._request_seed(k), stop=stop))
 
-        ok = 0
-        for i, res in self._map(call, items):
-            if isinstance(res, BaseException):
-                continue
-            ok += 1
-            k = items[i][0]
-            text = _strip_echo(res.text, rf"(###\s*)?{self.npi + 1}\s*\.\s*Instruction:") if self.cfg.chat else res.text
-            for p in alpaca.parse_reply(text, res.finish_reason, self.npi):
-                if self.kept >= self.cfg.num:
-                    return ok
-                row = {"instruction": p.instruction, "input": p.input, "output": p.output}
-                if p.reason:
-                    self._reject(row, p.reason, k, raw=p.raw)
+        pool = ThreadPoolExecutor(max_workers=conc)
+        try:
+            while self.kept < cfg.num:
+                while len(pending) < conc + size and (cfg.max_requests is None or made < cfg.max_requests):
+                    pending.append((self.next_request, pool.submit(call, self.next_request)))
+                    self.next_request += 1
+                    made += 1
+                if not pending:
+                    self.report.stopped = f"--max-requests {cfg.max_requests} reached"
+                    break
+                k, fut = pending.popleft()
+                err = fut.exception()
+                if isinstance(err, ContextLengthError):
+                    raise CamelidError(f"{err} (lower --max-tokens, or use a model with a longer context)")
+                if isinstance(err, ModelError):
+                    failed += 1
+                    if failed >= 3 * size:
+                        raise CamelidError(f"the last {failed} requests all failed; see {self.requests_path} for "
+                                           f"the errors")
                     continue
-                fields = self._screen(p.instruction, row, k, add=True, need_output=True)
-                if fields is not None:
-                    self._keep([{**row, **fields}])
-        return ok
+                if err is not None:
+                    raise err
+                failed = 0
+                self._alpaca_reply(k, fut.result())
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+
+    def _alpaca_reply(self, k: int, res: Completion) -> None:
+        """One reply's tasks, in order: parse and filter rejects, then ROUGE-L for the rest in one batch."""
+        text = _strip_echo(res.text, rf"(###\s*)?{self.npi + 1}\s*\.\s*Instruction:") if self.cfg.chat else res.text
+        rows = []
+        for p in alpaca.parse_reply(text, res.finish_reason, self.npi):
+            row = {"instruction": p.instruction, "input": p.input, "output": p.output}
+            rows.append((p, row, p.reason or self._filter_reason(p.instruction, row, need_output=True)))
+        verdicts = iter(self.dedup.offer_many([p.instruction for p, _, reason in rows if not reason]))
+        for p, row, reason in rows:
+            if self.kept >= self.cfg.num:
+                return  # offer_many pooled the rest too; nothing else reads the pool once the target is met
+            if reason:
+                self._reject(row, reason, k, **({"raw": p.raw} if p.reason else {}))
+                continue
+            v = next(verdicts)
+            if v.keep:
+                self._keep([{**row, **v.fields()}])
+            else:
+                self._reject(row, "near_duplicate", k, similar_to=v.similar_to, similarity=v.score)
 
     def _self_instruct_round(self, ks: list[int]) -> int:
         lang = self.cfg.lang
@@ -378,26 +419,10 @@ class Generator:
                 self.model = load_model(cfg.model, base_urls=cfg.base_url, api_key=cfg.api_key,
                                         concurrency=cfg.concurrency or 8)
             with self._progress():
-                failed_rounds = 0
-                made = 0
-                while self.kept < cfg.num:
-                    if cfg.max_requests is not None and made >= cfg.max_requests:
-                        self.report.stopped = f"--max-requests {cfg.max_requests} reached"
-                        break
-                    size = max(cfg.request_batch_size, cfg.concurrency or self.model.max_concurrency)
-                    if cfg.max_requests is not None:
-                        size = min(size, cfg.max_requests - made)
-                    ks = list(range(self.next_request, self.next_request + size))
-                    self.next_request += size
-                    made += size
-                    round_fn = self._alpaca_round if cfg.mode == "alpaca" else self._self_instruct_round
-                    if round_fn(ks) == 0:
-                        failed_rounds += 1
-                        if failed_rounds >= 3:
-                            raise CamelidError(f"every request of 3 rounds in a row failed; see "
-                                               f"{self.requests_path} for the errors")
-                    else:
-                        failed_rounds = 0
+                if cfg.mode == "alpaca":
+                    self._alpaca_stream()
+                else:
+                    self._rounds()
         finally:
             for f in (self.out, self.rejected, self.requests):
                 f.close()
@@ -407,6 +432,29 @@ class Generator:
         self.report.rejected = Counter(self.reasons)
         self.report.seconds = time.perf_counter() - t0
         return self.report
+
+    def _rounds(self) -> None:
+        """Self-Instruct's rounds: each round's prompts sample the instructions kept by the rounds before."""
+        cfg = self.cfg
+        failed_rounds = 0
+        made = 0
+        while self.kept < cfg.num:
+            if cfg.max_requests is not None and made >= cfg.max_requests:
+                self.report.stopped = f"--max-requests {cfg.max_requests} reached"
+                break
+            size = max(cfg.request_batch_size, cfg.concurrency or self.model.max_concurrency)
+            if cfg.max_requests is not None:
+                size = min(size, cfg.max_requests - made)
+            ks = list(range(self.next_request, self.next_request + size))
+            self.next_request += size
+            made += size
+            if self._self_instruct_round(ks) == 0:
+                failed_rounds += 1
+                if failed_rounds >= 3:
+                    raise CamelidError(f"every request of 3 rounds in a row failed; see "
+                                       f"{self.requests_path} for the errors")
+            else:
+                failed_rounds = 0
 
     # ------------------------------------------------------------------ progress (stderr)
     def _progress(self):
