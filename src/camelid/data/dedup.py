@@ -127,6 +127,7 @@ def detect_lang(texts: Iterable[str], sample: int = 2000) -> str:
 NARROW = 254  # the similarity scan's one-byte alphabet: the 254 commonest tokens keep a byte of their own
 QUERY_HOLE, POOL_HOLE = chr(254), chr(255)  # the other tokens: two different holes never match each other
 MAX_IDS = 0x10FFFF - 0x800
+EPS = 1e-9  # RapidFuzz's 2*LCS/(a+b) and rouge_score's float differ by a few ulps: closer calls are redone exactly
 
 
 def _full(ids: Sequence[int]) -> str:
@@ -247,8 +248,8 @@ class Deduper:
                 else:
                     lst.append(pos)
 
-    def _append(self, text: str, ids: list[int], full: str) -> int:
-        pos = self.index.add(ids, full)
+    def _append(self, text: str, ids: list[int], full: str, order: list[int] | None = None) -> int:
+        pos = self.index.add(ids, full, order)
         self.texts.append(text)
         if self.similarity:
             self._append8(pos, ids)
@@ -296,14 +297,15 @@ class Deduper:
     def _offer_block(self, texts: Sequence[str], ids_list: list[list[int]]) -> list[Verdict]:
         verdicts: list[Verdict | None] = []
         kept: list[tuple[int, int, list[int], str]] = []  # block index, pool position, ids, full codes
+        index = self.index
         for i, (text, ids) in enumerate(zip(texts, ids_list)):
-            full = _full(ids)
-            hit = self.index.best_above(ids, full)
+            full, order = _full(ids), index.order(ids)
+            hit = index.best_above(ids, full, order=order)
             if hit is not None:
                 verdicts.append(Verdict(False, hit[0], self.texts[hit[1]]))
                 continue
             verdicts.append(None)
-            kept.append((i, self._append(text, ids, full), ids, full))
+            kept.append((i, self._append(text, ids, full, order), ids, full))
         if kept and self.similarity:
             for (i, *_), v in zip(kept, self._similar(kept)):
                 verdicts[i] = v
@@ -313,7 +315,8 @@ class Deduper:
         return verdicts  # type: ignore[return-value]
 
     def _similar(self, kept: list[tuple[int, int, list[int], str]]) -> list[Verdict]:
-        """Stanford's fields for kept candidates, each against the pool before its own position."""
+        """Stanford's fields for kept candidates, each against the pool before its own position: 2*LCS/(a+b) for
+        the whole row (one cdist for the block), rouge_score's float recomputed for the top-k candidates."""
         from rapidfuzz import process
         from rapidfuzz.distance import Indel
 
@@ -323,34 +326,41 @@ class Deduper:
         q8 = self._q8
         queries = ["".join([q8[t] for t in ids]) for _, _, ids, _ in kept]
         workers = self.workers if len(queries) * n > 100_000 else 1  # threads cost more than tiny calls
-        dist = process.cdist(queries, self._seqs8[:n], scorer=Indel.distance, dtype=np.int32, workers=workers)
+        sim = process.cdist(queries, self._seqs8[:n], scorer=Indel.normalized_similarity, dtype=np.float64,
+                            workers=workers)
         seqs = self.index.seqs
-        for r, (_, _, ids, full) in enumerate(kept):
+        for r, (_, pos, ids, full) in enumerate(kept):
             hits = [self._rare[t] for t in {t for t in ids if q8[t] == QUERY_HOLE} if t in self._rare]
             if hits:
                 idx = np.unique(np.concatenate([np.frombuffer(h, dtype=f"i{h.itemsize}") for h in hits]))
-                idx = idx[idx < n]
+                idx = idx[idx < pos]
                 if len(idx):
-                    dist[r, idx] = process.cdist([full], [seqs[j] for j in idx], scorer=Indel.distance,
-                                                 dtype=np.int32)[0]
+                    sim[r, idx] = process.cdist([full], [seqs[j] for j in idx], scorer=Indel.normalized_similarity,
+                                                dtype=np.float64)[0]
+            if not ids:
+                sim[r] = 0.0  # rouge_score: 0 when either side is empty (RapidFuzz: 1.0 for two empties)
+            sim[r, pos:] = 0.0  # entries pooled after this one
+        sums = sim.sum(axis=1)
         lens = self._lens[:n]
-        blens = np.asarray([len(ids) for _, _, ids, _ in kept], dtype=np.int64)[:, None]
-        f = rouge_f((blens + lens[None, :] - dist) // 2, blens, lens[None, :])
-        return [self._fields(f[r, :pos], int(blens[r, 0]), lens) for r, (_, pos, _, _) in enumerate(kept)]
-
-    def _fields(self, row: np.ndarray, b: int, lens: np.ndarray) -> Verdict:
-        """Top-k (best first, the later one first among ties) and the mean over the row."""
-        total, k = len(row), self.top_k
-        if total == 0:  # nothing to compare with
-            return Verdict(True, 0.0, None, {}, 0.0)
-        if total <= k:
-            cand = np.arange(total)
-        else:
-            cand = np.flatnonzero(row >= np.partition(row, total - k)[total - k])
-        order = cand[np.lexsort((cand, row[cand]))[::-1][:k]]
-        # rouge_score returns the int 0 when either token list is empty: keep that in the JSON, like Stanford
-        most = {self.texts[j]: 0 if (b == 0 or lens[j] == 0) else float(row[j]) for j in order}
-        return Verdict(True, float(row[order[0]]), self.texts[order[0]], most, float(np.mean(row)))
+        k = self.top_k
+        # the k-th best of a subset of a row bounds the row's k-th best from below: every column at or above the
+        # subset's (minus EPS) is a top-k candidate, a few dozen per row found in one pass
+        width = min(n, 2048)
+        lower = np.partition(sim[:, n - width:], width - k, axis=1)[:, width - k] if width > k else np.zeros(len(sim))
+        out = []
+        for r, (_, pos, ids, _) in enumerate(kept):
+            if pos == 0:
+                out.append(Verdict(True, 0.0, None, {}, 0.0))
+                continue
+            b = len(ids)
+            cand = np.arange(pos) if pos <= k else np.flatnonzero(sim[r, :pos] >= lower[r] - EPS)
+            exact = rouge_f(np.rint(sim[r, cand] * (b + lens[cand]) / 2), b, lens[cand])
+            order = cand[np.lexsort((cand, exact))[::-1][:k]]  # best first, the later one first among ties
+            ex = dict(zip(cand.tolist(), exact.tolist()))
+            # rouge_score returns the int 0 when either token list is empty: keep that in the JSON, like Stanford
+            most = {self.texts[j]: 0 if (b == 0 or lens[j] == 0) else ex[j] for j in order.tolist()}
+            out.append(Verdict(True, ex[int(order[0])], self.texts[order[0]], most, float(sums[r] / pos)))
+        return out
 
 
 # ------------------------------------------------------------------------------------------- datasets
