@@ -162,3 +162,39 @@ def test_generate_command_reports_user_errors(tmp_path, capsys):
     cfg.write_text("mode: alpaca\nnum: -3\n")
     assert main(["generate", "--config", str(cfg), "-o", str(tmp_path / "x.jsonl")]) == 1
     assert "field 'num'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_streamed_requests_give_the_data_of_stanfords_loop_over_the_same_replies(tmp_path, llama_server):
+    """Requests keep going out while replies are processed; the kept and rejected rows must still be what Stanford's
+    loop (reply by reply in request order, filters, ROUGE-L one instruction at a time with camelid's previous
+    filter) makes of the same replies, read back from the request log."""
+    from camelid.generate.filters import InstructionFilter
+
+    from ..data.dedup_reference import Deduper as PreviousDeduper
+
+    out = tmp_path / "out.jsonl"
+    cfg = GenerateConfig(output=out, model="openai:smollm2", base_url=[llama_server.url], num=1000, max_requests=6,
+                         concurrency=2, request_batch_size=1, temperature=0.0, max_tokens=160, seed=1)
+    rep = generate(cfg, show_progress=False)
+    assert rep.requests == 6 and rep.failed_requests == 0
+    pool = PreviousDeduper()
+    pool.add([t.instruction for t in load_seeds(default_seeds("en"))])
+    flt = InstructionFilter("en")
+    kept, rejected = [], []
+    for req in sorted(jsonl(sidecar_paths(out)[1]), key=lambda r: r["request"]):
+        for p in alpaca.parse_reply(req["reply"], req["finish_reason"], 3):
+            row = {"instruction": p.instruction, "input": p.input, "output": p.output}
+            reason = p.reason or flt.reason(p.instruction) or (None if p.output else "empty_output")
+            if reason:
+                rejected.append({**row, "reason": reason, "request": req["request"], **({"raw": p.raw} if p.reason else {})})
+                continue
+            v = pool.offer(p.instruction)
+            if v.keep:
+                kept.append({**row, **v.fields()})
+            else:
+                rejected.append({**row, "reason": "near_duplicate", "request": req["request"],
+                                 "similar_to": v.similar_to, "similarity": v.score})
+    assert kept, "the replies held no task to keep: pick another seed"
+    assert jsonl(out) == kept
+    assert jsonl(sidecar_paths(out)[0]) == rejected

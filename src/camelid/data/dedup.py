@@ -316,7 +316,8 @@ class Deduper:
 
     def _similar(self, kept: list[tuple[int, int, list[int], str]]) -> list[Verdict]:
         """Stanford's fields for kept candidates, each against the pool before its own position: 2*LCS/(a+b) for
-        the whole row (one cdist for the block), rouge_score's float recomputed for the top-k candidates."""
+        the whole row (one cdist for the block), rouge_score's float recomputed for the top-k candidates. The
+        mean sums each row in one pass, however the candidates were batched."""
         from rapidfuzz import process
         from rapidfuzz.distance import Indel
 
@@ -340,7 +341,7 @@ class Deduper:
             if not ids:
                 sim[r] = 0.0  # rouge_score: 0 when either side is empty (RapidFuzz: 1.0 for two empties)
             sim[r, pos:] = 0.0  # entries pooled after this one
-        sums = sim.sum(axis=1)
+        sums = [sim[r, :pos].sum() for r, (_, pos, _, _) in enumerate(kept)]
         lens = self._lens[:n]
         k = self.top_k
         # the k-th best of a subset of a row bounds the row's k-th best from below: every column at or above the
@@ -403,12 +404,14 @@ def _texts(path: Path, key: str) -> tuple[list[dict], list[str]]:
 
 def dedup_file(path: str | Path, out: str | Path, threshold: float = 0.7, lang: str = "auto",
                seeds: Sequence[str | Path] = (), key: str = "instruction", write_rejected: bool = True,
-               progress: Callable[[int, int], None] | None = None) -> DedupReport:
+               progress: Callable[[int, int], None] | None = None, similarity: bool = True) -> DedupReport:
     """Greedy near-duplicate filter over a JSON/JSONL dataset, in file order (Stanford's loop).
 
     Records whose `key` scores ROUGE-L F1 > threshold against a seed (seed task files, compared but not
     written) or an earlier kept record are dropped; kept records get `most_similar_instructions` and
-    `avg_similarity_score`. The output is written atomically (.json: a JSON list, else JSONL)."""
+    `avg_similarity_score` (unless `similarity=False`: those need every kept record scored against every
+    earlier one, while the decisions alone take close to linear time). The output is written atomically
+    (.json: a JSON list, else JSONL)."""
     t0 = time.perf_counter()
     path, out = Path(path), Path(out)
     records, texts = _texts(path, key)
@@ -416,12 +419,12 @@ def dedup_file(path: str | Path, out: str | Path, threshold: float = 0.7, lang: 
     for s in seeds:
         seed_texts += _texts(Path(s), "instruction")[1]
     lang = detect_lang(seed_texts + texts) if lang == "auto" else check_lang(lang)
-    dd = Deduper(threshold, lang)
+    dd = Deduper(threshold, lang, similarity=similarity)
     seed_tokens, tokens = dd.tokenize(seed_texts), dd.tokenize(texts)
     dd.intern(seed_tokens + tokens)  # one frequency order for all: the commonest tokens get the fast codes
     dd.add(seed_texts, seed_tokens)
     verdicts = dd.offer_many(texts, tokens, progress=progress)
-    kept = [{**rec, **v.fields()} for rec, v in zip(records, verdicts) if v.keep]
+    kept = [{**rec, **v.fields()} if similarity else rec for rec, v in zip(records, verdicts) if v.keep]
     if out.suffix == ".json":
         write_json(out, kept, indent=4)
     else:
