@@ -179,7 +179,7 @@ def run_config(config: str, n: int) -> dict:
     cls = Deduper
     if config == "previous":
         sys.path.insert(0, str(ROOT))
-        from tests.data.dedup_reference import Deduper as cls  # noqa: N813
+        from tests.data.dedup_reference import Deduper as cls
     t0, c0 = time.perf_counter(), time.process_time()
     res = camelid(seeds, texts, similarity=config != "decide", cls=cls)
     t, c = time.perf_counter() - t0, time.process_time() - c0

@@ -37,7 +37,7 @@ def teacher_class():
     from camelid.models.base import Completion, Model
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from dedup import synthetic  # noqa: E402  (bench/dedup.py)
+    from dedup import synthetic
 
     class SyntheticTeacher(Model):
         """Stanford-format replies; instructions in request order from the synthetic set."""

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 import threading
-from array import array
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

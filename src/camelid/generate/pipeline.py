@@ -6,9 +6,12 @@ Self-Instruct task's instances are one write), every rejected candidate a line o
 cuts a torn last line, reloads the kept instructions into the dedup pool (seeds first, then kept, in order:
 Stanford's pool), the rejection counts and the request counter, and continues to the target count.
 
-Requests go out in rounds of `request_batch_size` (at least `concurrency`) through `Model.map`, many in flight
-against a server; results are processed in request order, so a deterministic teacher and the same seed give the
-same prompts and the same data whatever the concurrency. Prompt k is sampled with random.Random(f"{seed}:{k}").
+Alpaca prompts depend only on their number k (sampled with random.Random(f"{seed}:{k}")), so requests stream:
+`concurrency` in flight and `request_batch_size` (at least `concurrency`) more queued behind them while earlier
+replies are parsed and filtered, and each reply's tasks go through ROUGE-L in one batch. Self-Instruct's prompts
+sample the instructions kept so far, so its requests go out in rounds of `request_batch_size` through
+`Model.map`. Replies are processed in request order either way: a deterministic teacher and the same seed give
+the same prompts and the same data whatever the concurrency.
 """
 
 from __future__ import annotations
