@@ -340,6 +340,11 @@ def dedup(
                                                         "never written (repeatable).")] = None,
     key: Annotated[str, typer.Option("--field", help="Which string field to compare.")] = "instruction",
     force: ForceOpt = False,
+    similarity: Annotated[bool, typer.Option("--similarity/--no-similarity", help="Add Stanford's "
+                                             "most_similar_instructions and avg_similarity_score (every kept record "
+                                             "scored against every earlier one: quadratic); --no-similarity only "
+                                             "decides, in close to linear time (a million records in minutes).")]
+    = True,
 ) -> None:
     """Drop near-duplicate instructions greedily in file order, as Stanford's generate_instruction.py does.
 
@@ -348,7 +353,7 @@ def dedup(
     check_threshold(threshold)
     refuse_overwrite([src, *(seeds or ())], out, force)
     refuse_overwrite([src, *(seeds or ())], rejected_path(out), force)
-    rep = dedup_file(src, out, threshold, lang, seeds or (), key)
+    rep = dedup_file(src, out, threshold, lang, seeds or (), key, similarity=similarity)
     console.print(f"kept {rep.kept:,}, rejected {rep.rejected:,} near-duplicates (lang {rep.lang}, ROUGE-L > "
                   f"{threshold}) in {rep.seconds:.1f} s -> {rep.output}"
                   + (f", rejected -> {rep.rejected_path}" if rep.rejected_path else ""))
