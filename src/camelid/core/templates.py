@@ -16,13 +16,13 @@ template is adding one entry there (tokenizing lives in tokenize.py).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from camelid.core.io import CamelidError
+from camelid.core import jinja
+from camelid.core.jinja import TemplateError
 
 Mask = Literal["assistant", "last", "all"]
 MASKS: tuple[str, ...] = ("assistant", "last", "all")
@@ -33,10 +33,6 @@ class Segment:
     text: str  # for kind "bos"/"eos" the text is empty; the tokenizer's token is used
     kind: Literal["text", "bos", "eos"] = "text"
     turn: int | None = None  # index into messages of the assistant turn this belongs to
-
-
-class TemplateError(CamelidError):
-    pass
 
 
 def user_text(m: dict) -> str:
@@ -257,7 +253,9 @@ def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
 
 
 def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-    """The tokenizer's own chat_template, split into turns by rendering growing prefixes."""
+    """The tokenizer's own chat_template, rendered as transformers renders it. Its `{% generation %}` spans, when it
+    has them, are the assistant turns (transformers' assistant mask); otherwise turns are found by rendering
+    growing prefixes."""
     if not t.chat_template:
         raise TemplateError("template 'tokenizer' needs a tokenizer with a chat_template")
     msgs = [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
@@ -265,6 +263,8 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         _check_roles(msgs, t.name)
     else:
         _check_roles(msgs[1:], t.name)
+    if jinja.has_generation_tag(t.chat_template):
+        return _jinja_generation(t, msgs, gen)
     render = jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
     segs: list[Segment] = []
     done = ""
@@ -278,7 +278,11 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                                 "choose an explicit --template")
         segs.append(Segment(before[len(done):]))
         piece = full[len(before):]
-        end = piece.find(t.eos_token) if t.eos_token else -1
+        # the EOS the template writes AFTER the reply: an end marker quoted inside the reply is reply text
+        at = piece.find(m["content"]) if m["content"] else -1
+        end = piece.find(t.eos_token, at + len(m["content"]) if at >= 0 else 0) if t.eos_token else -1
+        if at < 0 and end >= 0:  # the template rewrote the reply (e.g. trimmed it): its EOS is the last one
+            end = piece.rfind(t.eos_token)
         if end >= 0:  # train through the EOS the template writes; what follows it is never generated
             segs += [Segment(piece[:end], turn=i), Segment("", "eos", turn=i)]
             if piece[end + len(t.eos_token):]:
@@ -294,23 +298,32 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     return _merge(segs)
 
 
-@functools.lru_cache(maxsize=16)  # compiling a chat_template costs far more than rendering it
+def _jinja_generation(t: Template, msgs: list[dict], gen: bool) -> list[Segment]:
+    """Segments from one rendering: each `{% generation %}` span is the next assistant turn, trained exactly as
+    transformers' `return_assistant_tokens_mask` marks it (a span ending in EOS gets the EOS token)."""
+    text, spans = jinja.render(t.chat_template, msgs, gen, bos_token=t.bos_token, eos_token=t.eos_token)
+    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    spans = [(a, b) for a, b in spans if b > a]
+    if len(spans) != len(turns):
+        raise TemplateError(f"the chat_template's {{% generation %}} blocks rendered {len(spans)} span(s) for "
+                            f"{len(turns)} assistant message(s); cannot tell which text is each reply")
+    segs: list[Segment] = []
+    pos = 0
+    for (a, b), turn in zip(spans, turns):
+        segs.append(Segment(text[pos:a]))
+        body = text[a:b]
+        if t.eos_token and body.endswith(t.eos_token):
+            segs += [Segment(body[: -len(t.eos_token)], turn=turn), Segment("", "eos", turn=turn)]
+        else:
+            segs.append(Segment(body, turn=turn))
+        pos = b
+    segs.append(Segment(text[pos:]))
+    return _merge(segs)
+
+
 def jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(f"chat_template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    tmpl = env.from_string(source)
-
-    def render(msgs: list[dict], gen: bool) -> str:
-        if not msgs:
-            return ""
-        return tmpl.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos)
-
-    return render
+    """(messages, add_generation_prompt) -> text, exactly as transformers' apply_chat_template renders it."""
+    return jinja.renderer(source, bos, eos)
 
 
 def _merge(segs: list[Segment]) -> list[Segment]:
