@@ -50,6 +50,18 @@ def _check_roles(messages: list[dict], name: str) -> None:
                                 "user/assistant, starting with user)")
 
 
+def _no_system(messages: list[dict], name: str) -> list[dict]:
+    """The messages of a template whose prompt has no place for a system message (Stanford's Alpaca, KULLM's,
+    Self-Instruct's): refused, never dropped, as `data convert --to alpaca` refuses it. An empty one loses nothing."""
+    if messages and messages[0].get("role") == "system":
+        if messages[0].get("content"):
+            raise TemplateError(f"template {name!r} has no place for a system message (its prompt is fixed, as "
+                                "`data convert --to alpaca` says too): remove it, or choose vicuna_v1.1, llama-2, "
+                                "chatml or tokenizer")
+        return messages[1:]
+    return messages
+
+
 def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:
     if messages and messages[0].get("role") == "system":
         return messages[0]["content"], messages[1:]
@@ -138,6 +150,9 @@ def _go(s: str) -> str:
 _USER = "(message['content'] + ('\\n\\n' + message['input'] if message['input'] is defined and message['input'] " \
         "else ''))"
 _SYSTEM = "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else DEFAULT -%}"
+# the Jinja form of _no_system (transformers' raise_exception): a template with no place for a system message
+_NO_SYSTEM = ("{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] -%}"
+              "{{ raise_exception('this chat template has no place for a system message') }}{%- endif -%}")
 _GO_ROLES = '{{ range .Messages }}{{ if eq .Role "user" }}%s{{ else if eq .Role "assistant" }}%s{{ end }}{{ end }}'
 _GO_SYSTEM = ('{{ $system := %s }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}'
               '{{ end }}')
@@ -169,7 +184,7 @@ ALPACA_KO_PROMPT_NO_INPUT = (
 
 def _alpaca_builder(with_input: str, without_input: str) -> Callable:
     def build(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-        _, msgs = _split_system(messages, "")
+        msgs = _no_system(messages, t.name)
         _check_roles(msgs, t.name)
         if len(msgs) > 2:
             raise TemplateError(f"template {t.name!r} holds one instruction and one response; this conversation has "
@@ -367,7 +382,7 @@ SELF_INSTRUCT_FORMATS: dict[str, tuple[str, str]] = {  # id -> (prompt, trained 
 
 def _self_instruct_parts(messages: list[dict]) -> tuple[str, str, str | None]:
     """(instruction, input, output or None), stripped as Self-Instruct's encode_instance strips them."""
-    _, msgs = _split_system(messages, "")
+    msgs = _no_system(messages, "self-instruct")
     _check_roles(msgs, "self-instruct")
     if len(msgs) > 2:
         raise TemplateError(f"template 'self-instruct' holds one instruction and one output; this conversation has "
@@ -408,7 +423,7 @@ def _alpaca_jinja(with_input: str, without_input: str) -> str:
     a, rest = with_input.split("{instruction}")
     b, c = rest.split("{input}")
     d, e = without_input.split("{instruction}")
-    return ("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+    return (_NO_SYSTEM + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
             "{%- if message['input'] is defined and message['input'] -%}"
             f"{{{{ {_lit(a)} + message['content'] + {_lit(b)} + message['input'] + {_lit(c)} }}}}"
             f"{{%- else -%}}{{{{ {_lit(d)} + message['content'] + {_lit(e)} }}}}{{%- endif -%}}"
@@ -470,7 +485,7 @@ TEMPLATES: dict[str, Template] = {
                      '{{ end }}{{ end }}<|im_start|>assistant\n')),
         # self-instruct: the canonical (generation) format; training varied it per example
         Template("self-instruct", _self_instruct,
-                 jinja=("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                 jinja=(_NO_SYSTEM + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
                         "{%- set inp = (message['input'] if message['input'] is defined and message['input'] else '')"
                         " | trim -%}"
                         "{%- if inp -%}{{ (message['content'] | trim) + '\\n\\nInput: ' + inp + '\\n\\nOutput:' }}"
