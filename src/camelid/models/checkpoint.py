@@ -26,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from camelid.core.config import validation_message
 from camelid.core.io import CamelidError, write_json
+from camelid.core.templates import TEMPLATES
 from camelid.models.base import ModelError
-from camelid.models.spec import EMBEDDED_NAME, embedded_gguf, local_path, parse_spec
+from camelid.models.spec import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_gguf, local_path, parse_spec
 
 RUN_FILE = "camelid.json"
 ADAPTER_FILE = "adapter_config.json"
@@ -168,6 +169,28 @@ class LocalCheckpoint:
         return [self.base, *base_of(self.run)]
 
 
+def portable_base(spec: str, base: Path) -> str:
+    """What an adapter records as `base_model_name_or_path`: the embedded model's hub id (so plain PEFT and other
+    machines find it), else the checkpoint directory the user named."""
+    return EMBEDDED_HUB_ID if (spec or "embedded").strip() == "embedded" else str(base)
+
+
+def adapter_base(base: str, where: Path) -> Path:
+    """An adapter's base directory at load time: the embedded model for its hub id (or the old `embedded`), a
+    checkpoint directory, or a hub id found in the local Hugging Face cache."""
+    if base in ("embedded", EMBEDDED_HUB_ID):
+        return embedded_hf_dir()
+    if (Path(base) / "config.json").is_file():
+        return Path(base)
+    if not Path(base).is_absolute() and base.count("/") == 1:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base, "config.json")
+        if isinstance(cached, str):
+            return Path(cached).parent
+    raise ModelError(f"{where}: base model {base!r} not found (no config.json there, nor in the Hugging Face cache)")
+
+
 def resolve(spec: str | os.PathLike) -> LocalCheckpoint:
     """`embedded`, `hf:PATH` or a directory (checkpoint, adapter or camelid run) -> its directories."""
     path_text = local_path(str(spec))
@@ -182,10 +205,7 @@ def resolve(spec: str | os.PathLike) -> LocalCheckpoint:
         base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
         if not base:
             raise ModelError(f"{adapter}: field 'base_model_name_or_path' is missing")
-        base_dir = embedded_hf_dir() if base == "embedded" else Path(base)
-        if not (base_dir / "config.json").is_file():
-            raise ModelError(f"{adapter}: base model {base!r} not found (no config.json there)")
-        return LocalCheckpoint(path_text, base_dir, path, run)
+        return LocalCheckpoint(path_text, adapter_base(base, adapter), path, run)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a transformers checkpoint, adapter or camelid run (no config.json, "
                          "adapter_config.json or camelid.json)")
@@ -253,6 +273,24 @@ def load_tokenizer(path: str | os.PathLike, require_eos: bool = False):
     if require_eos and tok.eos_token_id is None:
         raise CamelidError(f"{path}: the tokenizer has no EOS token, so a trained model could never stop "
                            "(set eos_token in tokenizer_config.json)")
+    return tok
+
+
+def trained_tokenizer(tokenizer, template: str | None):
+    """A copy of `tokenizer` as a run saves it: its chat_template is the template the run was trained with (the
+    Jinja form each shipped template declares; a `tokenizer` run keeps its own), so `apply_chat_template`,
+    pipelines and servers prompt the model as training did; and its pad token is not an end token when the
+    tokenizer has a spare one (Llama's choice: unk), so collators that mask pad ids never mask the EOS.
+    What `camelid model check --fix` repairs, done when the files are first written."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    if template in TEMPLATES:
+        tok.chat_template = TEMPLATES[template].jinja_chat_template()
+    end = TEMPLATES[template].end_token if template in TEMPLATES else None
+    ends = {tok.eos_token, end} - {None}
+    if (tok.pad_token is None or tok.pad_token in ends) and tok.unk_token is not None and tok.unk_token not in ends:
+        tok.pad_token = tok.unk_token
     return tok
 
 
