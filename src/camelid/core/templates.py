@@ -111,12 +111,57 @@ class Template:
     def ollama_template(self, bos: str, eos: str) -> str | None:
         """The Go template Ollama renders `.Messages` with; None when Ollama should read the GGUF's chat_template.
 
-        A tokenizer's own Jinja that writes ChatML markers gets ChatML's Go form (Ollama cannot run Jinja)."""
+        A tokenizer's own Jinja that renders every message as plain ChatML (checked on probe conversations) gets
+        that Go form (Ollama cannot run Jinja); its default system prompt goes to the Modelfile's SYSTEM, which
+        Ollama prepends as a system message when a request has none (see `default_system`)."""
         if self.ollama is not None:
             return self.ollama(bos, eos)
-        if self.name == "tokenizer" and "<|im_start|>" in (self.chat_template or ""):
-            return TEMPLATES["chatml"].ollama_template(bos, eos)
+        if self.name == "tokenizer" and self.chat_template and _renders_plain_chatml(self):
+            return _CHATML_GO
         return None
+
+    def default_system(self) -> str:
+        """The system prompt this template writes when a conversation has none ("" when it writes none): a shipped
+        template's own, or what a tokenizer's Jinja injects (SmolLM's "You are a helpful AI assistant named
+        SmolLM..."), found by rendering the same conversation with a marker system message and without one."""
+        if self.name != "tokenizer" or not self.chat_template:
+            return self.system
+        marker, user = "\x00camelid-system\x00", {"role": "user", "content": "\x00camelid-probe\x00"}
+        render = jinja_renderer(self.chat_template, self.bos_token, self.eos_token)
+        try:
+            without = render([user], True)
+            marked = render([{"role": "system", "content": marker}, user], True)
+        except TemplateError:
+            return ""
+        if marker not in marked:
+            return ""
+        pre, post = marked.split(marker, 1)
+        if without.startswith(pre) and without.endswith(post) and len(without) >= len(pre) + len(post):
+            return without[len(pre):len(without) - len(post)]
+        return ""
+
+
+_CHATML_GO = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+
+
+def _renders_plain_chatml(t: Template) -> bool:
+    """Whether a tokenizer's Jinja writes each message as `<|im_start|>ROLE\nCONTENT<|im_end|>\n` (after its default
+    system message when none is given) and ends with the assistant cue: what _CHATML_GO renders in Ollama."""
+    default = t.default_system()
+    probes = [[{"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": ""}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": "c"}]]
+    render = jinja_renderer(t.chat_template or "", t.bos_token, t.eos_token)
+    for msgs in probes:
+        seen = msgs if msgs[0]["role"] == "system" or not default else [{"role": "system", "content": default}, *msgs]
+        want = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in seen) + "<|im_start|>assistant\n"
+        try:
+            if render(msgs, True) != want:
+                return False
+        except TemplateError:
+            return False
+    return True
 
 
 def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:

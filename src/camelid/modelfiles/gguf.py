@@ -53,8 +53,9 @@ def modelfile(gguf_name: str, template: Template | None, bos: str, eos: str) -> 
             lines.append("# TEMPLATE left out: Ollama reads the GGUF's tokenizer.chat_template")
         else:
             lines.append(f'TEMPLATE """{go}"""')
-        if template.system:
-            lines.append(f'SYSTEM """{template.system}"""')
+        system = template.default_system()  # a tokenizer's Jinja may inject one (SmolLM's): Ollama must too
+        if system:
+            lines.append(f'SYSTEM """{system}"""')
         lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in template.stop_strings(eos)]
     return "\n".join(lines) + "\n"
 
