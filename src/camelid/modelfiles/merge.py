@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from camelid.core.io import CamelidError, atomic_dir
-from camelid.models.checkpoint import RunInfo, load_tokenizer, resolve, trained_tokenizer
+from camelid.models.checkpoint import RunInfo, load_tokenizer, resolve, trained_tokenizer, write_legacy_keys
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
@@ -50,6 +50,7 @@ def merge_adapter(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
         model.save_pretrained(tmp, safe_serialization=True)
         _copy_tokenizer(tok_dir, tmp)
         tokenizer.save_pretrained(tmp)
+        write_legacy_keys(tmp)  # transformers 4.x reads the same model
         if (adapter / "generation_config.json").is_file():  # a run's own (e.g. fixed by `camelid model check`)
             shutil.copy2(adapter / "generation_config.json", tmp / "generation_config.json")
         merged_from = {"method": (run.method if run else None) or "lora", "adapter": str(adapter.resolve()),

@@ -96,6 +96,39 @@ class RunInfo(BaseModel):
         write_json(Path(directory) / RUN_FILE, self.to_dict())
 
 
+# ---------------------------------------------------------------------------------------------- transformers 4.x
+
+
+LEGACY_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # tokenizer.json as it is, in transformers 4.x and 5.x alike
+
+
+def write_legacy_keys(directory: str | os.PathLike) -> None:
+    """Add the keys transformers 4.x (and vLLM's transformers-4 path) reads to a checkpoint transformers 5 saved:
+    `rope_theta` (and `rope_scaling`) at the top level of config.json beside 5.x's `rope_parameters` (4.x falls
+    back to rope_theta 10000 without an error), `torch_dtype` beside `dtype`, and a tokenizer_class 4.x knows
+    instead of `TokenizersBackend` (which 4.x cannot load)."""
+    d = Path(directory)
+    cfg_path = d / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        before = dict(cfg)
+        for c in [cfg, *(v for v in cfg.values() if isinstance(v, dict) and "rope_parameters" in v)]:
+            rope = c.get("rope_parameters")
+            if isinstance(rope, dict) and "rope_theta" in rope:
+                c.setdefault("rope_theta", rope["rope_theta"])
+                if rope.get("rope_type", "default") != "default":
+                    c.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+        if "dtype" in cfg:
+            cfg.setdefault("torch_dtype", cfg["dtype"])
+        if cfg != before:
+            write_json(cfg_path, cfg)
+    tok_path = d / "tokenizer_config.json"
+    if tok_path.is_file():
+        conf = json.loads(tok_path.read_text(encoding="utf-8"))
+        if conf.get("tokenizer_class") == "TokenizersBackend":
+            write_json(tok_path, {**conf, "tokenizer_class": LEGACY_TOKENIZER_CLASS})
+
+
 # ---------------------------------------------------------------------------------------------- embedded
 
 
@@ -110,6 +143,7 @@ def embedded_hf_dir() -> Path:
     quantizer and save a plain checkpoint first."""
     out = cache_dir() / f"{EMBEDDED_NAME}-hf"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        write_legacy_keys(out)  # a copy made by an older camelid
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,6 +160,7 @@ def embedded_hf_dir() -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        write_legacy_keys(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

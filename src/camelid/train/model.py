@@ -8,7 +8,7 @@ from pathlib import Path
 
 from camelid.core.io import CamelidError
 from camelid.models.checkpoint import (base_checkpoint, load_tokenizer, portable_base, tokenizer_dir,
-                                      trained_tokenizer)
+                                      trained_tokenizer, write_legacy_keys)
 from camelid.train.config import TrainConfig
 from camelid.train.vocab import (EXTENSION_FILE, lora_embedding_kwargs, module_name, resize_embeddings,
                                  ties_embeddings, train_only_embeddings)
@@ -148,6 +148,7 @@ def save_trained(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, stop
         ac.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         check_adapter(out)
     tokenizer.save_pretrained(out)  # the trained chat_template, a pad that is not an end token
+    write_legacy_keys(out)  # transformers 4.x reads the same model
     ext = tokenizer_source(cfg, base) / EXTENSION_FILE
     if ext.is_file():  # the run's tokenizer is an extended one: chat loads it, a next stage knows it (auto)
         shutil.copyfile(ext, out / EXTENSION_FILE)
