@@ -36,6 +36,8 @@ def merge_adapter(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
         raise CamelidError(f"{run_dir}: holds a full model, not an adapter: nothing to merge (export it with --gguf "
                            "or use it as it is)")
     out = Path(out) if out else adapter.parent / f"{adapter.name}-merged"
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):  # before the merge, not after
+        raise CamelidError(f"{out}: already exists (pass --force to replace it)")
     tok_dir = ckpt.tokenizer_dir
     tokenizer = load_tokenizer(tok_dir)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
