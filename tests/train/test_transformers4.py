@@ -22,7 +22,11 @@ from camelid.train.sft import train
 from tests.train.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON4 = Path(os.environ.get("CAMELID_TRANSFORMERS4_PYTHON", ROOT.parent / "venv457" / "bin" / "python"))
+# the env var, else a venv beside the checkout (.venv-tf4 inside it, or venv457 next to it / next to worktrees)
+_CANDIDATES = [Path(p) for p in [os.environ.get("CAMELID_TRANSFORMERS4_PYTHON")] if p] + [
+    ROOT / ".venv-tf4" / "bin" / "python", ROOT.parent / "venv457" / "bin" / "python",
+    ROOT.parent / "wt" / "venv457" / "bin" / "python"]
+PYTHON4 = next((p.absolute() for p in _CANDIDATES if p.is_file()), _CANDIDATES[0].absolute())
 pytestmark = pytest.mark.skipif(not PYTHON4.is_file(), reason="no transformers 4.x interpreter (set "
                                 "CAMELID_TRANSFORMERS4_PYTHON; see this module's docstring)")
 TEXT = "Below is an instruction. The capital of France is Paris, and 한국어 works too."

@@ -14,6 +14,7 @@ render, tokenizer) asks this module, so a spec means the same thing everywhere:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -218,10 +219,13 @@ def adapter_base(base: str, where: Path) -> Path:
     if (Path(base) / "config.json").is_file():
         return Path(base)
     if not Path(base).is_absolute() and base.count("/") == 1:
-        from huggingface_hub import try_to_load_from_cache
+        from transformers.utils import cached_file
 
-        cached = try_to_load_from_cache(base, "config.json")
-        if isinstance(cached, str):
+        try:
+            cached = cached_file(base, "config.json", local_files_only=True)
+        except OSError:
+            cached = None
+        if cached:
             return Path(cached).parent
     raise ModelError(f"{where}: base model {base!r} not found (no config.json there, nor in the Hugging Face cache)")
 
@@ -317,8 +321,6 @@ def trained_tokenizer(tokenizer, template: str | None):
     pipelines and servers prompt the model as training did; and its pad token is not an end token when the
     tokenizer has a spare one (Llama's choice: unk), so collators that mask pad ids never mask the EOS.
     What `camelid model check --fix` repairs, done when the files are first written."""
-    import copy
-
     tok = copy.deepcopy(tokenizer)
     if template in TEMPLATES:
         tok.chat_template = TEMPLATES[template].jinja_chat_template()
