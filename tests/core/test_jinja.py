@@ -176,3 +176,17 @@ def test_a_literal_end_marker_in_a_reply_does_not_stop_training_with_the_models_
 def test_a_generation_template_with_a_syntax_error_names_its_line():
     with pytest.raises(TemplateError, match="line 2"):
         jinja.render("{% for m in messages %}\n{% generation %}{{ m }}{% endfor %}", [])
+
+
+def test_a_generation_template_trains_through_the_data_pipeline_with_no_mismatch(tok):
+    from camelid.data.examples import build_examples
+
+    t = get_template("tokenizer", TULU_GEN, tok.bos_token, tok.eos_token)
+    convs = [{"id": f"r{i}", "messages": c} for i, c in enumerate(_mask_conversations()[:20])]
+    examples, stats = build_examples(convs, tok, t, max_length=4096)
+    assert stats.tokenization_mismatch == 0 and stats.kept == len(examples) == 20
+    for ex, conv in zip(examples, convs):
+        ref = tok.apply_chat_template(conv["messages"], chat_template=TULU_GEN, tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+        assert ex.input_ids == list(ref["input_ids"])
+        assert [int(label != IGNORE_INDEX) for label in ex.labels] == list(ref["assistant_masks"])

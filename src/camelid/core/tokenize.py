@@ -42,7 +42,7 @@ def encode(tokenizer, template: Template, messages: list[dict], mask: Mask = "as
     token the prompt it was trained on."""
     segs = template.segments(messages, add_generation_prompt)
     flags = trained(segs, mask)
-    if template.name == "tokenizer" and jinja.has_generation_tag(template.chat_template or ""):
+    if whole_text(template):
         return _encode_whole(tokenizer, template, segs, flags)
     ids = special_prefix(tokenizer) if segs[0].kind != "bos" else []
     labels = [IGNORE_INDEX] * len(ids)
@@ -60,6 +60,12 @@ def encode(tokenizer, template: Template, messages: list[dict], mask: Mask = "as
         ids += toks
         labels += toks if train else [IGNORE_INDEX] * len(toks)
     return ids, labels
+
+
+def whole_text(template: Template) -> bool:
+    """A `{% generation %}` chat_template is tokenized as transformers does: the whole text at once, no special
+    tokens added (the template writes its own BOS)."""
+    return template.name == "tokenizer" and jinja.has_generation_tag(template.chat_template or "")
 
 
 def _encode_whole(tokenizer, template: Template, segs, flags) -> tuple[list[int], list[int]]:

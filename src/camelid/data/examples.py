@@ -21,7 +21,7 @@ from typing import Iterable
 
 from camelid.core.io import CamelidError, DataError, Problem, sha256_file
 from camelid.core.templates import Mask, Template, TemplateError
-from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix
+from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix, whole_text
 from camelid.data.formats import read_conversations
 from camelid.data.texts import read_texts
 
@@ -125,6 +125,8 @@ def encode_record(tokenizer, template: Template, messages: list[dict], mask: Mas
 
 
 def _prefix_text(tokenizer, template: Template) -> str:
+    if whole_text(template):
+        return ""
     segs_start_bos = False
     try:
         segs_start_bos = template.segments([{"role": "user", "content": "x"}])[0].kind == "bos"
