@@ -10,7 +10,7 @@ other template sees `content + "\\n\\n" + input` via `user_text`.
 
 Each shipped template is declared once, in TEMPLATES: its segment builder, the same format as a Jinja
 chat_template (written into tokenizers and GGUF files) and as an Ollama Go template, side by side. Adding a
-template is adding one entry there (tokenizing lives in tokenize.py).
+template is adding one entry there (the types live in segments.py, tokenizing in tokenize.py).
 """
 
 from __future__ import annotations
@@ -18,163 +18,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 from camelid.core import jinja
-from camelid.core.jinja import TemplateError
+from camelid.core.segments import (MASKS, Mask, Segment, Template, TemplateError, check_roles, jinja_renderer,
+                                   merge_segments, split_system, trained, user_text)
 
-Mask = Literal["assistant", "last", "all"]
-MASKS: tuple[str, ...] = ("assistant", "last", "all")
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str  # for kind "bos"/"eos" the text is empty; the tokenizer's token is used
-    kind: Literal["text", "bos", "eos"] = "text"
-    turn: int | None = None  # index into messages of the assistant turn this belongs to
-
-
-def user_text(m: dict) -> str:
-    """The user's text as a chat template sees it (Alpaca's `input` appended after a blank line)."""
-    extra = m.get("input") or ""
-    return m["content"] + ("\n\n" + extra if extra else "")
-
-
-def _check_roles(messages: list[dict], name: str) -> None:
-    roles = [m.get("role") for m in messages if m.get("role") != "system"]
-    for i, r in enumerate(roles):
-        want = "user" if i % 2 == 0 else "assistant"
-        if r != want:
-            raise TemplateError(f"template {name!r}: turn {i} has role {r!r}, expected {want!r} (roles must alternate "
-                                "user/assistant, starting with user)")
-
-
-def _no_system(messages: list[dict], name: str) -> list[dict]:
-    """The messages of a template whose prompt has no place for a system message (Stanford's Alpaca, KULLM's,
-    Self-Instruct's): refused, never dropped, as `data convert --to alpaca` refuses it. An empty one loses nothing."""
-    if messages and messages[0].get("role") == "system":
-        if messages[0].get("content"):
-            raise TemplateError(f"template {name!r} has no place for a system message (its prompt is fixed, as "
-                                "`data convert --to alpaca` says too): remove it, or choose vicuna_v1.1, llama-2, "
-                                "chatml or tokenizer")
-        return messages[1:]
-    return messages
-
-
-def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:
-    if messages and messages[0].get("role") == "system":
-        return messages[0]["content"], messages[1:]
-    return default, messages
-
-
-@dataclass(frozen=True)
-class Template:
-    """A named prompt format. `build` returns segments; `stop` lists extra stop strings for generation."""
-
-    name: str
-    build: Callable[["Template", list[dict], bool], list[Segment]] = field(repr=False)
-    stop: tuple[str, ...] = ()
-    system: str = ""
-    end_token: str | None = None  # what an "eos" segment means when not the tokenizer's EOS (ChatML's <|im_end|>)
-    chat_template: str | None = field(default=None, repr=False)  # Jinja source for name == "tokenizer"
-    bos_token: str = "<s>"
-    eos_token: str = "</s>"
-    seed: int = 0  # self-instruct: picks each example's prompt format (see self_instruct_format)
-    jinja: str | None = field(default=None, repr=False)  # the same format as a Jinja chat_template (EOS: eos_token)
-    ollama: Callable[[str, str], str] | None = field(default=None, repr=False)  # (bos, eos) -> Ollama Go template
-
-    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
-        if not messages:
-            raise TemplateError("no messages to render")
-        return self.build(self, list(messages), add_generation_prompt)
-
-    def render(self, messages: list[dict], add_generation_prompt: bool = False,
-               bos_token: str | None = None, eos_token: str | None = None) -> str:
-        """The exact text the model sees, with BOS/EOS written as the tokenizer's token strings."""
-        bos, eos = bos_token or self.bos_token, self.end_token or eos_token or self.eos_token
-        return "".join(bos if s.kind == "bos" else eos if s.kind == "eos" else s.text
-                       for s in self.segments(messages, add_generation_prompt))
-
-    def stop_strings(self, eos_token: str | None = None) -> list[str]:
-        """Strings that end a generation besides the EOS id (text backends need the EOS string too)."""
-        out = [self.end_token or eos_token or self.eos_token, *self.stop]
-        return list(dict.fromkeys(s for s in out if s))
-
-    def jinja_chat_template(self) -> str:
-        """This format as a Jinja chat_template (a tokenizer's own for `tokenizer`)."""
-        source = self.chat_template if self.name == "tokenizer" else self.jinja
-        if not source:
-            raise TemplateError(f"template {self.name!r} has no Jinja chat_template form here")
-        return source
-
-    def ollama_template(self, bos: str, eos: str) -> str | None:
-        """The Go template Ollama renders `.Messages` with; None when Ollama should read the GGUF's chat_template.
-
-        A tokenizer's own Jinja that renders every message as plain ChatML (checked on probe conversations) gets
-        that Go form (Ollama cannot run Jinja); its default system prompt goes to the Modelfile's SYSTEM, which
-        Ollama prepends as a system message when a request has none (see `default_system`)."""
-        if self.ollama is not None:
-            return self.ollama(bos, eos)
-        if self.name == "tokenizer" and self.chat_template and _renders_plain_chatml(self):
-            return _CHATML_GO
-        return None
-
-    def default_system(self) -> str:
-        """The system prompt this template writes when a conversation has none ("" when it writes none): a shipped
-        template's own, or what a tokenizer's Jinja injects (SmolLM's "You are a helpful AI assistant named
-        SmolLM..."), found by rendering the same conversation with a marker system message and without one."""
-        if self.name != "tokenizer" or not self.chat_template:
-            return self.system
-        marker, user = "\x00camelid-system\x00", {"role": "user", "content": "\x00camelid-probe\x00"}
-        render = jinja_renderer(self.chat_template, self.bos_token, self.eos_token)
-        try:
-            without = render([user], True)
-            marked = render([{"role": "system", "content": marker}, user], True)
-        except TemplateError:
-            return ""
-        if marker not in marked:
-            return ""
-        pre, post = marked.split(marker, 1)
-        if without.startswith(pre) and without.endswith(post) and len(without) >= len(pre) + len(post):
-            return without[len(pre):len(without) - len(post)]
-        return ""
-
-
-_CHATML_GO = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-
-
-def _renders_plain_chatml(t: Template) -> bool:
-    """Whether a tokenizer's Jinja writes each message as `<|im_start|>ROLE\nCONTENT<|im_end|>\n` (after its default
-    system message when none is given) and ends with the assistant cue: what _CHATML_GO renders in Ollama."""
-    default = t.default_system()
-    probes = [[{"role": "user", "content": "Hi"}],
-              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-              [{"role": "system", "content": ""}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-               {"role": "user", "content": "c"}]]
-    render = jinja_renderer(t.chat_template or "", t.bos_token, t.eos_token)
-    for msgs in probes:
-        seen = msgs if msgs[0]["role"] == "system" or not default else [{"role": "system", "content": default}, *msgs]
-        want = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in seen) + "<|im_start|>assistant\n"
-        try:
-            if render(msgs, True) != want:
-                return False
-        except TemplateError:
-            return False
-    return True
-
-
-def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
-    """Which segments carry loss. EOS of a trained turn is always trained."""
-    if mask not in MASKS:
-        raise TemplateError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
-    turns = [s.turn for s in segments if s.turn is not None]
-    last = max(turns) if turns else None
-    if mask == "all":
-        return [True] * len(segments)
-    if mask == "last":
-        return [s.turn is not None and s.turn == last for s in segments]
-    return [s.turn is not None for s in segments]
+__all__ = ["MASKS", "Mask", "Segment", "Template", "TemplateError", "TEMPLATES", "TEMPLATE_NAMES", "get_template",
+           "jinja_chat_template", "jinja_renderer", "self_instruct_format", "trained", "user_text"]
 
 
 # ------------------------------------------------------------------------------------------- Jinja / Ollama parts
@@ -227,10 +78,22 @@ ALPACA_KO_PROMPT_NO_INPUT = (
 )
 
 
+def _no_system(messages: list[dict], name: str) -> list[dict]:
+    """The messages of a template whose prompt has no place for a system message (Stanford's Alpaca, KULLM's,
+    Self-Instruct's): refused, never dropped, as `data convert --to alpaca` refuses it. An empty one loses nothing."""
+    if messages and messages[0].get("role") == "system":
+        if messages[0].get("content"):
+            raise TemplateError(f"template {name!r} has no place for a system message (its prompt is fixed, as "
+                                "`data convert --to alpaca` says too): remove it, or choose vicuna_v1.1, llama-2, "
+                                "chatml or tokenizer")
+        return messages[1:]
+    return messages
+
+
 def _alpaca_builder(with_input: str, without_input: str) -> Callable:
     def build(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         msgs = _no_system(messages, t.name)
-        _check_roles(msgs, t.name)
+        check_roles(msgs, t.name)
         if len(msgs) > 2:
             raise TemplateError(f"template {t.name!r} holds one instruction and one response; this conversation has "
                                 f"{len(msgs)} messages (use vicuna_v1.1, chatml or tokenizer for multi-turn data)")
@@ -255,8 +118,8 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
 
 def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     # FastChat SeparatorStyle.ADD_COLON_TWO, sep=" ", sep2="</s>": "SYS USER: u ASSISTANT: a</s>USER: ..."
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs = [Segment(system + " ")]
     for i, m in enumerate(msgs):
@@ -267,7 +130,7 @@ def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                      Segment("", "eos", turn=offset + i)]
     if gen:
         segs.append(Segment("ASSISTANT:"))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Llama 2
@@ -275,8 +138,8 @@ def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
 
 def _llama2(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     # Meta's format: <s>[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n{user} [/INST] {answer} </s><s>[INST] {user} [/INST]
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs: list[Segment] = []
     for i, m in enumerate(msgs):
@@ -287,15 +150,15 @@ def _llama2(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
             segs += [Segment("", "bos"), Segment(f"[INST] {text} [/INST]")]
         else:
             segs += [Segment(f" {m['content'].strip()} ", turn=offset + i), Segment("", "eos", turn=offset + i)]
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- ChatML
 
 
 def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs = [Segment(f"<|im_start|>system\n{system}<|im_end|>\n")] if system else []
     for i, m in enumerate(msgs):
@@ -306,7 +169,7 @@ def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                      Segment("", "eos", turn=offset + i), Segment("\n")]
     if gen:
         segs.append(Segment("<|im_start|>assistant\n"))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Jinja
@@ -320,9 +183,9 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         raise TemplateError("template 'tokenizer' needs a tokenizer with a chat_template")
     msgs = [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
     if msgs[0]["role"] != "system":
-        _check_roles(msgs, t.name)
+        check_roles(msgs, t.name)
     else:
-        _check_roles(msgs[1:], t.name)
+        check_roles(msgs[1:], t.name)
     if jinja.has_generation_tag(t.chat_template):
         return _jinja_generation(t, msgs, gen)
     render = jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
@@ -355,7 +218,7 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         raise TemplateError("the tokenizer's chat_template does not render conversations as growing prefixes")
     if final[len(done):]:
         segs.append(Segment(final[len(done):]))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 def _jinja_generation(t: Template, msgs: list[dict], gen: bool) -> list[Segment]:
@@ -378,23 +241,7 @@ def _jinja_generation(t: Template, msgs: list[dict], gen: bool) -> list[Segment]
             segs.append(Segment(body, turn=turn))
         pos = b
     segs.append(Segment(text[pos:]))
-    return _merge(segs)
-
-
-def jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
-    """(messages, add_generation_prompt) -> text, exactly as transformers' apply_chat_template renders it."""
-    return jinja.renderer(source, bos, eos)
-
-
-def _merge(segs: list[Segment]) -> list[Segment]:
-    """Join neighbouring text segments of the same turn (fewer, longer pieces tokenize more naturally)."""
-    out: list[Segment] = []
-    for s in segs:
-        if out and s.kind == "text" and out[-1].kind == "text" and out[-1].turn == s.turn:
-            out[-1] = Segment(out[-1].text + s.text, "text", s.turn)
-        elif s.kind != "text" or s.text:
-            out.append(s)
-    return out
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Self-Instruct
@@ -428,7 +275,7 @@ SELF_INSTRUCT_FORMATS: dict[str, tuple[str, str]] = {  # id -> (prompt, trained 
 def _self_instruct_parts(messages: list[dict]) -> tuple[str, str, str | None]:
     """(instruction, input, output or None), stripped as Self-Instruct's encode_instance strips them."""
     msgs = _no_system(messages, "self-instruct")
-    _check_roles(msgs, "self-instruct")
+    check_roles(msgs, "self-instruct")
     if len(msgs) > 2:
         raise TemplateError(f"template 'self-instruct' holds one instruction and one output; this conversation has "
                             f"{len(msgs)} messages")
@@ -542,6 +389,29 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+_CHATML_GO = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+
+
+def _renders_plain_chatml(t: Template) -> bool:
+    """Whether a tokenizer's Jinja writes each message as `<|im_start|>ROLE\nCONTENT<|im_end|>\n` (after its default
+    system message when none is given) and ends with the assistant cue: what _CHATML_GO renders in Ollama."""
+    default = t.default_system()
+    probes = [[{"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": ""}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": "c"}]]
+    render = jinja_renderer(t.chat_template or "", t.bos_token, t.eos_token)
+    for msgs in probes:
+        seen = msgs if msgs[0]["role"] == "system" or not default else [{"role": "system", "content": default}, *msgs]
+        want = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in seen) + "<|im_start|>assistant\n"
+        try:
+            if render(msgs, True) != want:
+                return False
+        except TemplateError:
+            return False
+    return True
+
+
 def jinja_chat_template(name: str) -> str:
     """A Jinja chat_template that renders exactly what the shipped template `name` renders (EOS via eos_token)."""
     if name not in TEMPLATES:
@@ -562,7 +432,9 @@ def get_template(name: str, chat_template: str | None = None, bos_token: str | N
     if name == "tokenizer":
         if not chat_template:
             raise TemplateError("template 'tokenizer' needs a model whose tokenizer has a chat_template")
-        return Template("tokenizer", _jinja, chat_template=chat_template, **tokens)
+        t = Template("tokenizer", _jinja, chat_template=chat_template, **tokens)
+        # a tokenizer's own Jinja that renders plain ChatML gets that Go form (Ollama cannot run Jinja)
+        return _replace(t, ollama=lambda bos, eos: _CHATML_GO) if _renders_plain_chatml(t) else t
     if name not in TEMPLATES:
         raise TemplateError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
     t = TEMPLATES[name]

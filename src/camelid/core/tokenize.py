@@ -7,7 +7,7 @@ token the prompt it was trained on.
 from __future__ import annotations
 
 from camelid.core import jinja
-from camelid.core.templates import Mask, Template, TemplateError, trained
+from camelid.core.segments import Mask, Template, TemplateError, trained
 
 IGNORE_INDEX = -100
 
