@@ -21,7 +21,7 @@ from typing import Iterable
 
 from camelid.core.io import CamelidError, DataError, Problem, check_input, sha256_file
 from camelid.core.templates import Mask, Template, TemplateError
-from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix
+from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix, whole_text
 from camelid.data.formats import detect_format, read_conversations
 from camelid.data.texts import read_texts
 
@@ -105,11 +105,14 @@ def encode_record(tokenizer, template: Template, messages: list[dict], mask: Mas
         info["mismatch"] = _first_difference(rendered, decoded)
     if max_length is not None and len(ids) > max_length:
         info["truncated"] = True
+        full_labels = labels
         ids, labels = ids[:max_length], labels[:max_length]
-        # assistant turns are the contiguous runs of the "assistant" mask, each ending in its EOS
-        turn_labels = labels if mask == "assistant" else encode(tokenizer, template, messages, "assistant")[1]
-        turn_labels = turn_labels[:max_length]
-        if turn_labels[-1] != IGNORE_INDEX and labels[-1] != IGNORE_INDEX:  # a trained turn lost its EOS
+        # assistant turns are the contiguous runs of the "assistant" mask, each ending in its EOS: a turn lost its
+        # EOS only when it goes on past the cut (a cut right after the EOS leaves the turn whole)
+        full_turns = full_labels if mask == "assistant" else encode(tokenizer, template, messages, "assistant")[1]
+        turn_labels = full_turns[:max_length]
+        if (turn_labels[-1] != IGNORE_INDEX and full_turns[max_length] != IGNORE_INDEX
+                and labels[-1] != IGNORE_INDEX):  # a trained turn lost its EOS
             start = len(turn_labels)
             while start > 0 and turn_labels[start - 1] != IGNORE_INDEX:
                 start -= 1
@@ -122,6 +125,8 @@ def encode_record(tokenizer, template: Template, messages: list[dict], mask: Mas
 
 
 def _prefix_text(tokenizer, template: Template) -> str:
+    if whole_text(template):
+        return ""
     segs_start_bos = False
     try:
         segs_start_bos = template.segments([{"role": "user", "content": "x"}])[0].kind == "bos"
