@@ -10,7 +10,6 @@ import yaml
 from camelid.core.cli import console
 from camelid.core.io import CamelidError
 from camelid.core.config import cli_options, schema_yaml
-from camelid.data.examples import check_data_files
 from camelid.train.config import CONFIG_DIR, TrainConfig, is_staged, load_config, read_config_file
 from camelid.train.sft import train
 from camelid.train.multistage import load_stages, run_stages, show
@@ -62,6 +61,4 @@ def train_command(
     if show_config:
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), end="")
         return
-    if cfg.data:  # before torch is even imported: a bad file is a one-line error in a second
-        check_data_files([*cfg.data, *cfg.eval_data], cfg.data_format)
     train(cfg, console=console)

@@ -224,13 +224,14 @@ def sample(model, tokenizer, template, prompts: list[str], max_tokens: int, stop
 
 def train(cfg: TrainConfig, console=None) -> TrainResult:
     """Run (or resume) one fine-tuning run into `cfg.output_dir`; see the module docstring for the loss."""
+    if not cfg.data:
+        raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
+    # before torch is even imported: a bad file is a one-line error in a second
+    check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
-    if not cfg.data:
-        raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
-    check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()  # a second run in this process may use another precision (process group kept)
