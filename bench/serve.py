@@ -1,16 +1,13 @@
-"""Aggregate tokens/s and time to first token of `camelid serve` at 1, 4, 8 and 16 concurrent clients: camelid's
-continuous batching against today's one-at-a-time path and against llama-cpp-python's own server, in one run.
+"""Throughput and time to first token of `camelid serve` at 1, 4 and 16 concurrent clients, and the server's overhead
+against calling the backend directly (same prompts, same max_tokens, greedy), in one process, one run.
 
-    python bench/serve.py [--requests 32] [--max-tokens 32] [--clients 1,4,8,16] [--threads 2]
+    python bench/serve.py [--requests 32] [--max-tokens 16] [--clients 1,4,16] [--model embedded]
 
-Contenders (same GGUF, same threads, same prompts, greedy, streaming clients over real HTTP on 127.0.0.1):
-- `batched`: `camelid serve` over the llama.cpp backend (several sequences per decode step, joining and leaving
-  between steps);
-- `sequential`: the same server over the same model with generation through llama-cpp-python's `create_completion`,
-  one request at a time (what `camelid serve` did before batching);
-- `llama_cpp.server`: `python -m llama_cpp.server` (llama-cpp-python's bundled OpenAI server) in a subprocess.
-Also `direct`: the backend called sequentially without HTTP, whose greedy answers the `same` column compares against
-(tokens equal up to the first difference / tokens; batched float paths differ from single-sequence ones).
+The server runs in-process (uvicorn in a thread, real HTTP on 127.0.0.1) over the same model object as the direct
+calls, so the ratio isolates HTTP + SSE + queueing. Clients stream (SSE) with httpx, one connection per request.
+The point is that the server adds little and loses nothing under load; what batching gains at more clients (llama.cpp
+decodes concurrent requests together) is measured against the one-at-a-time path and llama_cpp.server by
+bench/serve_batch.py.
 """
 
 from __future__ import annotations
@@ -20,44 +17,40 @@ import json
 import os
 import queue
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from typing import Iterator
 
 import httpx
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama_cpp loads (see models/llamacpp.py)
+# before llama_cpp loads: with OpenMP's default spinning, the direct baseline on the main thread ran 15-20x slower
+# than the same calls on a worker thread on a busy machine, which would flatter the server (see the report)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from camelid.models import Chunk, Model, Sampling, embedded_gguf, load_model
+from camelid.models import Sampling, load_model
 from camelid.serve.server import BackgroundServer, create_app
-
-
-class Sequential(Model):
-    """The same llama.cpp model generating through create_completion, one request at a time (the old path)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name, self.template, self.context_length = inner.name, inner.template, inner.context_length
-        self.eos_token, self.bos_token, self.max_concurrency = inner.eos_token, inner.bos_token, 1
-
-    def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
-        return self.inner.stream_sequential(prompt, sampling)
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
 
 
 def prompts(n: int) -> list[list[dict]]:
     topics = ["the sea", "a cat", "winter", "coffee", "a robot", "the moon", "trains", "bread"]
-    return [[{"role": "user", "content": f"Write two sentences about {topics[i % len(topics)]} (#{i})."}]
+    return [[{"role": "user", "content": f"Write one sentence about {topics[i % len(topics)]} (#{i})."}]
             for i in range(n)]
 
 
-def direct(model, convs: list[list[dict]], max_tokens: int) -> list[str]:
-    s = model.chat_sampling(Sampling(temperature=0, max_tokens=max_tokens))
-    return ["".join(c.text for c in model.stream_sequential(model.chat_prompt(m), s)) for m in convs]
+def direct(model, convs: list[list[dict]], max_tokens: int) -> dict:
+    """The backend alone, sequentially: the floor the server is measured against."""
+    ttft, texts, tokens = [], [], 0
+    t0 = time.perf_counter()
+    for messages in convs:
+        start, first, parts = time.perf_counter(), None, []
+        for c in model.stream_chat(messages, Sampling(temperature=0, max_tokens=max_tokens)):
+            if c.text and first is None:
+                first = time.perf_counter() - start
+            parts.append(c.text)
+            tokens += c.completion_tokens
+        ttft.append(first or 0.0)
+        texts.append("".join(parts))
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "ttft": ttft, "texts": texts, "tokens": tokens, "errors": 0}
 
 
 def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: int, clients: int) -> dict:
@@ -71,7 +64,7 @@ def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: in
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(timeout=600) as http:
+        with httpx.Client(timeout=300) as http:
             while True:
                 try:
                     i, messages = todo.get_nowait()
@@ -79,7 +72,7 @@ def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: in
                     return
                 body = {"model": model_name, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
                         "stream": True, "stream_options": {"include_usage": True}}
-                start, first, parts, n = time.perf_counter(), None, [], 0
+                start, first, parts = time.perf_counter(), None, []
                 with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
                     if r.status_code != 200:
                         with lock:
@@ -91,15 +84,14 @@ def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: in
                             continue
                         ev = json.loads(line[6:])
                         if ev.get("usage"):
-                            n = ev["usage"]["completion_tokens"]
+                            with lock:
+                                tokens[0] += ev["usage"]["completion_tokens"]
                         for ch in ev.get("choices", []):
                             piece = ch["delta"].get("content")
                             if piece:
                                 if first is None:
                                     first = time.perf_counter() - start
                                 parts.append(piece)
-                with lock:
-                    tokens[0] += n
                 ttft[i], texts[i] = first or 0.0, "".join(parts)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -108,122 +100,93 @@ def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: in
         t.start()
     for t in threads:
         t.join()
-    return {"wall": time.perf_counter() - t0, "ttft": ttft, "texts": texts, "tokens": tokens[0], "errors": errors[0]}
+    return {"wall": time.perf_counter() - t0, "ttft": ttft, "texts": texts, "tokens": tokens[0],
+            "errors": errors[0]}
 
 
-def llama_cpp_server(gguf: str, threads: int, n_ctx: int):
-    import socket
+def retry_after(model, convs: list[list[dict]], max_tokens: int, max_queue: int) -> tuple[int, float, float]:
+    """Fill the gate (1 running + max_queue waiting, distinct prompts after one warm-up measurement), send one more:
+    (its 429's Retry-After, seconds the admitted requests then took to drain, the gate's service-time estimate)."""
+    app = create_app(model, max_queue=max_queue, page=False)
+    gate = app.state.gate
+    with BackgroundServer(app) as srv:
+        def post(messages):
+            return httpx.post(srv.url + "/v1/chat/completions", timeout=300, json={
+                "messages": messages, "max_tokens": max_tokens, "temperature": 0})
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-                             "--n_threads_batch", str(threads)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"llama_cpp.server exited with {proc.returncode} (pip install 'llama-cpp-python[server]')")
-        try:
-            if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("llama_cpp.server did not start within 120 s")
-
-
-def agreement(model, texts: list[str], reference: list[str]) -> tuple[int, int]:
-    same = total = 0
-    for a, b in zip(texts, reference):
-        ta, tb = model.tokenize(a), model.tokenize(b)
-        same += next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
-        total += max(len(ta), len(tb), 1)
-    return same, total
+        post(convs[-1])
+        while gate.measured < 1:
+            time.sleep(0.01)
+        threads = [threading.Thread(target=post, args=(convs[i],)) for i in range(max_queue + 1)]
+        for t in threads:
+            t.start()
+        while gate.admitted < max_queue + 1:
+            time.sleep(0.005)
+        t0 = time.perf_counter()
+        r = post(convs[0])
+        assert r.status_code == 429, r.text
+        estimate = gate.service_s
+        for t in threads:
+            t.join()
+        return int(r.headers["Retry-After"]), time.perf_counter() - t0, estimate
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))]
+def merge(runs: list[dict]) -> dict:
+    """The median round (by wall time) of repeated runs: this machine's load drifts, so conditions interleave."""
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+
+
+def row(name: str, r: dict, n: int, base: dict, reference: list[str]) -> str:
+    rps = n / r["wall"]
+    same = sum(a == b for a, b in zip(r["texts"], reference))
+    p50 = statistics.median(r["ttft"]) * 1000
+    p95 = sorted(r["ttft"])[max(0, int(0.95 * len(r["ttft"])) - 1)] * 1000
+    overhead = (r["wall"] - base["wall"]) / n * 1000
+    return (f"{name:<18} {rps:>7.2f} {r['tokens'] / r['wall']:>8.1f} {p50:>9.0f} {p95:>9.0f} "
+            f"{base['wall'] / r['wall']:>8.2f} {overhead:>+9.1f} {same:>4}/{n:<3} {r['errors']:>4}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="embedded")
     ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--clients", default="1,4,8,16")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("CAMELID_THREADS") or 2))
-    ap.add_argument("--contenders", default="batched,sequential,llama_cpp.server")
-    ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the median round is shown")
+    ap.add_argument("--queues", default="4,8", help="queue lengths for the Retry-After check ('' to skip)")
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
-    names = args.contenders.split(",")
-    os.environ["CAMELID_THREADS"] = str(args.threads)
 
-    model = load_model("embedded", n_ctx=2048)
+    model = load_model(args.model, n_ctx=2048)
     convs = prompts(args.requests)
-    reference = direct(model, convs, args.max_tokens)
-    servers, procs = {}, []
-    try:
-        for n in names:
-            if n == "batched":
-                app = create_app(model, max_queue=max(levels))
-            elif n == "sequential":
-                app = create_app(Sequential(model), max_queue=max(levels))
-            else:
-                proc, url = llama_cpp_server(str(embedded_gguf()), args.threads, 2048)
-                procs.append(proc)
-                servers[n] = (None, url, "x")
-                continue
-            srv = BackgroundServer(app).__enter__()
-            servers[n] = (srv, srv.url, app.state.served_name)
-        results: dict = {}
-        for n, (_, url, name) in servers.items():  # warm up each
-            over_http(url, name, convs[:2], 4, 1)
-        for c in levels:  # interleaved: each client count runs every contender back to back
-            for n, (_, url, name) in servers.items():
-                r = results[(n, c)] = over_http(url, name, convs, args.max_tokens, c)
-                print(f"  measured {n} at {c} client(s): {r['tokens'] / r['wall']:.1f} tokens/s", flush=True)
-    finally:
-        for srv, _, _ in servers.values():
-            if srv is not None:
-                srv.__exit__(None, None, None)
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-
-    print(f"{args.requests} requests, max_tokens={args.max_tokens}, greedy, embedded model, {args.threads} threads, "
-          f"{os.cpu_count()} CPUs; batched: {model.max_concurrency} sequences per decode")
-    print(f"{'contender':<18} {'clients':>7} {'tok/s':>7} {'req/s':>6} {'ttft p50':>9} {'ttft p95':>9} "
-          f"{'x seq':>6} {'x l.c.s':>7} {'same':>6} {'errs':>4}")
-    out = []
-    for c in levels:
-        for n in servers:
-            r = results[(n, c)]
-            tps = r["tokens"] / r["wall"]
-            seq = results.get(("sequential", c))
-            lcs = results.get(("llama_cpp.server", c))
-            s, t = agreement(model, r["texts"], reference)
-            row = {"contender": n, "clients": c, "tokens_per_s": tps, "requests_per_s": len(convs) / r["wall"],
-                   "ttft_p50_ms": statistics.median(r["ttft"]) * 1000, "ttft_p95_ms": pct(r["ttft"], 0.95) * 1000,
-                   "x_sequential": tps / (seq["tokens"] / seq["wall"]) if seq else None,
-                   "x_llama_cpp_server": tps / (lcs["tokens"] / lcs["wall"]) if lcs else None,
-                   "same_tokens": s / t, "errors": r["errors"]}
-            out.append(row)
-            f = lambda x: f"{x:.2f}" if x is not None else "-"
-            print(f"{n:<18} {c:>7} {tps:>7.1f} {row['requests_per_s']:>6.2f} {row['ttft_p50_ms']:>9.0f} "
-                  f"{row['ttft_p95_ms']:>9.0f} {f(row['x_sequential']):>6} {f(row['x_llama_cpp_server']):>7} "
-                  f"{100 * s / t:>5.1f}% {r['errors']:>4}")
-    print("tok/s: completion tokens of all requests / wall time; ttft in ms (queueing included); x seq / x l.c.s: "
-          "tokens/s relative to the sequential path / llama_cpp.server at the same client count; same: greedy "
-          "tokens equal to the sequential direct answers up to the first difference.")
+    app = create_app(model, max_queue=max(levels))  # room for every client: measure queueing, not 429s
+    results: dict[str, list[dict]] = {"direct": [], **{str(c): [] for c in levels}}
+    with BackgroundServer(app) as srv:
+        direct(model, convs[:2], args.max_tokens)  # warm up
+        over_http(srv.url, app.state.served_name, convs[:2], args.max_tokens, 1)
+        for _ in range(args.rounds):
+            results["direct"].append(direct(model, convs, args.max_tokens))
+            for c in levels:
+                results[str(c)].append(over_http(srv.url, app.state.served_name, convs, args.max_tokens, c))
+    queues = [int(x) for x in args.queues.split(",") if x]
+    checks = [(q, *retry_after(model, convs, args.max_tokens, q)) for q in queues]
     model.close()
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+
+    n, base = args.requests, merge(results["direct"])
+    print(f"{n} requests x {args.rounds} rounds, max_tokens={args.max_tokens}, greedy, model={args.model} "
+          f"({app.state.served_name})")
+    print(f"{'':<18} {'req/s':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'x direct':>8} "
+          f"{'ms/req +':>9} {'same':>8} {'errs':>4}")
+    print(row("direct", base, n, base, base["texts"]))
+    for c in levels:
+        print(row(f"server, {c} client{'s' if c > 1 else ''}", merge(results[str(c)]), n, base, base["texts"]))
+    ratios = [d["wall"] / s["wall"] for d, s in zip(results["direct"], results[str(levels[0])])]
+    print(f"per-round x direct at {levels[0]} client(s): " + ", ".join(f"{x:.2f}" for x in ratios))
+    print("x direct: requests/s relative to the backend called directly (1.00 = no overhead); ms/req +: wall time "
+          "added per request; same: answers identical to the direct greedy ones; ttft in ms.")
+    for q, after, drained, service in checks:
+        print(f"queue full (1 running + {q} waiting): Retry-After {after} s, drained in {drained:.1f} s "
+              f"(ratio {after / drained:.2f}; service-time estimate {service:.2f} s)")
 
 
 if __name__ == "__main__":

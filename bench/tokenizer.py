@@ -72,7 +72,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
     from camelid.train.vocab import charset, extend_tokenizer, resize_embeddings, token_stats, token_text
 
     torch.manual_seed(0)

@@ -58,7 +58,7 @@ def camelid_config(args, out: Path, steps: int):
 def camelid_examples(args, tok) -> dict[int, object]:
     """Record index -> camelid's Example (what camelid trains on)."""
     from camelid.core.templates import get_template
-    from camelid.train.data import build_examples, read_files
+    from camelid.data.examples import build_examples, read_files
 
     convs = [{**c, "id": str(i)} for i, c in enumerate(read_files([args.data]))]
     t = get_template("alpaca", None, tok.bos_token, tok.eos_token)
@@ -78,7 +78,7 @@ def trl_trainer(args, out: Path, steps: int, name: str):
 
     from camelid.core.templates import get_template
     from camelid.data.formats import read_conversations
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     base = embedded_hf_dir()
     tok = AutoTokenizer.from_pretrained(base)
@@ -111,7 +111,7 @@ def real_tokens(inputs: dict) -> int:
 def speed(args) -> dict:
     import torch
 
-    from camelid.train.data import collate
+    from camelid.data.examples import collate
     from camelid.train.model import load_for_training
     from camelid.train.sft import token_loss_sum
 
@@ -185,8 +185,9 @@ def speed(args) -> dict:
 def same_batch_loss(args, cam_model, cam, trainers, idx, tok) -> dict:
     import torch
 
-    from camelid.core.templates import encode, get_template
-    from camelid.train.data import collate, read_files
+    from camelid.core.templates import get_template
+    from camelid.core.tokenize import encode
+    from camelid.data.examples import collate, read_files
     from camelid.train.sft import token_loss_sum
 
     tr = next(iter(trainers.values()))

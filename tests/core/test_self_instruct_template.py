@@ -7,14 +7,8 @@ from collections import Counter
 
 import pytest
 
-from camelid.core.templates import (
-    IGNORE_INDEX,
-    SELF_INSTRUCT_FORMATS,
-    TemplateError,
-    encode,
-    get_template,
-    self_instruct_format,
-)
+from camelid.core.templates import SELF_INSTRUCT_FORMATS, TemplateError, get_template, self_instruct_format
+from camelid.core.tokenize import IGNORE_INDEX, encode
 
 
 def example(i: int, with_input: bool) -> list[dict]:
@@ -31,7 +25,7 @@ EXAMPLES = [example(i, i % 2 == 0) for i in range(400)]
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return AutoTokenizer.from_pretrained(embedded_hf_dir())
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from camelid.cli import main
-from camelid.core.templates import encode, get_template
+from camelid.core.templates import get_template
+from camelid.core.tokenize import encode
 from camelid.data.clean import clean_file
 from camelid.data.split import PieceCounter, split_file, split_messages
 from tests.data.test_clean import g, h, mixed_records, write
@@ -37,7 +38,7 @@ def as_messages(rec: dict) -> list[dict]:
 def hf_tokenizer():
     from transformers import AutoTokenizer
 
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return AutoTokenizer.from_pretrained(embedded_hf_dir())
 

@@ -13,7 +13,7 @@ ALPACA_30 = DATA / "alpaca_30.json"
 
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return embedded_hf_dir()
 

@@ -9,7 +9,8 @@ import yaml
 
 from camelid.cli import main
 from camelid.core.io import CamelidError
-from camelid.train.config import CONFIG_DIR, TrainConfig, load_config, schema_yaml
+from camelid.core.config import schema_yaml
+from camelid.train.config import CONFIG_DIR, TrainConfig, load_config
 
 TRAIN_CONFIGS = ["alpaca_lora", "alpaca_full", "qlora", "vicuna"]
 ACCELERATE_CONFIGS = {"fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
@@ -32,9 +33,9 @@ def test_dotted_overrides_are_typed_yaml_values():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("lora.rank=16", "lora.rank: unknown setting"),
-    ("lr=fast", "lr: Input should be a valid number"),
-    ("method=adapter", "method: Input should be"),
+    ("lora.rank=16", "field 'lora.rank': unknown setting"),
+    ("lr=fast", "field 'lr': Input should be a valid number"),
+    ("method=adapter", "field 'method': Input should be"),
     ("template=vicuna", "template 'vicuna' unknown"),
     ("global_batch_size=10", "not a multiple of micro_batch_size"),
     ("r16", "expected key=value"),
@@ -45,7 +46,7 @@ def test_bad_settings_name_the_setting(override, message):
 
 
 def test_the_commented_schema_loads_back_as_the_defaults(tmp_path):
-    text = schema_yaml()
+    text = schema_yaml(TrainConfig)
     assert "packing: true  # padding-free" in text and "  r: 8  # rank" in text
     (tmp_path / "schema.yaml").write_text(text)
     assert load_config(tmp_path / "schema.yaml") == TrainConfig()
@@ -92,7 +93,7 @@ def test_shipped_accelerate_configs_are_valid_and_leave_accumulation_to_camelid(
 def test_cli_errors_are_one_line(capsys):
     assert main(["train", "lora.r=x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("camelid: error: lora.r:")
+    assert len(err) == 1 and err[0].startswith("camelid: error: settings: field 'lora.r':")
     assert main(["train", "no_such_config.yaml"]) == 1
     assert "no such config file" in capsys.readouterr().err
     assert main(["train"]) == 1

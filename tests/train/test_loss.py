@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camelid.core.templates import IGNORE_INDEX, get_template
-from camelid.train.data import build_examples, collate, read_files
+from camelid.core.templates import get_template
+from camelid.core.tokenize import IGNORE_INDEX
+from camelid.data.examples import build_examples, collate, read_files
 from camelid.train.sft import token_loss_sum
 
 

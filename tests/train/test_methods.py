@@ -39,7 +39,7 @@ def test_a_lora_run_writes_a_nonempty_adapter_and_everything_chat_needs(tiny_mod
     from camelid.models import load_model
 
     m = load_model(f"hf:{out}")
-    assert m.template.name == "vicuna_v1.1" and m.run_config["method"] == "lora"
+    assert m.template.name == "vicuna_v1.1" and m.run.method == "lora"
     c = m.chat([{"role": "user", "content": "Hi"}], __import__("camelid.models", fromlist=["Sampling"]).Sampling(
         temperature=0, max_tokens=3))
     assert c.completion_tokens <= 3

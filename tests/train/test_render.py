@@ -6,7 +6,7 @@ import json
 
 from camelid.cli import main
 from camelid.core.templates import get_template
-from camelid.train.data import encode_record
+from camelid.data.examples import encode_record
 from tests.core.test_templates import CONVERSATIONS, fastchat_vicuna_v11
 
 

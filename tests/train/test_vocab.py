@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from camelid.cli import main
+from camelid.data.texts import read_texts
 from camelid.train.vocab import (EXTENSION_FILE, charset, extend_tokenizer, lora_embedding_kwargs,
-                                 lora_modules_to_save, read_texts, resize_embeddings, ties_embeddings,
-                                 token_stats, token_text, train_only_embeddings)
+                                 lora_modules_to_save, resize_embeddings, ties_embeddings, token_stats, token_text,
+                                 train_only_embeddings)
 
 ROOT = Path(__file__).resolve().parents[2]
 KO_CORPUS = ROOT / "src" / "camelid" / "train" / "data" / "ko_corpus.txt"
@@ -20,9 +21,9 @@ BENCH = ROOT / "bench" / "data"
 
 @pytest.fixture(scope="module")
 def base_tok():
-    from camelid.train.vocab import load_tokenizer
+    from camelid.models.checkpoint import load_tokenizer, tokenizer_dir
 
-    return load_tokenizer("embedded")
+    return load_tokenizer(tokenizer_dir("embedded"))
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,7 @@ def test_model_with_extended_tokenizer_trains_saves_reloads_and_chats(tiny_model
     import torch
 
     from camelid.models import Sampling, load_model
-    from camelid.train.export import merge_adapter
+    from camelid.modelfiles.merge import merge_adapter
     from camelid.train.sft import train
     from tests.train.conftest import tiny_config
 

@@ -7,98 +7,51 @@ tokenizes segment by segment to build labels (no offset guessing); inference joi
 
 An Alpaca-style user message may carry an extra `input` field (Stanford's instruction/input split); every
 other template sees `content + "\\n\\n" + input` via `user_text`.
+
+Each shipped template is declared once, in TEMPLATES: its segment builder, the same format as a Jinja
+chat_template (written into tokenizers and GGUF files) and as an Ollama Go template, side by side. Adding a
+template is adding one entry there (the types live in segments.py, tokenizing in tokenize.py).
 """
 
 from __future__ import annotations
 
-import functools
-
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
-from camelid.core.io import CamelidError
+from camelid.core import jinja
+from camelid.core.segments import (MASKS, Mask, Segment, Template, TemplateError, check_roles, jinja_renderer,
+                                   merge_segments, split_system, trained, user_text)
 
-Mask = Literal["assistant", "last", "all"]
-MASKS: tuple[str, ...] = ("assistant", "last", "all")
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str  # for kind "bos"/"eos" the text is empty; the tokenizer's token is used
-    kind: Literal["text", "bos", "eos"] = "text"
-    turn: int | None = None  # index into messages of the assistant turn this belongs to
+__all__ = ["MASKS", "Mask", "Segment", "Template", "TemplateError", "TEMPLATES", "TEMPLATE_NAMES", "get_template",
+           "jinja_chat_template", "jinja_renderer", "self_instruct_format", "trained", "user_text"]
 
 
-class TemplateError(CamelidError):
-    pass
+# ------------------------------------------------------------------------------------------- Jinja / Ollama parts
+# Each template below is declared once: its segment builder (what training and inference tokenize), the same
+# format as a Jinja chat_template (written into tokenizers and GGUF files) and as an Ollama Go template. The
+# Jinja forms are checked against the builders, byte for byte, in tests/modelfiles/test_export.py.
 
 
-def user_text(m: dict) -> str:
-    """The user's text as a chat template sees it (Alpaca's `input` appended after a blank line)."""
-    extra = m.get("input") or ""
-    return m["content"] + ("\n\n" + extra if extra else "")
+def _lit(s: str) -> str:
+    """A Jinja string literal."""
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
-def _check_roles(messages: list[dict], name: str) -> None:
-    roles = [m.get("role") for m in messages if m.get("role") != "system"]
-    for i, r in enumerate(roles):
-        want = "user" if i % 2 == 0 else "assistant"
-        if r != want:
-            raise TemplateError(f"template {name!r}: turn {i} has role {r!r}, expected {want!r} (roles must alternate "
-                                "user/assistant, starting with user)")
+def _go(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
 
 
-def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:
-    if messages and messages[0].get("role") == "system":
-        return messages[0]["content"], messages[1:]
-    return default, messages
-
-
-@dataclass(frozen=True)
-class Template:
-    """A named prompt format. `build` returns segments; `stop` lists extra stop strings for generation."""
-
-    name: str
-    build: Callable[["Template", list[dict], bool], list[Segment]] = field(repr=False)
-    stop: tuple[str, ...] = ()
-    system: str = ""
-    end_token: str | None = None  # what an "eos" segment means when not the tokenizer's EOS (ChatML's <|im_end|>)
-    chat_template: str | None = field(default=None, repr=False)  # Jinja source for name == "tokenizer"
-    bos_token: str = "<s>"
-    eos_token: str = "</s>"
-    seed: int = 0  # self-instruct: picks each example's prompt format (see self_instruct_format)
-
-    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
-        if not messages:
-            raise TemplateError("no messages to render")
-        return self.build(self, list(messages), add_generation_prompt)
-
-    def render(self, messages: list[dict], add_generation_prompt: bool = False,
-               bos_token: str | None = None, eos_token: str | None = None) -> str:
-        """The exact text the model sees, with BOS/EOS written as the tokenizer's token strings."""
-        bos, eos = bos_token or self.bos_token, self.end_token or eos_token or self.eos_token
-        return "".join(bos if s.kind == "bos" else eos if s.kind == "eos" else s.text
-                       for s in self.segments(messages, add_generation_prompt))
-
-    def stop_strings(self, eos_token: str | None = None) -> list[str]:
-        """Strings that end a generation besides the EOS id (text backends need the EOS string too)."""
-        out = [self.end_token or eos_token or self.eos_token, *self.stop]
-        return list(dict.fromkeys(s for s in out if s))
-
-
-def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
-    """Which segments carry loss. EOS of a trained turn is always trained."""
-    if mask not in MASKS:
-        raise TemplateError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
-    turns = [s.turn for s in segments if s.turn is not None]
-    last = max(turns) if turns else None
-    if mask == "all":
-        return [True] * len(segments)
-    if mask == "last":
-        return [s.turn is not None and s.turn == last for s in segments]
-    return [s.turn is not None for s in segments]
+_USER = "(message['content'] + ('\\n\\n' + message['input'] if message['input'] is defined and message['input'] " \
+        "else ''))"
+_SYSTEM = "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else DEFAULT -%}"
+# the Jinja form of _no_system (transformers' raise_exception): a template with no place for a system message
+_NO_SYSTEM = ("{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] -%}"
+              "{{ raise_exception('this chat template has no place for a system message') }}{%- endif -%}")
+_GO_ROLES = '{{ range .Messages }}{{ if eq .Role "user" }}%s{{ else if eq .Role "assistant" }}%s{{ end }}{{ end }}'
+_GO_SYSTEM = ('{{ $system := %s }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}'
+              '{{ end }}')
 
 
 # ------------------------------------------------------------------------------------------- Alpaca
@@ -125,10 +78,22 @@ ALPACA_KO_PROMPT_NO_INPUT = (
 )
 
 
+def _no_system(messages: list[dict], name: str) -> list[dict]:
+    """The messages of a template whose prompt has no place for a system message (Stanford's Alpaca, KULLM's,
+    Self-Instruct's): refused, never dropped, as `data convert --to alpaca` refuses it. An empty one loses nothing."""
+    if messages and messages[0].get("role") == "system":
+        if messages[0].get("content"):
+            raise TemplateError(f"template {name!r} has no place for a system message (its prompt is fixed, as "
+                                "`data convert --to alpaca` says too): remove it, or choose vicuna_v1.1, llama-2, "
+                                "chatml or tokenizer")
+        return messages[1:]
+    return messages
+
+
 def _alpaca_builder(with_input: str, without_input: str) -> Callable:
     def build(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-        _, msgs = _split_system(messages, "")
-        _check_roles(msgs, t.name)
+        msgs = _no_system(messages, t.name)
+        check_roles(msgs, t.name)
         if len(msgs) > 2:
             raise TemplateError(f"template {t.name!r} holds one instruction and one response; this conversation has "
                                 f"{len(msgs)} messages (use vicuna_v1.1, chatml or tokenizer for multi-turn data)")
@@ -153,8 +118,8 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
 
 def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     # FastChat SeparatorStyle.ADD_COLON_TWO, sep=" ", sep2="</s>": "SYS USER: u ASSISTANT: a</s>USER: ..."
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs = [Segment(system + " ")]
     for i, m in enumerate(msgs):
@@ -165,7 +130,7 @@ def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                      Segment("", "eos", turn=offset + i)]
     if gen:
         segs.append(Segment("ASSISTANT:"))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Llama 2
@@ -173,8 +138,8 @@ def _vicuna(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
 
 def _llama2(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
     # Meta's format: <s>[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n{user} [/INST] {answer} </s><s>[INST] {user} [/INST]
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs: list[Segment] = []
     for i, m in enumerate(msgs):
@@ -185,15 +150,15 @@ def _llama2(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
             segs += [Segment("", "bos"), Segment(f"[INST] {text} [/INST]")]
         else:
             segs += [Segment(f" {m['content'].strip()} ", turn=offset + i), Segment("", "eos", turn=offset + i)]
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- ChatML
 
 
 def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-    system, msgs = _split_system(messages, t.system)
-    _check_roles(msgs, t.name)
+    system, msgs = split_system(messages, t.system)
+    check_roles(msgs, t.name)
     offset = len(messages) - len(msgs)
     segs = [Segment(f"<|im_start|>system\n{system}<|im_end|>\n")] if system else []
     for i, m in enumerate(msgs):
@@ -204,22 +169,26 @@ def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                      Segment("", "eos", turn=offset + i), Segment("\n")]
     if gen:
         segs.append(Segment("<|im_start|>assistant\n"))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Jinja
 
 
 def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-    """The tokenizer's own chat_template, split into turns by rendering growing prefixes."""
+    """The tokenizer's own chat_template, rendered as transformers renders it. Its `{% generation %}` spans, when it
+    has them, are the assistant turns (transformers' assistant mask); otherwise turns are found by rendering
+    growing prefixes."""
     if not t.chat_template:
         raise TemplateError("template 'tokenizer' needs a tokenizer with a chat_template")
     msgs = [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
     if msgs[0]["role"] != "system":
-        _check_roles(msgs, t.name)
+        check_roles(msgs, t.name)
     else:
-        _check_roles(msgs[1:], t.name)
-    render = _jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
+        check_roles(msgs[1:], t.name)
+    if jinja.has_generation_tag(t.chat_template):
+        return _jinja_generation(t, msgs, gen)
+    render = jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
     segs: list[Segment] = []
     done = ""
     for i, m in enumerate(msgs):
@@ -232,7 +201,11 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                                 "choose an explicit --template")
         segs.append(Segment(before[len(done):]))
         piece = full[len(before):]
-        end = piece.find(t.eos_token) if t.eos_token else -1
+        # the EOS the template writes AFTER the reply: an end marker quoted inside the reply is reply text
+        at = piece.find(m["content"]) if m["content"] else -1
+        end = piece.find(t.eos_token, at + len(m["content"]) if at >= 0 else 0) if t.eos_token else -1
+        if at < 0 and end >= 0:  # the template rewrote the reply (e.g. trimmed it): its EOS is the last one
+            end = piece.rfind(t.eos_token)
         if end >= 0:  # train through the EOS the template writes; what follows it is never generated
             segs += [Segment(piece[:end], turn=i), Segment("", "eos", turn=i)]
             if piece[end + len(t.eos_token):]:
@@ -245,37 +218,30 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         raise TemplateError("the tokenizer's chat_template does not render conversations as growing prefixes")
     if final[len(done):]:
         segs.append(Segment(final[len(done):]))
-    return _merge(segs)
+    return merge_segments(segs)
 
 
-@functools.lru_cache(maxsize=16)  # compiling a chat_template costs far more than rendering it
-def _jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(f"chat_template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    tmpl = env.from_string(source)
-
-    def render(msgs: list[dict], gen: bool) -> str:
-        if not msgs:
-            return ""
-        return tmpl.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos)
-
-    return render
-
-
-def _merge(segs: list[Segment]) -> list[Segment]:
-    """Join neighbouring text segments of the same turn (fewer, longer pieces tokenize more naturally)."""
-    out: list[Segment] = []
-    for s in segs:
-        if out and s.kind == "text" and out[-1].kind == "text" and out[-1].turn == s.turn:
-            out[-1] = Segment(out[-1].text + s.text, "text", s.turn)
-        elif s.kind != "text" or s.text:
-            out.append(s)
-    return out
+def _jinja_generation(t: Template, msgs: list[dict], gen: bool) -> list[Segment]:
+    """Segments from one rendering: each `{% generation %}` span is the next assistant turn, trained exactly as
+    transformers' `return_assistant_tokens_mask` marks it (a span ending in EOS gets the EOS token)."""
+    text, spans = jinja.render(t.chat_template, msgs, gen, bos_token=t.bos_token, eos_token=t.eos_token)
+    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    spans = [(a, b) for a, b in spans if b > a]
+    if len(spans) != len(turns):
+        raise TemplateError(f"the chat_template's {{% generation %}} blocks rendered {len(spans)} span(s) for "
+                            f"{len(turns)} assistant message(s); cannot tell which text is each reply")
+    segs: list[Segment] = []
+    pos = 0
+    for (a, b), turn in zip(spans, turns):
+        segs.append(Segment(text[pos:a]))
+        body = text[a:b]
+        if t.eos_token and body.endswith(t.eos_token):
+            segs += [Segment(body[: -len(t.eos_token)], turn=turn), Segment("", "eos", turn=turn)]
+        else:
+            segs.append(Segment(body, turn=turn))
+        pos = b
+    segs.append(Segment(text[pos:]))
+    return merge_segments(segs)
 
 
 # ------------------------------------------------------------------------------------------- Self-Instruct
@@ -308,8 +274,8 @@ SELF_INSTRUCT_FORMATS: dict[str, tuple[str, str]] = {  # id -> (prompt, trained 
 
 def _self_instruct_parts(messages: list[dict]) -> tuple[str, str, str | None]:
     """(instruction, input, output or None), stripped as Self-Instruct's encode_instance strips them."""
-    _, msgs = _split_system(messages, "")
-    _check_roles(msgs, "self-instruct")
+    msgs = _no_system(messages, "self-instruct")
+    check_roles(msgs, "self-instruct")
     if len(msgs) > 2:
         raise TemplateError(f"template 'self-instruct' holds one instruction and one output; this conversation has "
                             f"{len(msgs)} messages")
@@ -345,19 +311,114 @@ def _self_instruct(t: Template, messages: list[dict], gen: bool) -> list[Segment
 # ------------------------------------------------------------------------------------------- lookup
 
 
+def _alpaca_jinja(with_input: str, without_input: str) -> str:
+    a, rest = with_input.split("{instruction}")
+    b, c = rest.split("{input}")
+    d, e = without_input.split("{instruction}")
+    return (_NO_SYSTEM + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+            "{%- if message['input'] is defined and message['input'] -%}"
+            f"{{{{ {_lit(a)} + message['content'] + {_lit(b)} + message['input'] + {_lit(c)} }}}}"
+            f"{{%- else -%}}{{{{ {_lit(d)} + message['content'] + {_lit(e)} }}}}{{%- endif -%}}"
+            "{%- elif message['role'] == 'assistant' -%}{{ message['content'] + eos_token }}"
+            "{%- endif -%}{%- endfor -%}")
+
+
+def _alpaca_ollama(without_input: str) -> Callable[[str, str], str]:
+    return lambda bos, eos: _GO_ROLES % (without_input.replace("{instruction}", "{{ .Content }}"),
+                                         "{{ .Content }}" + eos)
+
+
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in [
         Template("alpaca", _alpaca_builder(ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT),
-                 stop=("### Instruction:", "### Response:")),
+                 stop=("### Instruction:", "### Response:"),
+                 jinja=_alpaca_jinja(ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT),
+                 ollama=_alpaca_ollama(ALPACA_PROMPT_NO_INPUT)),
         Template("alpaca_ko", _alpaca_builder(ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT),
-                 stop=("### 명령어:", "### 응답:")),
-        Template("vicuna_v1.1", _vicuna, stop=("USER:",), system=VICUNA_SYSTEM),
-        Template("llama-2", _llama2, stop=("[INST]",)),
-        Template("chatml", _chatml, stop=("<|im_start|>",), end_token="<|im_end|>"),
-        Template("self-instruct", _self_instruct),
+                 stop=("### 명령어:", "### 응답:"),
+                 jinja=_alpaca_jinja(ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT),
+                 ollama=_alpaca_ollama(ALPACA_KO_PROMPT_NO_INPUT)),
+        Template("vicuna_v1.1", _vicuna, stop=("USER:",), system=VICUNA_SYSTEM,
+                 jinja=(_SYSTEM.replace("DEFAULT", _lit(VICUNA_SYSTEM)) + "{{ system + ' ' }}"
+                        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        f"{{{{ 'USER: ' + {_USER} + ' ' }}}}"
+                        "{%- elif message['role'] == 'assistant' -%}"
+                        "{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
+                        "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"),
+                 ollama=lambda bos, eos: (_GO_SYSTEM % _go(VICUNA_SYSTEM) + "{{ $system }} "
+                                          + _GO_ROLES % ("USER: {{ .Content }} ", "ASSISTANT: {{ .Content }}" + eos)
+                                          + "ASSISTANT:")),
+        Template("llama-2", _llama2, stop=("[INST]",),
+                 jinja=(_SYSTEM.replace("DEFAULT", "''") + "{%- set ns = namespace(first=true) -%}"
+                        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        f"{{%- set text = {_USER} | trim -%}}"
+                        "{%- if ns.first and system -%}"
+                        "{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}"
+                        "{%- endif -%}{%- set ns.first = false -%}{{ bos_token + '[INST] ' + text + ' [/INST]' }}"
+                        "{%- elif message['role'] == 'assistant' -%}"
+                        "{{ ' ' + (message['content'] | trim) + ' ' + eos_token }}"
+                        "{%- endif -%}{%- endfor -%}"),
+                 ollama=lambda bos, eos: (_GO_SYSTEM % '""' + "{{ $first := true }}" + _GO_ROLES % (
+                     bos + "[INST] {{ if and $first $system }}<<SYS>>\n{{ $system }}\n<</SYS>>\n\n{{ end }}"
+                     "{{ .Content }} [/INST]{{ $first = false }}", " {{ .Content }} " + eos))),
+        Template("chatml", _chatml, stop=("<|im_start|>",), end_token="<|im_end|>",
+                 jinja=(_SYSTEM.replace("DEFAULT", "''") +
+                        "{%- if system -%}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif -%}"
+                        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        f"{{{{ '<|im_start|>user\\n' + {_USER} + '<|im_end|>\\n' }}}}"
+                        "{%- elif message['role'] == 'assistant' -%}"
+                        "{{ '<|im_start|>assistant\\n' + message['content'] + '<|im_end|>\\n' }}"
+                        "{%- endif -%}{%- endfor -%}"
+                        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"),
+                 ollama=lambda bos, eos: (
+                     '{{ range .Messages }}{{ if eq .Role "system" }}{{ if .Content }}<|im_start|>system\n'
+                     '{{ .Content }}<|im_end|>\n{{ end }}{{ else }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
+                     '{{ end }}{{ end }}<|im_start|>assistant\n')),
+        # self-instruct: the canonical (generation) format; training varied it per example
+        Template("self-instruct", _self_instruct,
+                 jinja=(_NO_SYSTEM + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                        "{%- set inp = (message['input'] if message['input'] is defined and message['input'] else '')"
+                        " | trim -%}"
+                        "{%- if inp -%}{{ (message['content'] | trim) + '\\n\\nInput: ' + inp + '\\n\\nOutput:' }}"
+                        "{%- else -%}{{ (message['content'] | trim) + '\\n\\nOutput:' }}{%- endif -%}"
+                        "{%- elif message['role'] == 'assistant' -%}{{ ' ' + (message['content'] | trim) + eos_token }}"
+                        "{%- endif -%}{%- endfor -%}"),
+                 ollama=lambda bos, eos: _GO_ROLES % ("{{ .Content }}\n\nOutput:", " {{ .Content }}" + eos)),
     ]
 }
+
+
+_CHATML_GO = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+
+
+def _renders_plain_chatml(t: Template) -> bool:
+    """Whether a tokenizer's Jinja writes each message as `<|im_start|>ROLE\nCONTENT<|im_end|>\n` (after its default
+    system message when none is given) and ends with the assistant cue: what _CHATML_GO renders in Ollama."""
+    default = t.default_system()
+    probes = [[{"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": ""}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": "c"}]]
+    render = jinja_renderer(t.chat_template or "", t.bos_token, t.eos_token)
+    for msgs in probes:
+        seen = msgs if msgs[0]["role"] == "system" or not default else [{"role": "system", "content": default}, *msgs]
+        want = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in seen) + "<|im_start|>assistant\n"
+        try:
+            if render(msgs, True) != want:
+                return False
+        except TemplateError:
+            return False
+    return True
+
+
+def jinja_chat_template(name: str) -> str:
+    """A Jinja chat_template that renders exactly what the shipped template `name` renders (EOS via eos_token)."""
+    if name not in TEMPLATES:
+        raise TemplateError(f"template {name!r} has no Jinja chat_template form here")
+    return TEMPLATES[name].jinja_chat_template()
+
+
 TEMPLATE_NAMES: tuple[str, ...] = (*TEMPLATES, "tokenizer")
 
 
@@ -371,7 +432,9 @@ def get_template(name: str, chat_template: str | None = None, bos_token: str | N
     if name == "tokenizer":
         if not chat_template:
             raise TemplateError("template 'tokenizer' needs a model whose tokenizer has a chat_template")
-        return Template("tokenizer", _jinja, chat_template=chat_template, **tokens)
+        t = Template("tokenizer", _jinja, chat_template=chat_template, **tokens)
+        # a tokenizer's own Jinja that renders plain ChatML gets that Go form (Ollama cannot run Jinja)
+        return _replace(t, ollama=lambda bos, eos: _CHATML_GO) if _renders_plain_chatml(t) else t
     if name not in TEMPLATES:
         raise TemplateError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
     t = TEMPLATES[name]
@@ -379,60 +442,4 @@ def get_template(name: str, chat_template: str | None = None, bos_token: str | N
 
 
 def _replace(t: Template, **kw) -> Template:
-    import dataclasses
-
     return dataclasses.replace(t, **kw)
-
-
-# ------------------------------------------------------------------------------------------- tokenizing
-
-
-IGNORE_INDEX = -100
-
-
-def special_prefix(tokenizer) -> list[int]:
-    """Token ids the tokenizer puts before any text on its own (Llama's BOS; nothing for GPT-2 style BPE)."""
-    with_special = tokenizer("a", add_special_tokens=True).input_ids
-    plain = tokenizer("a", add_special_tokens=False).input_ids
-    n = len(with_special) - len(plain)
-    return list(with_special[:n]) if n > 0 and with_special[n:] == plain else []
-
-
-def end_token_id(tokenizer, template: Template) -> int:
-    """The id an "eos" segment stands for: the template's own end token, else the tokenizer's EOS."""
-    if template.end_token:
-        tid = tokenizer.convert_tokens_to_ids(template.end_token)
-        if tid is None or tid == tokenizer.unk_token_id:
-            raise TemplateError(f"template {template.name!r} ends turns with {template.end_token!r}, which is not a "
-                                "token of this tokenizer (choose another --template)")
-        return tid
-    if tokenizer.eos_token_id is None:
-        raise TemplateError("the tokenizer has no EOS token: generation could never stop (set one, or see "
-                            "`camelid model check`)")
-    return tokenizer.eos_token_id
-
-
-def encode(tokenizer, template: Template, messages: list[dict], mask: Mask = "assistant",
-           add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) by tokenizing each segment on its own; untrained positions get -100.
-
-    Training and transformers inference both call this, so the prompt a model is served with is token for
-    token the prompt it was trained on."""
-    segs = template.segments(messages, add_generation_prompt)
-    flags = trained(segs, mask)
-    ids = special_prefix(tokenizer) if segs[0].kind != "bos" else []
-    labels = [IGNORE_INDEX] * len(ids)
-    eos = None
-    for seg, train in zip(segs, flags):
-        if seg.kind == "text":
-            toks = tokenizer(seg.text, add_special_tokens=False).input_ids
-        elif seg.kind == "bos":
-            if tokenizer.bos_token_id is None:
-                raise TemplateError(f"template {template.name!r} needs a BOS token; the tokenizer has none")
-            toks = [tokenizer.bos_token_id]
-        else:
-            eos = end_token_id(tokenizer, template) if eos is None else eos
-            toks = [eos]
-        ids += toks
-        labels += toks if train else [IGNORE_INDEX] * len(toks)
-    return ids, labels

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from camelid.core.io import CamelidError, DataError, Problem, atomic_write, write_jsonl
-from camelid.data.formats import detect_record, iter_records
+from camelid.core.records import check_input, json_type, open_input
+from camelid.data.formats import SHAREGPT_ROLES, TO_SHAREGPT, detect_record, iter_records
+from camelid.data.lang import LANG_ALIASES, detect_language
 
 Shape = Literal["sharegpt", "openai"]
 
@@ -60,8 +62,6 @@ DEFAULT_BLOCKED_WORDS: tuple[str, ...] = (
     "인공지능 언어 모델로서",
 )
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
-                  "bing": "assistant", "assistant": "assistant", "model": "assistant", "system": "system"}
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -113,7 +113,7 @@ def _parse(path: str, line: int | None, index: int, rec: Any, want: Shape | None
             text = ""
         if not isinstance(text, str):
             raise DataError(Problem(**where, field=f"{name}.{ckey}", message=f"expected a string, got "
-                                    f"{type(text).__name__}"))
+                                    f"{json_type(text)}"))
         role = m.get(rkey)
         role = SHAREGPT_ROLES.get(str(role).lower(), str(role)) if shape == "sharegpt" else role
         msgs.append({"role": role, "content": text, "raw": m})
@@ -125,10 +125,8 @@ def load_conversations(path: str | Path) -> tuple[Literal["json", "jsonl"], Iter
 
     Lenient on purpose: `formats.read_conversations` refuses a conversation whose roles do not alternate, which is
     exactly what cleaning has to count and drop, so records are read raw (`formats.iter_records`) and parsed here."""
-    path = Path(path)
-    if not path.is_file():
-        raise CamelidError(f"{path}: no such file" if not path.exists() else f"{path}: is a directory, expected a file")
-    with open(path, "rb") as f:  # the layout iter_records reads: a JSON list when the first character is "["
+    check_input(path)
+    with open_input(path) as f:  # the layout iter_records reads: a JSON list when the first character is "["
         head = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
     container: Literal["json", "jsonl"] = "json" if head.startswith(b"[") else "jsonl"
 
@@ -153,7 +151,8 @@ def to_record(conv: Conversation, messages: list[dict], id: Any = None) -> dict:
     out_msgs = []
     for m in messages:
         raw = m.get("raw")
-        base = dict(raw) if isinstance(raw, dict) else {rkey: back[m["role"]] if sharegpt else m["role"]}
+        base = dict(raw) if isinstance(raw, dict) else {}
+        base[rkey] = back[m["role"]] if sharegpt else m["role"]
         base[ckey] = m["content"]
         out_msgs.append(base)
     rec = dict(conv.record)
@@ -233,48 +232,6 @@ def html_to_markdown(text: str) -> str:
     parts = _FENCE.split(md)
     md = "".join(p if i % 2 else re.sub(r"\n{3,}", "\n\n", p) for i, p in enumerate(parts))
     return md.strip()
-
-
-# ------------------------------------------------------------------------------------------- language
-
-
-_SCRIPTS: dict[str, re.Pattern] = {
-    "hangul": re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]"),
-    "kana": re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]"),
-    "han": re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff]"),
-    "latin": re.compile(r"[A-Za-z\u00c0-\u024f]"),
-    "cyrillic": re.compile(r"[\u0400-\u04ff]"),
-    "arabic": re.compile(r"[\u0600-\u06ff]"),
-    "greek": re.compile(r"[\u0370-\u03ff]"),
-    "hebrew": re.compile(r"[\u0590-\u05ff]"),
-    "thai": re.compile(r"[\u0e00-\u0e7f]"),
-    "devanagari": re.compile(r"[\u0900-\u097f]"),
-}
-_SCRIPT_LANG = {"hangul": "ko", "latin": "en", "cyrillic": "ru", "arabic": "ar", "greek": "el", "hebrew": "he",
-                "thai": "th", "devanagari": "hi"}
-LANG_ALIASES = {"latin": "en", "kr": "ko", "cn": "zh", "jp": "ja"}
-_NOT_PROSE = re.compile(r"```.*?```|`[^`\n]*`|https?://\S+", re.S)
-CJK_WEIGHT = 3  # a Hangul syllable or Han character carries about what three Latin letters do
-
-
-def detect_language(text: str) -> str:
-    """The dominant script of `text` as a language code, code blocks, inline code and URLs ignored.
-
-    ko (Hangul), ja (Han with kana), zh (Han alone), en (any Latin-script language: script cannot tell English from
-    French), ru (Cyrillic), ar, el, he, th, hi (Devanagari), or "unknown" when there are no letters. CJK characters
-    count three times so that a Korean question full of English terms is still Korean."""
-    prose = _NOT_PROSE.sub(" ", text)
-    counts = {name: len(p.findall(prose)) for name, p in _SCRIPTS.items()}
-    score: Counter = Counter()
-    for name, n in counts.items():
-        if name in _SCRIPT_LANG and n:
-            score[_SCRIPT_LANG[name]] += n * (CJK_WEIGHT if name == "hangul" else 1)
-    han, kana = counts["han"], counts["kana"]
-    if kana and kana >= 0.1 * (han + kana):
-        score["ja"] += (han + kana) * CJK_WEIGHT
-    elif han:
-        score["zh"] += han * CJK_WEIGHT
-    return score.most_common(1)[0][0] if score else "unknown"
 
 
 def parse_langs(spec: str | None) -> set[str]:
@@ -360,6 +317,9 @@ def clean_conversations(convs: Iterable[Conversation], report: CleanReport,
         report.shape = conv.shape
         msgs, mods = [], Counter()
         for m in conv.messages:
+            if conv.shape == "sharegpt" and isinstance(m.get("raw"), dict) and m["raw"].get("from") != \
+                    TO_SHAREGPT.get(m["role"]):
+                mods["renamed_roles"] += 1  # `Human`, `chatgpt`, `bard`...: written as human/gpt, which validate takes
             if m["role"] == "assistant" and looks_like_html(m["content"]):
                 m = {**m, "content": html_to_markdown(m["content"])}
                 mods["html_converted_messages"] += 1

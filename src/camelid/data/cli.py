@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from camelid.core.cli import console
+from camelid.core.io import check_input, refuse_overwrite, write_json
+from camelid.core.templates import get_template
+from camelid.data.clean import REASONS, clean_file, load_blocked_words, parse_langs
+from camelid.data.dedup import check_threshold, dedup_file, rejected_path
+from camelid.data.examples import render_file
+from camelid.data.formats import convert as convert_file, plural, validate_file
+from camelid.data.split import split_file
+from camelid.data.stats import show as show_records, stats as compute
+from camelid.models import load_model
+from camelid.models.checkpoint import template_name, tokenizer_for
 
 app = typer.Typer(no_args_is_help=True)
 
 FORMAT_NAMES = "alpaca | seed-tasks | sharegpt | openai | mt-bench"
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write the output even when it is the input file itself "
+                                        "(the input is replaced, atomically, once the result is complete).")]
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", "-f", help=f"Input format ({FORMAT_NAMES}); default: detected from the first record.")]
 
@@ -33,8 +49,6 @@ def validate(
 
     Files are streamed: size does not matter.
     """
-    from camelid.data.formats import plural, validate_file
-
     records = problems = 0
     for path in files:
         report = validate_file(path, fmt)
@@ -63,6 +77,7 @@ def convert(
     to: Annotated[str, typer.Option("--to", help="Output format: alpaca | sharegpt | openai.", show_default=False)],
     src_fmt: Annotated[Optional[str], typer.Option(
         "--from", help=f"Input format ({FORMAT_NAMES}); default: detected.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Convert a dataset between formats, atomically (nothing is written if a record fails).
 
@@ -70,8 +85,7 @@ def convert(
 
     Multi-turn conversations cannot become alpaca rows; the first one is named.
     """
-    from camelid.data.formats import convert as convert_file
-
+    refuse_overwrite([src], dst, force)
     n = convert_file(src, dst, to, src_fmt)
     layout = "JSONL" if dst.suffix.lower() == ".jsonl" else "JSON list"
     console.print(f"wrote {n} records to {dst} ({to}, {layout})")
@@ -96,12 +110,10 @@ def stats(
 
     For generated data: Stanford's similarity scores, and why rows were rejected (<file>.rejected.jsonl).
     """
-    from camelid.data.stats import stats as compute
-
+    if plot:
+        refuse_overwrite([file], plot)
     tokenizer = None
     if model:
-        from camelid.models import load_model
-
         tokenizer = load_model(model, n_ctx=512)  # only its tokenizer is used
     try:
         result = compute(file, fmt, tokenizer=tokenizer, plot=plot)
@@ -117,9 +129,6 @@ def stats(
 
 
 def _print_stats(s: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     out = Console()
     head = Table(title=f"{s['file']} ({s['format']})", show_header=False)
     for key in ("records", "conversations", "messages", "turns", "system_messages", "empty_inputs"):
@@ -165,8 +174,6 @@ def show(
     fmt: FormatOpt = None,
 ) -> None:
     """Pretty-print the first N records of any format as conversations."""
-    from camelid.data.stats import show as show_records
-
     show_records(file, n, fmt)
 
 
@@ -190,6 +197,7 @@ def clean(
                                                      "(same codes as --lang).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the report (counts per reason, "
                                                    "removed ids) as JSON.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Clean ShareGPT/OpenAI conversations as Vicuna's data was (FastChat clean_sharegpt + optional_clean).
 
@@ -198,10 +206,9 @@ def clean(
     exactly duplicated conversations are removed, each counted under its reason. Nothing is filtered by language
     unless --lang/--skip-lang is given (Korean is kept by default).
     """
-    from rich.table import Table
-
-    from camelid.data.clean import REASONS, clean_file, load_blocked_words, parse_langs
-
+    refuse_overwrite([src], out, force)
+    if report:
+        refuse_overwrite([src, out], report)
     rep = clean_file(src, out, load_blocked_words(blocked_words), parse_langs(lang), parse_langs(skip_lang))
     table = Table(title=f"{src} -> {out} ({rep.shape or 'empty'})")
     table.add_column("conversations")
@@ -216,8 +223,6 @@ def clean(
     table.add_row("languages seen", ", ".join(f"{k} {v:,}" for k, v in rep.languages.most_common()) or "-")
     console.print(table)
     if report:
-        from camelid.core.io import write_json
-
         write_json(report, rep.to_dict())
         console.print(f"wrote {report}")
 
@@ -239,16 +244,16 @@ def split(
         "--template", help="Template the pieces are rendered with for counting (alpaca, vicuna_v1.1, llama-2, "
         "chatml, tokenizer, ...); default: the model's.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the counts as JSON.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Split long conversations at turn boundaries so every piece fits --max-tokens (FastChat
     split_long_conversation): whole user+assistant exchanges only, ids suffixed _0, _1...; an exchange longer than
     the limit on its own is dropped and counted, never cut. Every piece is checked with the real template render.
     """
-    from rich.table import Table
-
-    from camelid.data.split import split_file
-    from camelid.models import load_model
-
+    check_input(src)
+    refuse_overwrite([src], out, force)
+    if report:
+        refuse_overwrite([src, out], report)
     m = load_model(model, template=template, n_ctx=512)  # only its tokenizer is used
     try:
         rep = split_file(src, out, m, max_tokens)
@@ -265,8 +270,6 @@ def split(
         table.add_row(f"invalid, removed: {reason}", f"{count:,}")
     console.print(table)
     if report:
-        from camelid.core.io import write_json
-
         write_json(report, d)
         console.print(f"wrote {report}")
 
@@ -294,17 +297,8 @@ def render(
     fmt: Annotated[Optional[str], typer.Option("--format", help="Force the input format.")] = None,
 ) -> None:
     """Show records exactly as training tokenizes them, with the trained (loss-bearing) tokens marked."""
-    import sys
-
-    from rich.console import Console
-    from rich.text import Text
-
-    from camelid.core.templates import get_template
-    from camelid.train.data import render_file
-    from camelid.train.model import tokenizer_for
-
-    tok, run_template = tokenizer_for(model)
-    name = template or run_template or ("tokenizer" if tok.chat_template else "alpaca")
+    tok, run = tokenizer_for(model)
+    name = template_name(template, run, tok.chat_template, default="alpaca")
     tmpl = get_template(name, tok.chat_template, tok.bos_token, tok.eos_token)
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True, force_terminal=color)
     use_color = out.is_terminal if color is None else color
@@ -345,14 +339,21 @@ def dedup(
     seeds: Annotated[Optional[list[Path]], typer.Option("--seeds", help="Seed task files: compared against, "
                                                         "never written (repeatable).")] = None,
     key: Annotated[str, typer.Option("--field", help="Which string field to compare.")] = "instruction",
+    force: ForceOpt = False,
+    similarity: Annotated[bool, typer.Option("--similarity/--no-similarity", help="Add Stanford's "
+                                             "most_similar_instructions and avg_similarity_score (every kept record "
+                                             "scored against every earlier one: quadratic); --no-similarity only "
+                                             "decides, in close to linear time (a million records in minutes).")]
+    = True,
 ) -> None:
     """Drop near-duplicate instructions greedily in file order, as Stanford's generate_instruction.py does.
 
     Rejected records go to OUT's sidecar <name>.rejected.jsonl with reason, similar_to and similarity.
     """
-    from camelid.data.dedup import dedup_file
-
-    rep = dedup_file(src, out, threshold, lang, seeds or (), key)
+    check_threshold(threshold)
+    refuse_overwrite([src, *(seeds or ())], out, force)
+    refuse_overwrite([src, *(seeds or ())], rejected_path(out), force)
+    rep = dedup_file(src, out, threshold, lang, seeds or (), key, similarity=similarity)
     console.print(f"kept {rep.kept:,}, rejected {rep.rejected:,} near-duplicates (lang {rep.lang}, ROUGE-L > "
                   f"{threshold}) in {rep.seconds:.1f} s -> {rep.output}"
                   + (f", rejected -> {rep.rejected_path}" if rep.rejected_path else ""))

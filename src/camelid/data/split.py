@@ -155,17 +155,6 @@ def split_conversations(convs: Iterable[Conversation], counter: PieceCounter, ma
             yield to_record(conv, piece, id=f"{conv.id}_{k}" if conv.id is not None else None)
 
 
-def prefix_tokens(model) -> int:
-    """Tokens the model's tokenizer puts before any text (Llama's BOS): training counts them, a render does not."""
-    from camelid.core.templates import special_prefix
-
-    if getattr(model, "tokenizer", None) is not None:  # transformers
-        return len(special_prefix(model.tokenizer))
-    if getattr(model, "llm", None) is not None:  # llama.cpp: the GGUF says whether BOS is added
-        return int(str(model.llm.metadata.get("tokenizer.ggml.add_bos_token", "")).lower() == "true")
-    return 0
-
-
 def split_file(src: str | Path, dst: str | Path, model, max_tokens: int, template: Template | None = None
                ) -> SplitReport:
     """Split every conversation of `src` into pieces of at most `max_tokens` tokens as `template` (default: the
@@ -175,7 +164,7 @@ def split_file(src: str | Path, dst: str | Path, model, max_tokens: int, templat
     template = template or model.template
     if template is None:
         raise CamelidError(f"{model.name}: no chat template known; pass --template")
-    counter = PieceCounter(model.count_tokens, template, model.bos_token, model.eos_token, prefix_tokens(model))
+    counter = PieceCounter(model.count_tokens, template, model.bos_token, model.eos_token, model.prefix_tokens())
     report = SplitReport(input=str(src), output=str(dst), template=template.name, max_tokens=max_tokens)
     container, convs = load_conversations(src)
     write_like_input(dst, container, split_conversations(convs, counter, max_tokens, report))

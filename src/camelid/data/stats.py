@@ -18,6 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.text import Text
+
 from camelid.core.io import Problem, atomic_write
 from camelid.core.templates import user_text
 from camelid.data.formats import detect_format, iter_conversations, iter_records
@@ -199,10 +203,6 @@ def write_plot(summary: dict, series: dict, png: str | Path) -> None:
 
 def show(path: str | Path, n: int = 5, fmt: str | None = None, console: Any = None) -> int:
     """Pretty-print the first `n` conversations of any format (rich); returns how many were shown."""
-    from rich.console import Console, Group
-    from rich.panel import Panel
-    from rich.text import Text
-
     console = console or Console()
     colors = {"system": "magenta", "user": "cyan", "assistant": "green"}
     shown = 0

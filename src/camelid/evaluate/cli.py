@@ -7,10 +7,20 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
 from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
                               console)
-from camelid.core.io import CamelidError
+from camelid.core.io import CamelidError, write_json
+from camelid.evaluate import arena as ar, arena_web
+from camelid.evaluate.answer import answer_questions
+from camelid.evaluate.harness import metrics_table, run_bench, save_results
+from camelid.evaluate.judge import judge_answers, read_judgments
+from camelid.evaluate.judge_prompts import check_prompt_set
+from camelid.evaluate.questions import load_answers, load_questions, reference_answers
+from camelid.evaluate.report import build_report, json_safe
+from camelid.evaluate.stats import pairwise_summary, relative_scores, single_summary
+from camelid.models import load_model
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -30,8 +40,6 @@ def _answers(first: list[Path] | None, more: list[Path] | None) -> list[Path]:
 
 
 def _merge_answers(files: list[Path]) -> dict:
-    from camelid.evaluate.questions import load_answers
-
     merged: dict = {}
     for f in files:
         for model, rows in load_answers(f).items():
@@ -64,10 +72,6 @@ def answer(
     load_4bit: Load4Opt = False,
 ) -> None:
     """Answer an eval set with a model (multi-turn questions turn by turn, earlier answers in context)."""
-    from camelid.evaluate.answer import answer_questions
-    from camelid.evaluate.questions import load_questions
-    from camelid.models import load_model
-
     qs = load_questions(questions, limit)
     m = load_model(model, base_urls=base_url, api_key=api_key, template=template, device=device, num_gpus=num_gpus,
                    load_8bit=load_8bit, load_4bit=load_4bit)
@@ -105,7 +109,11 @@ def judge(
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference answers (answer JSONL) for "
                                                       "math/reasoning/coding questions.")] = None,
     lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | auto (from each "
-                                      "question's text).")] = "auto",
+                                      "question's text); camelid's prompts only.")] = "auto",
+    prompts: Annotated[str, typer.Option("--prompts", help="Judge prompt set: camelid (its own, English and "
+                                         "Korean) | mt-bench (FastChat's MT-bench judge prompts and verdict "
+                                         "parsing, byte for byte: scores comparable with published MT-bench "
+                                         "numbers; English, two turns at most).")] = "camelid",
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model id every other model is compared "
                                                     "with (pairwise) or scored relative to (single). The question "
                                                     "file's reference outputs (AlpacaEval `output`) join as the "
@@ -121,10 +129,7 @@ def judge(
     template: TemplateOpt = None,
 ) -> None:
     """Judge answers with an LLM: single 1-10 grading or pairwise comparison; prints scores / win rates."""
-    from camelid.evaluate.judge import judge_answers, read_judgments
-    from camelid.evaluate.questions import load_answers, load_questions, reference_answers
-    from camelid.models import load_model
-
+    check_prompt_set(prompts, lang)  # before loading anything
     qs = load_questions(questions, limit)
     ans = _merge_answers(_answers(answers, more))
     refs = reference_answers(qs)
@@ -141,7 +146,7 @@ def judge(
         ref_answers = next(iter(ref_models.values()), {})
     m = load_model(judge_spec, base_urls=base_url, api_key=api_key, template=template)
     try:
-        with console.status(f"judging with {m.name} ({mode})") as st:
+        with console.status(f"judging with {m.name} ({mode}, {prompts} prompts)") as st:
             n = [0]
 
             def done(row: dict) -> None:
@@ -150,28 +155,24 @@ def judge(
 
             stats = judge_answers(m, qs, ans, output, mode=mode, lang=lang,  # type: ignore[arg-type]
                                   ref_answers=ref_answers, baseline=baseline, max_tokens=max_tokens,
-                                  temperature=temperature, seed=seed, concurrency=concurrency, on_done=done)
+                                  temperature=temperature, seed=seed, concurrency=concurrency, prompts=prompts,
+                                  on_done=done)
     finally:
         m.close()
     console.print(f"{output}: {stats.judged} judged, {stats.cached} cached, {stats.unparsed} without a parseable "
-                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s", soft_wrap=True)
+                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s; judge prompts: "
+                  f"{prompts}", soft_wrap=True)
     single, pair = read_judgments([output])
     res = _print_summary(single, pair, baseline, seed)
     if summary is not None:
-        from camelid.core.io import write_json
-        from camelid.evaluate.report import json_safe
-
-        write_json(summary, json_safe({"stats": {"judged": stats.judged, "cached": stats.cached,
-                                              "unparsed": stats.unparsed, "failed": stats.failed}, **res}))
+        write_json(summary, json_safe({"judge_prompts": prompts, "stats": {
+            "judged": stats.judged, "cached": stats.cached, "unparsed": stats.unparsed, "failed": stats.failed},
+            **res}))
     if stats.failed:
         raise CamelidError(f"{len(stats.failed)} judgment(s) failed; rerun the same command to retry them")
 
 
 def _print_summary(single: list[dict], pair: list[dict], baseline: str | None, seed: int) -> dict:
-    from rich.table import Table
-
-    from camelid.evaluate.stats import pairwise_summary, relative_scores, single_summary
-
     out: dict = {}
     if single:
         ss = single_summary(single, seed=seed)
@@ -204,8 +205,6 @@ def _print_summary(single: list[dict], pair: list[dict], baseline: str | None, s
 
 def _pair_details(pair: list[dict]):
     """Each pair's two games (who was A, the raw verdict) and the combined result: the swap and the tie rule."""
-    from rich.table import Table
-
     t = Table(title="each pair, judged in both orders")
     for c in ("question", "game 1: A / B -> verdict", "game 2 (swapped): A / B -> verdict", "result"):
         t.add_column(c)
@@ -234,8 +233,6 @@ def report(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Write a Markdown + HTML report with tables and charts from judgment files."""
-    from camelid.evaluate.report import build_report
-
     build_report(judgments, output, baseline=baseline, seed=seed, title=title)
     console.print(f"{output}/report.md, report.html and charts written", soft_wrap=True)
 
@@ -254,10 +251,6 @@ def bench(
     device: DeviceOpt = None,
 ) -> None:
     """Benchmarks (Open LLM Leaderboard kind) through lm-evaluation-harness, on local task data."""
-    from rich.table import Table
-
-    from camelid.evaluate.harness import metrics_table, run_bench, save_results
-
     names = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
     lim = int(limit) if limit is not None and limit >= 1 else limit
     res = run_bench(model, names, limit=lim, num_fewshot=num_fewshot, batch_size=batch_size, device=device,
@@ -290,30 +283,31 @@ def arena(
     seed: Annotated[int, typer.Option("--seed", help="Seeds each session's order of items and sides.")] = 0,
     results: Annotated[bool, typer.Option("--results", help="Print win rates and Bradley-Terry ratings from --db "
                                           "and exit.")] = False,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="CAMELID_ARENA_KEY", show_envvar=False,
+        help="Vote key: raters enter it on the page; the voting API requires it (default $CAMELID_ARENA_KEY; "
+        "none: open).")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        "--allow-host", help="Also answer requests whose Host header names this host (repeatable; on a loopback "
+        "bind only loopback names are answered by default).")] = None,
 ) -> None:
     """Blind pairwise human evaluation in the browser (Alpaca's): vote A / B / tie / both bad."""
-    from camelid.evaluate import arena as ar
-
     if results:
-        from camelid.evaluate.report import json_safe
-
         res = ar.results(db)
         _print_arena(res)
         print(json.dumps(json_safe(res), ensure_ascii=False))
         return
     if questions is None:
         raise CamelidError("--questions is required to serve the arena")
-    from camelid.evaluate.questions import load_questions
-
     a = ar.Arena(load_questions(questions), _merge_answers(_answers(answers, more)), db, seed)
     console.print(f"arena: {len(a.items)} items over {len(a.models)} models, votes in {db}; "
                   f"open http://{host}:{port}/ (results at /results)")
-    ar.serve(a, host, port)
+    if api_key is not None and not api_key.strip():
+        raise CamelidError("--api-key is empty")
+    arena_web.serve(a, host, port, api_key=api_key, allowed_hosts=allow_host or ())
 
 
 def _print_arena(res: dict) -> None:
-    from rich.table import Table
-
     v = res["votes"]
     t = Table(title=f"arena: {res['battles']} battles ({v['tie']} ties, {v['bad']} both bad, {v['skip']} skipped)")
     for c in ("model", "Elo (BT)", "95% CI", "win rate", "95% CI", "battles"):

@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from camelid.core.io import CamelidError
+from camelid.core.io import CamelidError, write_text
+from camelid.models import parse_spec
+from camelid.models.hf import HFModel
 
 
 def _yaml_task(path: Path) -> dict[str, Any]:
@@ -47,9 +49,6 @@ def _yaml_task(path: Path) -> dict[str, Any]:
 def _lm(spec: str, batch_size: int | str, device: str | None):
     """lm_eval's HFLM around the transformers model camelid loads for `spec` (embedded or hf:PATH)."""
     from lm_eval.models.huggingface import HFLM
-
-    from camelid.models import parse_spec
-    from camelid.models.hf import HFModel
 
     s = parse_spec(spec)
     if s.kind not in ("embedded", "hf"):
@@ -118,8 +117,6 @@ def metrics_table(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def save_results(res: dict[str, Any], path: str | Path) -> None:
-    from camelid.core.io import write_text
-
     keep = {k: res[k] for k in ("model", "results", "n-samples", "configs", "versions", "n-shot", "samples",
                                 "lm_eval_version", "date") if k in res}
     write_text(path, json.dumps(keep, ensure_ascii=False, indent=2, default=str) + "\n")

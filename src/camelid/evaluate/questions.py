@@ -10,14 +10,14 @@ Answer files (FastChat's shape) are read here too, so judge, report and arena sh
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camelid.core.io import CamelidError, DataError, Problem, read_records
+from camelid.core.io import DataError, Problem, read_records
+from camelid.core.records import check_input, json_type, read_text
+from camelid.data.lang import detect_language
 
-HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 
 
 @dataclass
@@ -48,11 +48,8 @@ class Question:
 
 
 def detect_lang(text: str) -> str:
-    """'ko' when Hangul makes up a fair part of the letters, else 'en' (the two judge prompt languages)."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return "en"
-    return "ko" if sum(bool(HANGUL.match(c)) for c in letters) / len(letters) > 0.2 else "en"
+    """The judge prompt language for a text: ko when its dominant script is Hangul, else en."""
+    return "ko" if detect_language(text) == "ko" else "en"
 
 
 def _problem(path: Path, line: int | None, index: int, fld: str | None, msg: str) -> DataError:
@@ -70,7 +67,7 @@ def _str_field(path: Path, line: int | None, i: int, rec: dict, name: str, requi
 
 def _parse(path: Path, line: int | None, i: int, rec: Any) -> Question:
     if not isinstance(rec, dict):
-        raise _problem(path, line, i, None, f"expected an object, got {type(rec).__name__}")
+        raise _problem(path, line, i, None, f"expected an object, got {json_type(rec)}")
     if "turns" in rec:  # Vicuna-bench / MT-bench
         turns = rec["turns"]
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
@@ -102,9 +99,8 @@ def load_questions(path: str | Path, limit: int | None = None) -> list[Question]
     path = Path(path)
     out: list[Question] = []
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise CamelidError(f"{path}: no such file")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        check_input(path)
+        for n, line in enumerate(read_text(path).splitlines(), 1):
             if line.strip():
                 out.append(Question(n, [line.strip()]))
             if limit and len(out) >= limit:

@@ -4,7 +4,7 @@
 2. classification: a few-shot "Is it classification? Yes/No" prompt for each new instruction;
 3. instances: output-first for classification tasks (class label, then an input for it), input-first for the
    rest (Example N / input / Output:), up to `max_instances`;
-4. filtering: the instruction heuristics and ROUGE-L (in pipeline.py, shared with Alpaca mode) and the
+4. filtering: the instruction heuristics and ROUGE-L (in generator.py, shared with Alpaca mode) and the
    instance filters (filters.filter_instances).
 The few-shot prompts are camelid's own, written in the spirit of the paper's (generate/prompts/self_instruct_*).
 For Korean and Chinese the scaffolding stays English and one line asks for the target language.

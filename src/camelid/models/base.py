@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -10,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from camelid.core.io import CamelidError
 from camelid.core.templates import Template
+from camelid.models.lockstep import lockstep_map
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -23,6 +23,24 @@ class ContextLengthError(ModelError):
     pass
 
 
+class BadInputError(ModelError):
+    """The request itself cannot be run (empty prompt, token id out of the vocabulary, a schema the backend cannot
+    compile); `param` names the request field to fix."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class UpstreamError(ModelError):
+    """The upstream server failed (not the request): `status` is what a front server should answer — 502 for an
+    error or unreadable answer, 503 when it refused the connection or was busy, 504 when it timed out."""
+
+    def __init__(self, message: str, status: int = 502):
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class Sampling:
     temperature: float = 0.7
@@ -30,6 +48,11 @@ class Sampling:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # OpenAI's options; a backend lists those it honours in Model.sampling_options (the server refuses the rest)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    response_format: dict[str, Any] | None = None  # {"type": "json_object"} or {"type": "json_schema", ...}
 
     def with_stop(self, extra: Iterable[str]) -> "Sampling":
         return replace(self, stop=list(dict.fromkeys([*self.stop, *extra])))
@@ -65,8 +88,11 @@ class Model:
     template: Template | None = None
     eos_token: str | None = None
     bos_token: str | None = None
-    context_length: int = 2048
+    context_length: int | None = 2048  # tokens of context; None when only the backend's server knows
     max_concurrency: int = 1  # how many requests `map` keeps in flight
+    batched = False  # a local batching backend: `map` runs its calls in lockstep waves (models/lockstep.py)
+    # Sampling fields beyond temperature/top_p/max_tokens/stop/seed that this backend honours
+    sampling_options: frozenset[str] = frozenset()
 
     # ---- what a backend provides
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
@@ -74,6 +100,11 @@ class Model:
 
     def count_tokens(self, text: str) -> int:
         raise ModelError(f"{type(self).__name__} cannot count tokens")
+
+    def prefix_tokens(self) -> int:
+        """Tokens the tokenizer puts before any text on its own (Llama's BOS): training counts them, a render does
+        not show them."""
+        return 0
 
     # ---- text completion
     def stream(self, prompt: str, sampling: Sampling | None = None) -> Iterator[Chunk]:
@@ -103,21 +134,15 @@ class Model:
     def map(self, fn: Callable[[T], R], items: Iterable[T], concurrency: int | None = None
             ) -> Iterator[tuple[int, R | BaseException]]:
         """Run `fn` over items with bounded concurrency; yield (index, result or exception) as each finishes,
-        so a caller can persist finished work at once (a slow or failing request never holds back the rest)."""
+        so a caller can persist finished work at once (a slow or failing request never holds back the rest).
+        A local batching backend runs waves of `concurrency` calls whose requests decode as one group, and yields in
+        item order: its outputs are then the same run after run (models/lockstep.py)."""
+        if self.batched:
+            return lockstep_map(fn, items, concurrency or self.max_concurrency)
         return bounded_map(fn, items, concurrency or self.max_concurrency)
-
-    async def acomplete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
-        return await asyncio.to_thread(self.complete, prompt, sampling)
-
-    async def achat(self, messages: list[dict], sampling: Sampling | None = None) -> Completion:
-        return await asyncio.to_thread(self.chat, messages, sampling)
 
     def close(self) -> None:
         pass
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.name, "backend": type(self).__name__, "context_length": self.context_length,
-                "template": self.template.name if self.template else None, "eos_token": self.eos_token}
 
 
 def collect(chunks: Iterator[Chunk], model: str) -> Completion:

@@ -10,9 +10,15 @@ Sampling is the chain `Llama.create_completion` builds (penalties, grammar, then
 top-k 40, typical 1.0, top-p, min-p 0.05, temperature, seeded distribution), one chain per request, so a seed gives
 the same draw sequence it gives alone. What differs from one-at-a-time decoding is the float path: llama.cpp's
 batched matmuls and attention round differently from the single-row ones, so greedy outputs agree with sequential
-decoding on most but not all tokens (tests/models/test_batching.py measures it; bench/serve.py reports it), and
-which requests share a step depends on their timing. A request alone in the batch computes exactly what
-`create_completion` computes (same context settings; tested), so `CAMELID_BATCH=1` gives reproducible outputs.
+decoding on most but not all tokens (tests/models/test_batching.py measures it; bench/serve_batch.py reports it).
+
+Requests submitted one by one (the server's) join whenever a slot frees, so which requests share a step depends on
+their timing, and a server's outputs under concurrent load can differ in the last float bits from run to run (as
+llama.cpp's own server's do). Requests submitted together with `submit_group` (Model.map's waves, models/lockstep.py:
+generate, eval answer, the judge) run as a group of their own: admitted in their given order into a freshly cleared
+cache with sequence ids from 0, nothing else joining until the group is done, and a consumer that stops reading
+does not change the schedule. The batches are then a function of the requests alone and the outputs are
+reproducible run to run.
 """
 
 from __future__ import annotations
@@ -24,18 +30,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from camelid.models import lockstep
 from camelid.models.base import Chunk, ModelError, Sampling
 
 # Llama.create_completion's defaults for what camelid's Sampling does not name
 TOP_K, MIN_P, TYPICAL_P, PENALTY_LAST_N = 40, 0.05, 1.0, 64
 
 
-def build_sampler(model, n_vocab: int, s: Sampling):
-    """The sampler chain `Llama._init_sampler` builds for these settings (create_completion's defaults otherwise).
-
-    Options beyond camelid's Sampling are read when the object carries them: `repeat_penalty`,
-    `frequency_penalty`, `presence_penalty`, `logit_bias` ({token id: bias}), `grammar` (a LlamaGrammar or GBNF
-    text), `top_k`, `min_p`, `typical_p`."""
+def build_sampler(model, n_vocab: int, s: Sampling, grammar=None):
+    """The sampler chain `Llama._init_sampler` builds for these settings (create_completion's defaults otherwise):
+    OpenAI's `logit_bias`, `frequency_penalty` and `presence_penalty` from Sampling, `grammar` (a LlamaGrammar or GBNF
+    text; JSON mode), and, when the object carries them, `repeat_penalty`, `top_k`, `min_p`, `typical_p`."""
     import llama_cpp
     from llama_cpp._internals import LlamaSampler
 
@@ -47,14 +52,13 @@ def build_sampler(model, n_vocab: int, s: Sampling):
                           penalty_repeat=float(getattr(s, "repeat_penalty", None) or 1.0),
                           penalty_freq=float(getattr(s, "frequency_penalty", None) or 0.0),
                           penalty_present=float(getattr(s, "presence_penalty", None) or 0.0))
-    grammar = getattr(s, "grammar", None)
     if grammar:
         from llama_cpp.llama_grammar import LlamaGrammar
 
         if isinstance(grammar, str):
             grammar = LlamaGrammar.from_string(grammar, verbose=False)
         sampler.add_grammar(model, grammar)
-    seed = llama_cpp.LLAMA_DEFAULT_SEED if s.seed is None or s.seed < 0 else int(s.seed) & 0xFFFFFFFF
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if s.seed is None else int(s.seed) % 2 ** 32  # as LlamaCppModel's
     if s.temperature < 0:
         sampler.add_dist(seed)
     elif s.temperature == 0:
@@ -126,6 +130,11 @@ class Job:
     generated: int = 0  # tokens sampled, the end-of-generation token excluded
     sampler: Any = None
     text: TextOut | None = None
+    group: object | None = None  # submitted together (submit_group): scheduled as a unit, whatever the consumers do
+
+    def gone(self) -> bool:
+        """The consumer stopped reading and the schedule may drop the job (never inside a group)."""
+        return self.group is None and self.cancelled.is_set()
 
 
 def default_kv_tokens(llama_model, n_ctx: int, budget_bytes: int = 256 << 20) -> int:
@@ -179,21 +188,33 @@ class LlamaBatcher:
         self._thread.start()
 
     # ---------------------------------------------------------------- caller side
-    def submit(self, prompt: list[int], sampling: Sampling, max_tokens: int) -> Iterator[Chunk]:
-        """Stream one request's text; closing the iterator early cancels it at the next step."""
+    def prepare(self, prompt: list[int], sampling: Sampling, max_tokens: int, grammar=None) -> Job:
+        """A checked job with its sampler chain, not yet queued."""
         if len(prompt) + max_tokens > self.kv_tokens:
             max_tokens = self.kv_tokens - len(prompt)
         if not prompt or max_tokens < 1:
             raise ModelError(f"a prompt of {len(prompt)} tokens does not fit the batch cache of {self.kv_tokens}")
         job = Job(list(prompt), sampling, max_tokens)
-        job.sampler = build_sampler(self.model, self.n_vocab, sampling)
+        job.sampler = build_sampler(self.model, self.n_vocab, sampling, grammar)
         job.text = TextOut(sampling.stop)
+        return job
+
+    def submit(self, prompt: list[int], sampling: Sampling, max_tokens: int, grammar=None) -> Iterator[Chunk]:
+        """Stream one request's text; closing the iterator early cancels it at the next step. Inside a Model.map
+        wave (models/lockstep.py) the request waits for the wave's others and runs with them as one group."""
+        return lockstep.submit(self, self.prepare(prompt, sampling, max_tokens, grammar))
+
+    def submit_group(self, jobs: list[Job]) -> list[Iterator[Chunk]]:
+        """Queue prepared jobs as one group (see the module docstring); their streams, in the same order."""
+        token = object() if len(jobs) > 1 else None  # one job alone: the same schedule either way
         with self._cv:
             if self._closed:
                 raise ModelError("the model is closed")
-            self._waiting.append(job)
+            for job in jobs:
+                job.group = token
+                self._waiting.append(job)
             self._cv.notify()
-        return self._drain(job)
+        return [self._drain(job) for job in jobs]
 
     def _drain(self, job: Job) -> Iterator[Chunk]:
         try:
@@ -231,9 +252,15 @@ class LlamaBatcher:
         still: list[Job] = []
         for job in self._waiting:
             need = len(job.prompt) + job.max_tokens
-            if job.cancelled.is_set():
+            if job.gone():
                 job.out.put(Chunk("", "stop", len(job.prompt), 0))
-            elif not still and self._free and self._reserved + need <= self.kv_tokens:  # first come, first served
+                continue
+            if not self._running and job.group is not None:  # a group starts alone, on a cleared cache
+                self._lc.llama_memory_clear(self.ctx.memory, True)
+                self._free = list(range(self.n_seq))
+            # first come, first served; a group and the rest never share a step
+            if (not still and self._free and self._reserved + need <= self.kv_tokens
+                    and (not self._running or self._running[0].group is job.group)):
                 job.seq = self._free.pop(0)
                 self._reserved += need
                 self._running.append(job)
@@ -250,7 +277,7 @@ class LlamaBatcher:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                for job in [j for j in self._running if j.cancelled.is_set()]:
+                for job in [j for j in self._running if j.gone()]:
                     self._leave(job)
                 while not self._closed and not self._running and not self._waiting:
                     self._cv.wait()
@@ -301,7 +328,7 @@ class LlamaBatcher:
         self.tokens_decoded += n
         self.max_running = max(self.max_running, len(running))
         for job, row in rows:
-            if job.cancelled.is_set():
+            if job.gone() or job.seq < 0:
                 continue
             token = job.sampler.sample(self.ctx, row)  # llama_sampler_sample also accepts the token
             self._advance(job, token)
@@ -334,11 +361,11 @@ class LlamaBatcher:
         if rest:
             job.out.put(Chunk(rest))
         job.out.put(Chunk("", reason, len(job.prompt), job.generated))
-        job.cancelled.set()  # leaves at the top of the next loop
         job.last = None
         job.fed = len(job.prompt)
         with self._cv:
             self._leave(job)
+        job.seq = -1
 
 
 def token_bytes(model, token: int) -> bytes:

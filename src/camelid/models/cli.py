@@ -1,16 +1,18 @@
-"""`camelid ask` (one-shot answer from any backend) and `camelid model ...`."""
+"""`camelid ask`: a one-shot answer from any backend."""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Optional
 
 import typer
 
 from camelid.core.cli import ApiKeyOpt, BaseUrlOpt, ModelOpt, TemplateOpt
+from camelid.models import Sampling, load_model
+from camelid.models.base import collect
 
 app = typer.Typer()
-model_app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
@@ -35,10 +37,6 @@ def ask(
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per request (openai:).")] = 120.0,
 ) -> None:
     """Answer one prompt on stdout: a smoke test for any backend (like the `llm` tool)."""
-    import sys
-
-    from camelid.models import Sampling, load_model
-
     if prompt == "-":
         prompt = sys.stdin.read()
     m = load_model(model, base_urls=base_url, api_key=api_key, template=template, max_retries=retries,
@@ -50,8 +48,6 @@ def ask(
     else:
         chunks = m.stream(prompt, sampling)
     if as_json:
-        from camelid.models.base import collect
-
         out = collect(chunks, m.name).to_dict()
         print(json.dumps({**out, "backend": type(m).__name__}, ensure_ascii=False, indent=2))
         return
@@ -60,31 +56,3 @@ def ask(
         if stream:
             sys.stdout.flush()
     sys.stdout.write("\n")
-
-
-@model_app.command("check")
-def check(
-    spec: Annotated[str, typer.Argument(help="hf:PATH (checkpoint, adapter or run dir), gguf:PATH or embedded.")],
-    template: TemplateOpt = None,
-    fix: Annotated[bool, typer.Option("--fix", help="Write a corrected copy to -o (tokenizer EOS/pad, "
-                                      "generation_config, chat_template); never in place.")] = False,
-    out: Annotated[Optional[str], typer.Option("-o", "--output", help="Directory for --fix.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="With --fix: replace -o if it exists.")] = False,
-) -> int:
-    """Check that tokenizer EOS, generation_config, template end token and chat_template agree (exit 1 if not)."""
-    from camelid.core.io import CamelidError
-    from camelid.models.check import check_model, fix_model, format_report
-
-    if fix and not out:
-        raise CamelidError("--fix needs -o DIR (the model is never changed in place)")
-    if fix:
-        before, report = fix_model(spec, out, template, force=force)
-        if not as_json:
-            print(format_report(before) + f"\n\nfixed copy written to {out}:\n")
-    else:
-        report = check_model(spec, template)
-    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else format_report(report))
-    if not report.ok:
-        raise typer.Exit(1)
-    return 0

@@ -1,99 +1,39 @@
 """transformers models: a checkpoint directory, a PEFT adapter directory, or a camelid run directory.
 
-Chat prompts are tokenized segment by segment exactly as training tokenizes them (`templates.encode`), so what
+Chat prompts are tokenized segment by segment exactly as training tokenizes them (`tokenize.encode`), so what
 the model sees at inference is what it was trained on, token for token.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from camelid.core.templates import encode, get_template
-from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
+from camelid.core.templates import get_template
+from camelid.core.tokenize import encode, special_prefix
+from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
+from camelid.models.checkpoint import load_tokenizer, resolve, template_name
 from camelid.models.hf_batching import HFBatcher
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAMELID_CACHE", Path.home() / ".cache" / "camelid"))
-
-
-def embedded_hf_dir() -> Path:
-    """The embedded GGUF dequantised to an fp32 safetensors checkpoint (made once, atomically, then reused).
-
-    transformers flags a model loaded with `gguf_file=` as quantised and Trainer/peft refuse it: drop the
-    quantizer and save a plain checkpoint first."""
-    from camelid.models import EMBEDDED_NAME, embedded_gguf
-
-    out = cache_dir() / f"{EMBEDDED_NAME}-hf"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = embedded_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".embedded-"))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None, dict | None]:
-    """(base model dir, adapter dir or None, camelid.json or None) for a checkpoint, adapter or run directory."""
-    from camelid.models import run_config
-
-    if str(path) == "embedded":
-        return embedded_hf_dir(), None, None
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such model directory")
-    cfg = run_config(path)
-    adapter = path / "adapter_config.json"
-    if adapter.is_file():
-        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if not base:
-            raise ModelError(f"{adapter}: field 'base_model_name_or_path' is missing")
-        base_dir = embedded_hf_dir() if base == "embedded" else Path(base)
-        if not (base_dir / "config.json").is_file():
-            raise ModelError(f"{adapter}: base model {base!r} not found (no config.json there)")
-        return base_dir, path, cfg
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: not a transformers checkpoint, adapter or camelid run (no config.json, "
-                         "adapter_config.json or camelid.json)")
-    return path, None, cfg
-
-
 class HFModel(Model):
+    batched = True  # decodes concurrent requests together; `map` in lockstep waves (models/lockstep.py)
+    sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias"})
+
     def __init__(self, path: str | Path, template: str | None = None, device: str | None = None,
                  num_gpus: int | None = None, load_8bit: bool = False, load_4bit: bool = False):
         try:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
         except ImportError:
             raise ModelError("the transformers backend needs torch and transformers: pip install 'camelid[train]'") from None
-        base, adapter, cfg = resolve_checkpoint(path)
+        ckpt = resolve(path)
+        base, adapter = ckpt.base, ckpt.adapter
         self.name = Path(path).name if str(path) != "embedded" else "embedded-hf"
-        self.run_config = cfg
-        tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        self.run = ckpt.run
+        self.tokenizer = load_tokenizer(ckpt.tokenizer_dir)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kw: dict[str, Any] = {"dtype": torch.bfloat16 if self.device == "cuda" else torch.float32}
         if load_8bit or load_4bit:
@@ -115,7 +55,7 @@ class HFModel(Model):
         self.model = model.eval()
         self.bos_token, self.eos_token = self.tokenizer.bos_token, self.tokenizer.eos_token
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-        name = template or (cfg or {}).get("template") or ("tokenizer" if self.tokenizer.chat_template else "alpaca")
+        name = template_name(template, self.run, self.tokenizer.chat_template, default="alpaca")
         self.template = get_template(name, self.tokenizer.chat_template, self.bos_token, self.eos_token)
         self._lock = threading.Lock()  # `generate_sequential`: one at a time
         # requests that wait together decode together; on a GPU a wide batch costs little more than one row
@@ -126,6 +66,9 @@ class HFModel(Model):
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prefix_tokens(self) -> int:
+        return len(special_prefix(self.tokenizer))
 
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         return self._submit(self.tokenizer(prompt).input_ids, sampling)
@@ -138,7 +81,8 @@ class HFModel(Model):
         if len(ids) >= self.context_length:
             raise ContextLengthError(f"{self.name}: prompt is {len(ids)} tokens, the context holds "
                                      f"{self.context_length}")
-        return self.batcher.submit(ids, s, max(1, min(s.max_tokens, self.context_length - len(ids))))
+        processors = openai_logits_processors(s, ids, len(self.tokenizer))  # bad logit_bias: refused here
+        return self.batcher.submit(ids, s, max(1, min(s.max_tokens, self.context_length - len(ids))), processors)
 
     def stream_sequential(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         """One request through `model.generate` alone: the reference the batcher is compared with."""
@@ -181,6 +125,9 @@ class HFModel(Model):
             max_new_tokens=max(1, min(s.max_tokens, self.context_length - len(ids))), eos_token_id=stop_ids,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0],
             streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]), return_dict_in_generate=True)
+        processors = openai_logits_processors(s, ids, len(self.tokenizer))
+        if processors:
+            gen_kw["logits_processor"] = processors
         if s.temperature > 0:
             gen_kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
         else:
@@ -224,5 +171,38 @@ class HFModel(Model):
             if not stopped and len(text) > sent:
                 yield Chunk(text[sent:])
             seq = result["out"].sequences[0][len(ids):].tolist()
-            ended = stopped or (bool(seq) and seq[-1] in stop_ids)
-            yield Chunk("", "stop" if ended else "length", len(ids), len(seq))
+            eos = bool(seq) and seq[-1] in stop_ids
+            ended = stopped or eos
+            # OpenAI's completion_tokens leaves out the end-of-sequence token
+            yield Chunk("", "stop" if ended else "length", len(ids), len(seq) - (1 if eos and not stopped else 0))
+
+
+def openai_logits_processors(s: Sampling, prompt_ids: list[int], vocab: int) -> list:
+    """OpenAI's presence/frequency penalties and logit_bias as a transformers logits processor: each generated
+    token's logit drops by presence_penalty once plus frequency_penalty per occurrence (OpenAI's formula);
+    logit_bias is added as is."""
+    if not (s.presence_penalty or s.frequency_penalty or s.logit_bias):
+        return []
+    import torch
+    from transformers import LogitsProcessor
+
+    bias = dict(s.logit_bias or {})
+    bad = [t for t in bias if not 0 <= t < vocab]
+    if bad:
+        raise BadInputError(f"logit_bias names token {bad[0]}, beyond the vocabulary of {vocab}", param="logit_bias")
+    start = len(prompt_ids)
+
+    class OpenAIPenalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            if s.presence_penalty or s.frequency_penalty:
+                for row, seq in enumerate(input_ids[:, start:]):
+                    if seq.numel():
+                        counts = torch.bincount(seq, minlength=scores.shape[-1])[: scores.shape[-1]].to(scores.dtype)
+                        scores[row] -= counts * s.frequency_penalty + (counts > 0).to(scores.dtype) * s.presence_penalty
+            for token, b in bias.items():
+                if token < scores.shape[-1]:
+                    scores[:, token] += b
+            return scores
+
+    return [OpenAIPenalties()]

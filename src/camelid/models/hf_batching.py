@@ -3,7 +3,9 @@
 Requests that wait together are decoded together: one left-padded prefill, then one forward per token for the whole
 group, each row with its own stop rule, its own sampling settings and its own seeded generator (a seed gives the draws
 it gives alone). A row that finishes leaves the batch at once (its cache rows are dropped); requests that arrive
-while a group runs form the next group. Greedy rows are the argmax of the same forward as one-at-a-time decoding
+while a group runs form the next group. Requests submitted together (`submit_group`: Model.map's waves, see
+models/lockstep.py) form groups of their own, in their given order, max_batch at a time, and run to the end even
+if a consumer stops reading, so their batches (and outputs) depend on the requests alone. Greedy rows are the argmax of the same forward as one-at-a-time decoding
 (tests/models/test_batching.py checks equality with `model.generate` on one prompt at a time).
 """
 
@@ -16,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from camelid.models import lockstep
 from camelid.models.base import Chunk, ModelError, Sampling
 from camelid.models.batching import TextOut
 
@@ -31,7 +34,13 @@ class Row:
     text: TextOut | None = None
     decoded: str = ""
     generator: Any = None
+    processors: list = field(default_factory=list)  # OpenAI penalties and logit_bias (hf.openai_logits_processors)
     warpers: list = field(default_factory=list)
+    group: object | None = None  # submitted together (submit_group): scheduled as a unit
+
+    def gone(self) -> bool:
+        """The consumer stopped reading and the schedule may drop the row (never inside a group)."""
+        return self.group is None and self.cancelled.is_set()
 
 
 class HFBatcher:
@@ -51,14 +60,22 @@ class HFBatcher:
         self._thread = threading.Thread(target=self._loop, name="hf-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, ids: list[int], sampling: Sampling, max_tokens: int) -> Iterator[Chunk]:
-        row = Row(list(ids), sampling, max_tokens, text=TextOut(sampling.stop))
+    def submit(self, ids: list[int], sampling: Sampling, max_tokens: int, processors: list | None = None
+               ) -> Iterator[Chunk]:
+        row = Row(list(ids), sampling, max_tokens, text=TextOut(sampling.stop), processors=list(processors or []))
+        return lockstep.submit(self, row)
+
+    def submit_group(self, rows: list[Row]) -> list[Iterator[Chunk]]:
+        """Queue rows as one group (see the module docstring); their streams, in the same order."""
+        token = object() if len(rows) > 1 else None
         with self._cv:
             if self._closed:
                 raise ModelError("the model is closed")
-            self._waiting.append(row)
+            for row in rows:
+                row.group = token
+                self._waiting.append(row)
             self._cv.notify()
-        return self._drain(row)
+        return [self._drain(row) for row in rows]
 
     def _drain(self, row: Row) -> Iterator[Chunk]:
         try:
@@ -87,8 +104,14 @@ class HFBatcher:
                     self._cv.wait()
                 if self._closed:
                     return
-                group = [r for r in self._waiting[:self.max_batch] if not r.cancelled.is_set()]
-                self._waiting = self._waiting[self.max_batch:]
+                self._waiting = [r for r in self._waiting if not r.gone()]
+                if not self._waiting:
+                    continue
+                token = self._waiting[0].group  # a group's rows, or rows submitted alone, never both
+                take = 0
+                while take < min(self.max_batch, len(self._waiting)) and self._waiting[take].group is token:
+                    take += 1
+                group, self._waiting = self._waiting[:take], self._waiting[take:]
             if not group:
                 continue
             try:
@@ -116,12 +139,14 @@ class HFBatcher:
     def _pick(self, row: Row, logits) -> int:
         import torch
 
-        if not row.warpers:
+        if not row.warpers and not row.processors:
             return int(torch.argmax(logits))
         scores = logits.float().unsqueeze(0)
         ids = torch.tensor([row.ids + row.generated], device=logits.device)
-        for w in row.warpers:
-            scores = w(ids, scores)
+        for p in row.processors + row.warpers:  # `generate`'s order: processors, then warpers
+            scores = p(ids, scores)
+        if not row.warpers:
+            return int(torch.argmax(scores))
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=row.generator)[0, 0])
 
@@ -150,7 +175,7 @@ class HFBatcher:
                 logits = out.logits[:, -1, :]
                 keep, nxt = [], []
                 for i, row in enumerate(alive):
-                    if row.cancelled.is_set():
+                    if row.gone():
                         continue
                     token = self._pick(row, logits[i])
                     if self._advance(row, token):

@@ -6,6 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from camelid.pipeline.recipe import load_recipe
+from camelid.pipeline.run import run_recipe
+from camelid.pipeline.sweep import run_sweep
+
 app = typer.Typer()
 
 
@@ -20,9 +24,6 @@ def run_command(
 ) -> None:
     """Generate data, fine-tune, evaluate before vs after, (serve): each stage's output in the run directory; a
     rerun skips stages whose inputs are unchanged and resumes an interrupted one."""
-    from camelid.pipeline.recipe import load_recipe
-    from camelid.pipeline.run import run_recipe
-
     run_recipe(load_recipe(recipe, overrides), from_stage=from_stage, only=only)
 
 
@@ -34,6 +35,4 @@ def sweep_command(
 ) -> None:
     """Run a grid of recipes (methods x datasets x models x seeds), each cell a normal run directory evaluated
     the same way; finished cells are skipped, a failed cell does not stop the rest; one comparable report."""
-    from camelid.pipeline.sweep import run_sweep
-
     run_sweep(sweep, print_only=print_commands)

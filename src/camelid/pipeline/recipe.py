@@ -1,7 +1,7 @@
 """A recipe: the whole run (generate -> train -> eval -> serve) in one YAML file.
 
 Each stage's section is the config of the command it drives: `generate:` holds `camelid generate` settings,
-`train:` is a `camelid train` config (the same schema, checked here), `eval:` the before/after evaluation. Scaling
+`train:` is a `camelid train` config (the same pydantic models, so one schema and one error format), `eval:` the before/after evaluation. Scaling
 up is changing a few lines: `generate.model: openai:NAME` with `base_url`, `train.model: hf:PATH`, and launching
 with `accelerate launch` / `torchrun` on GPUs.
 """
@@ -11,9 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
+from camelid.data.checks import Check
+from camelid.generate.distill import DistillConfig
+from camelid.generate.generator import GenerateConfig
+from camelid.train.config import TrainConfig
 
 STAGES = ("generate", "train", "eval", "serve")
 
@@ -28,7 +33,8 @@ class EvalSection(BaseModel):
     heldout_seed: int = Field(0, description="seed of the held-out split, apart from the run's seed: runs that differ "
                               "only by seed (a sweep's error bars) are evaluated on the same questions")
     questions: Optional[str] = Field(None, description="an eval file instead of held-out seeds (any eval shape)")
-    judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME")
+    judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME | none (no judge: "
+                       "loss, ROUGE-L, self-stops and the check carry the signal)")
     judge_base_url: list[str] = Field(default_factory=list, description="servers for an openai: judge")
     max_tokens: int = Field(128, ge=1, description="answer budget: an answer that needs all of it did not stop "
                             "by itself")
@@ -37,6 +43,11 @@ class EvalSection(BaseModel):
     single: bool = Field(False, description="also grade each after-training answer 1-10 (one more judge call per "
                          "question)")
     lang: Literal["auto", "en", "ko"] = "auto"
+    prompts: Literal["camelid", "mt-bench"] = Field("camelid", description="judge prompt set: camelid's own "
+                                                    "(English, Korean) or FastChat's MT-bench prompts byte for byte")
+    check: Optional[Check] = Field(None, description="a programmatic check of each answer (contains, starts_with, "
+                                   "ends_with, regex, bullets, lang), its pass rate measured before and after; "
+                                   "default: the distill section's")
 
 
 class ServeSection(BaseModel):
@@ -59,10 +70,13 @@ class Recipe(BaseModel):
                                  "seeds for generate.lang")
     data: list[str] = Field(default_factory=list, description="existing training files; with them the generate "
                             "stage is skipped (e.g. ShareGPT conversations for a Vicuna recipe)")
-    generate: Optional[dict[str, Any]] = Field(None, description="`camelid generate` settings (model, num, lang, "
+    generate: Optional[GenerateConfig] = Field(None, description="`camelid generate` settings (model, num, lang, "
                                                "mode, ...)")
-    train: dict[str, Any] = Field(default_factory=dict, description="a `camelid train` config (data and "
-                                  "output_dir are filled in by the run)")
+    distill: Optional[dict[str, Any]] = Field(None, description="context distillation instead of generate: the "
+                                              "teacher answers the seed instructions under a system prompt the "
+                                              "student never sees (camelid.generate.distill.DistillConfig)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="a `camelid train` config (data and "
+                               "output_dir are filled in by the run)")
     eval: Optional[EvalSection] = None
     serve: ServeSection = Field(default_factory=ServeSection)
 
@@ -70,24 +84,23 @@ class Recipe(BaseModel):
     def directory(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
 
+    def settings(self, section: str) -> dict[str, Any]:
+        """The settings a section gives (not its defaults), as the YAML wrote them: what the run hashes and passes on."""
+        value = getattr(self, section)
+        return value.model_dump(mode="json", exclude_unset=True) if value is not None else {}
+
     def enabled(self, stage: str) -> bool:
-        return {"generate": self.generate is not None and not self.data, "train": True,
+        return {"generate": (self.generate is not None or self.distill is not None) and not self.data,
+                "train": True,
                 "eval": self.eval is not None, "serve": self.serve.enabled}[stage]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply `section.key=value` overrides, validate every section against its command."""
-    from camelid.train.config import apply_overrides, load_config
-
     p = Path(path)
     raw = read_yaml_mapping(p, "generate/train/eval sections", kind="recipe")
     raw = apply_overrides(raw, list(overrides or []))
-    try:
-        recipe = Recipe(**raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise CamelidError(f"{p}: {loc}: {err['msg']}") from None
+    recipe = validate(Recipe, raw, p)
     base = p.resolve().parent
     # relative data paths in a recipe are relative to the recipe file, like a Makefile's
     recipe.data = [str(_resolve(base, d)) for d in recipe.data]
@@ -96,20 +109,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if recipe.eval and recipe.eval.questions:
         recipe.eval.questions = str(_resolve(base, recipe.eval.questions))
     for key in ("data", "output_dir"):
-        if key in recipe.train:
+        if key in recipe.train.model_fields_set:
             raise CamelidError(f"{p}: train.{key} is set by the run (use the recipe's top-level data / run_dir)")
-    try:  # the train section must be a valid `camelid train` config
-        load_config(None, [], **recipe.train)
-    except CamelidError as e:
-        raise CamelidError(f"{p}: train: {e}") from None
-    if recipe.generate is not None:
-        from camelid.generate.pipeline import GenerateConfig
-
-        try:
-            GenerateConfig(**{"output": "x.jsonl", **recipe.generate})
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise CamelidError(f"{p}: generate.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    if recipe.distill is not None:
+        if recipe.generate is not None:
+            raise CamelidError(f"{p}: give generate or distill, not both")
+        validate(DistillConfig, {"output": "x.jsonl", **recipe.distill}, p, prefix="distill.")
     return recipe
 
 

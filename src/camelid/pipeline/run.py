@@ -18,7 +18,18 @@ from typing import Any, Callable
 
 from camelid.core.cli import console
 from camelid.core.io import CamelidError, read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
+from camelid.data.examples import DataStats
+from camelid.generate.distill import DistillConfig, distill
+from camelid.generate.generator import GenerateConfig, generate
+from camelid.generate.prompts import default_seeds
+from camelid.models import load_model
+from camelid.models.checkpoint import RunInfo
+from camelid.pipeline.compare import before_after
 from camelid.pipeline.recipe import STAGES, Recipe
+from camelid.pipeline.report import write_report
+from camelid.serve.server import create_app, serve
+from camelid.train.config import load_config
+from camelid.train.sft import train
 
 
 # ----------------------------------------------------------------------------------------------- stage state
@@ -90,14 +101,12 @@ def run_recipe(recipe: Recipe, *, from_stage: str | None = None, only: str | Non
         stages.put(stage, {"status": "running", "inputs": key, "started": time.time()})
         t0 = time.perf_counter()
         summary, outputs = runner(out_dir)
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        summary.setdefault("seconds", round(time.perf_counter() - t0, 1))  # a stage may count its resumes too
         upstream[stage] = digest(outputs)
         stages.put(stage, {"status": "done", "inputs": key, "outputs": upstream[stage], "summary": summary,
                            "finished": time.time()})
         summaries[stage] = summary
     if is_main_process():
-        from camelid.pipeline.report import write_report
-
         write_report(recipe, run_dir, summaries)
     return summaries
 
@@ -108,10 +117,8 @@ def run_recipe(recipe: Recipe, *, from_stage: str | None = None, only: str | Non
 def prepare(recipe: Recipe, run_dir: Path) -> None:
     """Split the seed tasks: held-out tasks for eval, the rest for generation (seeded; redone only when its inputs
     change, which the generate and eval stages then see in their input hashes)."""
-    from camelid.generate.prompts import default_seeds
-
     out = run_dir / "prepare"
-    lang = (recipe.generate or {}).get("lang") or recipe.lang
+    lang = recipe.settings("generate").get("lang") or recipe.lang
     seeds_path = Path(recipe.seeds) if recipe.seeds else default_seeds(lang)
     n = recipe.eval.heldout if recipe.eval and not recipe.eval.questions else 0
     split_seed = recipe.eval.heldout_seed if recipe.eval else 0
@@ -135,10 +142,11 @@ Runner = Callable[[Path], tuple[dict, list[Path]]]
 
 
 def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
-    from camelid.generate.pipeline import GenerateConfig, generate
+    if recipe.distill is not None:
+        return distill_stage(recipe, run_dir, upstream)
 
     seeds = run_dir / "prepare" / "seeds.jsonl"
-    settings = {"seed": recipe.seed, "lang": recipe.lang, **(recipe.generate or {})}
+    settings = {"seed": recipe.seed, "lang": recipe.lang, **recipe.settings("generate")}
     inputs = {"settings": settings, "seeds": sha256_file(seeds)}
 
     def run(out: Path) -> tuple[dict, list[Path]]:
@@ -147,20 +155,41 @@ def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runne
         if r.kept == 0:
             raise CamelidError(f"generate kept no instruction ({r.stopped or 'see ' + str(out)}); nothing to train on")
         summary = {"kept": r.kept, "target": r.target, "candidates": r.kept + sum(r.rejected.values()),
+                   "rejected": dict(r.rejected), "stopped": r.stopped,
+                   # every invocation of this stage (resumes included), from the durable logs
+                   "requests": r.totals.requests, "failed_requests": r.totals.failed,
+                   "tokens": r.totals.prompt_tokens + r.totals.completion_tokens,
+                   "seconds": round(max(r.total_seconds, r.seconds), 1)}
+        return summary, [out / "data.jsonl"]
+
+    return run, inputs
+
+
+def distill_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    """The generate stage of a context-distillation recipe: the teacher answers the (non-held-out) seed
+    instructions under the hidden context; the answers are the training data."""
+    seeds = run_dir / "prepare" / "seeds.jsonl"
+    settings = {"seed": recipe.seed, "lang": recipe.lang, **(recipe.distill or {})}
+    inputs = {"settings": settings, "seeds": sha256_file(seeds), "mode": "distill"}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        cfg = DistillConfig(**{**settings, "seeds": str(seeds), "output": str(out / "data.jsonl")})
+        r = distill(cfg)
+        if r.kept == 0:
+            raise CamelidError(f"distill kept no answer (rejected: {dict(r.rejected)}); see {out}")
+        summary = {"mode": "distill", "kept": r.kept, "target": r.candidates, "candidates": r.candidates,
                    "rejected": dict(r.rejected), "requests": r.requests, "failed_requests": r.failed_requests,
-                   "tokens": r.prompt_tokens + r.completion_tokens, "stopped": r.stopped}
+                   "tokens": r.prompt_tokens + r.completion_tokens, "stopped": None, "errors": r.errors}
+        if cfg.check is not None:
+            summary["teacher_check"] = {"check": cfg.check.describe(), "k": r.teacher_passes, "n": r.candidates}
         return summary, [out / "data.jsonl"]
 
     return run, inputs
 
 
 def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
-    from camelid.train.config import load_config
-    from camelid.train.data import DataStats
-    from camelid.train.sft import train
-
     data = recipe.data or [str(run_dir / "generate" / "data.jsonl")]
-    settings = {"seed": recipe.seed, **recipe.train}
+    settings = {"seed": recipe.seed, **recipe.settings("train")}
     inputs = {"settings": settings, "data": recipe.data and [sha256_file(Path(d)) for d in data]
               or upstream.get("generate")}
 
@@ -168,15 +197,15 @@ def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, 
         cfg = load_config(None, [], **{**settings, "data": data, "output_dir": str(out)})
         if cfg.save_steps is None:  # an interrupted quick run should still resume
             cfg.save_steps = 10
-        meta = read_json(out / "camelid.json") if (out / "camelid.json").is_file() else None
-        if meta and cfg.model_dump(mode="json") != meta["config"]:
+        meta = RunInfo.read(out)
+        if meta and cfg.model_dump(mode="json") != meta.config:
             console.print("[yellow]↻[/] train: the finished run there has other settings, starting it over")
             shutil.rmtree(out)
             meta = None
         if meta:
             # training finished but the run died before recording it: adopt the result instead of refusing
             console.print("[green]✓[/] train: the run had finished before the crash, adopting it")
-            res, stats = meta, DataStats(**meta["data_stats"])
+            res, stats = meta.to_dict(), DataStats(**(meta.data_stats or {}))
         else:
             r = train(cfg, console=console)  # camelid.json is the main process's alone: use the result
             res, stats = vars(r), r.stats
@@ -190,13 +219,11 @@ def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, 
 
 
 def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
-    from camelid.pipeline.compare import before_after
-
     ev = recipe.eval
     assert ev is not None
     questions = Path(ev.questions) if ev.questions else run_dir / "prepare" / "heldout.jsonl"
     inputs = {"settings": ev.model_dump(), "questions": sha256_file(questions), "model": upstream.get("train"),
-              "base": recipe.train.get("model", "embedded"), "seed": recipe.seed}
+              "base": recipe.train.model, "seed": recipe.seed}
 
     def run(out: Path) -> tuple[dict, list[Path]]:
         summary = before_after(recipe, questions, run_dir / "train", out)
@@ -208,9 +235,6 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
 
 def serve_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
     def run(out: Path) -> tuple[dict, list[Path]]:
-        from camelid.models import load_model
-        from camelid.serve.server import create_app, serve
-
         model = load_model(f"hf:{run_dir / 'train'}")
         console.print(f"serving {run_dir / 'train'} on http://{recipe.serve.host}:{recipe.serve.port} (Ctrl-C ends)")
         serve(create_app(model), recipe.serve.host, recipe.serve.port)

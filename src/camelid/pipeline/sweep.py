@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from rich import box
+from rich.table import Table
 
 from camelid.core.cli import console
+from camelid.core.config import validate
 from camelid.core.io import CamelidError, read_yaml_mapping, write_json, write_text
 
 METRICS = [  # (key, label, short label for the terminal, higher is better, format)
@@ -53,11 +56,7 @@ class Sweep(BaseModel):
 
 def load_sweep(path: str | Path) -> tuple[Sweep, Path]:
     p = Path(path)
-    try:
-        sweep = Sweep(**read_yaml_mapping(p, "sweep settings", kind="sweep"))
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise CamelidError(f"{p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    sweep = validate(Sweep, read_yaml_mapping(p, "sweep settings", kind="sweep"), p)
     base = Path(sweep.recipe)
     base = base if base.is_absolute() else p.resolve().parent / base
     if not base.is_file():
@@ -183,8 +182,6 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rich import box
-    from rich.table import Table
 
     out = sweep.directory / "report"
     out.mkdir(parents=True, exist_ok=True)

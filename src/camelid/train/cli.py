@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+import yaml
 
 from camelid.core.cli import console
+from camelid.core.io import CamelidError
+from camelid.core.config import cli_options, schema_yaml
+from camelid.train.config import CONFIG_DIR, TrainConfig, is_staged, load_config, read_config_file
+from camelid.train.sft import train
+from camelid.train.multistage import load_stages, run_stages, show
 
 app = typer.Typer()
 
@@ -16,18 +22,12 @@ EPILOG = ("Examples: camelid train alpaca_lora data=alpaca_data.json  |  camelid
 
 
 @app.command("train", epilog=EPILOG)
+@cli_options(TrainConfig, only=("data", "model", "template", "method", "output_dir", "epochs", "max_steps", "lr"))
 def train_command(
+    settings: dict,
     args: Annotated[Optional[list[str]], typer.Argument(
         help="CONFIG.yaml (or a shipped config: alpaca_lora, alpaca_full, qlora, vicuna, kollama2_two_stage), then "
              "key=value overrides (dotted: lora.r=16; a staged config: STAGE.key=value).", show_default=False)] = None,
-    data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training file (repeatable).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model: embedded | hf:PATH.")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="full | lora | dora | qlora.")] = None,
-    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run directory.")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved config as YAML and exit "
                                               "(with no CONFIG: the commented schema with every default).")] = False,
     config_path: Annotated[Optional[str], typer.Option("--config-path", help="Print the path of a shipped config "
@@ -36,11 +36,6 @@ def train_command(
     """Fine-tune a model (full, LoRA, DoRA, QLoRA) on instruction data; writes a run directory that chat, serve
     and eval load with the same template (camelid.json). A config with `stages:` runs its stages in order,
     skipping finished ones."""
-    import yaml
-
-    from camelid.core.io import CamelidError
-    from camelid.train.config import CONFIG_DIR, is_staged, load_config, read_config_file, schema_yaml
-
     if config_path:
         p = CONFIG_DIR / (config_path if config_path.endswith(".yaml") else f"{config_path}.yaml")
         if not p.is_file():
@@ -50,12 +45,10 @@ def train_command(
     args = list(args or [])
     config = args.pop(0) if args and "=" not in args[0] else None
     if show_config and config is None and not args:
-        print(schema_yaml(), end="")
+        print(schema_yaml(TrainConfig), end="")
         return
     if config is not None and is_staged(read_config_file(config)[1]):
-        from camelid.train.stages import load_stages, run_stages, show
-
-        if any(x is not None for x in (data, model, template, method, output_dir, epochs, max_steps, lr)):
+        if settings:
             raise CamelidError(f"{config} has stages: set them with STAGE.key=value (or key=value for every stage), "
                                "not with options")
         run = load_stages(config, args)
@@ -64,11 +57,8 @@ def train_command(
             return
         run_stages(run, console=console)
         return
-    cfg = load_config(config, args, data=data or None, model=model, template=template, method=method,
-                      output_dir=output_dir, epochs=epochs, max_steps=max_steps, lr=lr)
+    cfg = load_config(config, args, **settings)
     if show_config:
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), end="")
         return
-    from camelid.train.sft import train
-
     train(cfg, console=console)

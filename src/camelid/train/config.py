@@ -11,15 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
 from camelid.core.templates import MASKS, TEMPLATE_NAMES
 
 Method = Literal["full", "lora", "dora", "qlora"]
 DataFormat = Literal["alpaca", "seed-tasks", "sharegpt", "openai", "text"]
 CONFIG_DIR = Path(__file__).parent / "configs"
+SCHEMA_HINT = "see `camelid train --show-config` for the schema"
 
 
 class LoraConfig(BaseModel):
@@ -65,10 +66,12 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # ---- what to train
-    model: str = Field("embedded", description="base model: embedded (SmolLM2-135M) | hf:PATH (checkpoint dir)")
+    model: str = Field("embedded", description="base model: embedded (SmolLM2-135M) | hf:PATH (checkpoint dir)",
+                       json_schema_extra={"flags": ("--model", "-m")})
     template: str = Field("alpaca", description="prompt template; chat/serve/eval reuse it from camelid.json: "
                           + ", ".join(TEMPLATE_NAMES))
-    data: list[str] = Field(default_factory=list, description="training files (alpaca, seed-tasks, sharegpt, openai; "
+    data: list[str] = Field(default_factory=list, json_schema_extra={"flags": ("--data", "-d")},
+                            description="training files (alpaca, seed-tasks, sharegpt, openai; "
                             "JSON or JSONL, detected)")
     data_format: Optional[DataFormat] = Field(
         None, description="force a format instead of detecting it; text = raw text (plain files, or the text fields "
@@ -125,7 +128,7 @@ class TrainConfig(BaseModel):
     seed: int = 42
 
     # ---- output
-    output_dir: str = Field("runs/sft", description="run directory: model or adapter, tokenizer, camelid.json, "
+    output_dir: str = Field("runs/sft", json_schema_extra={"flags": ("--output-dir", "-o")}, description="run directory: model or adapter, tokenizer, camelid.json, "
                             "trainer_log.jsonl, loss.png, checkpoints/")
     overwrite: bool = Field(False, description="replace a finished run in output_dir")
     resume: bool = Field(True, description="continue from the newest checkpoint in output_dir when there is one")
@@ -137,6 +140,11 @@ class TrainConfig(BaseModel):
     eval_steps: Optional[int] = Field(None, ge=1, description="eval loss (and samples) every N steps and at the end")
     eval_prompts: list[str] = Field(default_factory=list, description="user prompts answered greedily at each eval")
     sample_max_tokens: int = Field(64, ge=1)
+
+    @field_validator("data", "eval_data", mode="before")
+    @classmethod
+    def _one_file(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `data: file.json` means one file
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -175,41 +183,6 @@ class TrainConfig(BaseModel):
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`lora.r=16` -> (["lora", "r"], 16); values are YAML (`data=[a.json,b.json]`, `lr=1e-4`, `packing=false`)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise CamelidError(f"override {item!r}: expected key=value (e.g. lora.r=16)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str) and _looks_float(raw.strip()):
-        value = float(raw)  # YAML 1.1 reads 1e-4 (no dot) as a string
-    return key.strip().split("."), value
-
-
-def _looks_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    out = dict(raw)
-    for item in overrides:
-        path, value = parse_override(item)
-        node = out
-        for k in path[:-1]:
-            child = node.get(k)
-            node[k] = dict(child) if isinstance(child, dict) else {}
-            node = node[k]
-        node[path[-1]] = value
-    return out
-
-
 def config_file(path: str | Path) -> Path:
     """A config path, or the name of a shipped config (`alpaca_lora`, `kollama2_two_stage.yaml`)."""
     p = Path(path)
@@ -228,7 +201,7 @@ def read_config_file(path: str | Path) -> tuple[Path, dict]:
 
 
 def is_staged(raw: dict) -> bool:
-    """A multi-stage config (`stages:` list, run by train/stages.py) rather than one run."""
+    """A multi-stage config (`stages:` list, run by train/multistage.py) rather than one run."""
     return "stages" in raw
 
 
@@ -247,42 +220,8 @@ def validate_config(raw: dict, overrides: list[str] | None = None, where: str | 
     """A TrainConfig from settings, `key=value` overrides and keyword fields; errors name every bad setting."""
     raw = apply_overrides(raw, list(overrides or []))
     raw.update({k: v for k, v in fields.items() if v is not None})
-    if isinstance(raw.get("data"), str):
-        raw["data"] = [raw["data"]]
-    if isinstance(raw.get("eval_data"), str):
-        raw["eval_data"] = [raw["eval_data"]]
-    try:
-        return TrainConfig(**raw)
-    except ValidationError as e:
-        prefix = f"{where}: " if where else ""
-        msgs = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "config"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting (see `camelid train --show-config` for the schema)"
-            msgs.append(f"{loc}: {msg}")
-        raise CamelidError(prefix + "; ".join(msgs)) from None
+    return validate(TrainConfig, raw, where, hint=SCHEMA_HINT)
 
 
 def shipped_configs() -> list[str]:
     return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def schema_yaml() -> str:
-    """The defaults as commented YAML: the schema a user edits (`camelid train --show-config`)."""
-    lines: list[str] = []
-
-    def emit(model: type[BaseModel], obj: BaseModel, indent: str) -> None:
-        for name, f in model.model_fields.items():
-            value = getattr(obj, name)
-            if isinstance(value, BaseModel):
-                lines.append(f"{indent}{name}:")
-                emit(type(value), value, indent + "  ")
-                continue
-            text = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()[1:-1]
-            comment = f"  # {f.description}" if f.description else ""
-            lines.append(f"{indent}{text}{comment}")
-
-    emit(TrainConfig, TrainConfig(), "")
-    return "\n".join(lines) + "\n"

@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from camelid.core.io import CamelidError
+from camelid.models.checkpoint import (base_checkpoint, load_tokenizer, portable_base, tokenizer_dir,
+                                      trained_tokenizer, write_legacy_keys)
 from camelid.train.config import TrainConfig
+from camelid.train.vocab import (EXTENSION_FILE, lora_embedding_kwargs, module_name, resize_embeddings,
+                                 ties_embeddings, train_only_embeddings)
 
 
 class AdapterError(CamelidError):
     pass
-
-
-def base_dir(spec: str) -> Path:
-    """The checkpoint directory a model spec names: `embedded` (dequantised SmolLM2), `hf:PATH` or a directory."""
-    from camelid.models.hf import embedded_hf_dir
-
-    if spec == "embedded":
-        return embedded_hf_dir()
-    path = Path(spec[3:] if spec.startswith("hf:") else spec).expanduser().resolve()
-    if not path.is_dir():
-        raise CamelidError(f"model {spec!r}: no such directory (use embedded or hf:PATH to a transformers checkpoint)")
-    if (path / "adapter_config.json").is_file():
-        raise CamelidError(f"model {spec!r} is a LoRA adapter: train from its base model, or merge it first "
-                           "(`camelid export`)")
-    if not (path / "config.json").is_file():
-        raise CamelidError(f"model {spec!r}: not a transformers checkpoint (no config.json)")
-    return path
-
-
-def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.eos_token_id is None:
-        raise CamelidError(f"{path}: the tokenizer has no EOS token, so a trained model could never stop "
-                           "(set eos_token in tokenizer_config.json)")
-    return tok
 
 
 def tokenizer_source(cfg: TrainConfig, base: Path) -> Path:
@@ -45,8 +23,6 @@ def tokenizer_source(cfg: TrainConfig, base: Path) -> Path:
     one) or the base model's directory."""
     if cfg.tokenizer is None:
         return base
-    from camelid.train.vocab import tokenizer_dir
-
     return tokenizer_dir(cfg.tokenizer).resolve()
 
 
@@ -63,16 +39,12 @@ def check_extends(base_tok, tok, where: Path) -> None:
 def is_extended(cfg: TrainConfig, tok_dir: Path) -> bool:
     """The vocabulary was extended: a new tokenizer is given, or the model was trained with one (its
     vocab_extension.json, copied into every run trained with it)."""
-    from camelid.train.vocab import EXTENSION_FILE
-
     return cfg.tokenizer is not None or (tok_dir / EXTENSION_FILE).is_file()
 
 
 def modules_to_save_kwargs(model, cfg: TrainConfig, extended: bool) -> dict:
     """peft LoraConfig keywords for `lora.modules_to_save`. With tied embeddings (SmolLM2) only the embedding is
     listed and `ensure_weight_tying` shares the trainable copy with the LM head (vocab.lora_embedding_kwargs)."""
-    from camelid.train.vocab import _module_name, lora_embedding_kwargs, ties_embeddings
-
     wanted = cfg.lora.modules_to_save
     if not wanted or (wanted == "auto" and not extended):
         return {}
@@ -80,8 +52,8 @@ def modules_to_save_kwargs(model, cfg: TrainConfig, extended: bool) -> dict:
         return lora_embedding_kwargs(model)
     if not ties_embeddings(model):
         return {"modules_to_save": list(wanted)}
-    emb = _module_name(model, model.get_input_embeddings())
-    head = _module_name(model, model.get_output_embeddings())
+    emb = module_name(model, model.get_input_embeddings())
+    head = module_name(model, model.get_output_embeddings())
     names = [emb if n in (head, head.rsplit(".", 1)[-1]) else n for n in wanted]
     names = list(dict.fromkeys(names))  # the tied pair listed twice is one matrix
     tied = any(n in (emb, emb.rsplit(".", 1)[-1]) for n in names)
@@ -97,13 +69,11 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from camelid.train.vocab import resize_embeddings, train_only_embeddings
-
-    path = base_dir(cfg.model)
+    path = base_checkpoint(cfg.model)
     tok_dir = tokenizer_source(cfg, path)
-    tok = load_tokenizer(tok_dir)
+    tok = load_tokenizer(tok_dir, require_eos=True)
     if cfg.tokenizer is not None:
-        check_extends(load_tokenizer(path), tok, tok_dir)
+        check_extends(load_tokenizer(path, require_eos=True), tok, tok_dir)
     kw: dict = {"dtype": torch.float32}
     if cfg.method in ("lora", "dora") and bf16:
         kw["dtype"] = torch.bfloat16  # frozen base in bf16; adapter weights stay fp32 (peft autocast_adapter_dtype)
@@ -115,7 +85,7 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None 
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
         kw["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    model.config.use_cache = False  # the cache must be off for packed rows (see data.py) and is useless in training
+    model.config.use_cache = False  # the cache must be off for packed rows (see data/examples.py) and is useless in training
     rows = model.get_input_embeddings().weight.shape[0]
     added = resize_embeddings(model, tok) if cfg.tokenizer is not None else 0  # 0: the sizes already match
     if cfg.trainable:
@@ -158,13 +128,11 @@ def save_trained(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, stop
     """Write the adapter (adapter_config.json + adapter_model.safetensors) or the full model (config.json +
     model.safetensors) and the tokenizer (with its vocab_extension.json, when extended) into `out`; return the file
     names written."""
-    import shutil
-
-    from camelid.train.vocab import EXTENSION_FILE
-
     out.mkdir(parents=True, exist_ok=True)
+    tokenizer = trained_tokenizer(tokenizer, cfg.template)
     if cfg.method == "full":
         model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+        model.generation_config.pad_token_id = model.config.pad_token_id = tokenizer.pad_token_id
         model.config.use_cache = True
         model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     else:
@@ -176,10 +144,11 @@ def save_trained(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, stop
                               save_embedding_layers=False if trained else "auto")
         ac = out / "adapter_config.json"
         conf = json.loads(ac.read_text(encoding="utf-8"))
-        conf["base_model_name_or_path"] = str(base)  # absolute: the run directory loads from anywhere
+        conf["base_model_name_or_path"] = portable_base(cfg.model, base)  # the hub id, never this machine's cache
         ac.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         check_adapter(out)
-    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # the trained chat_template, a pad that is not an end token
+    write_legacy_keys(out)  # transformers 4.x reads the same model
     ext = tokenizer_source(cfg, base) / EXTENSION_FILE
     if ext.is_file():  # the run's tokenizer is an extended one: chat loads it, a next stage knows it (auto)
         shutil.copyfile(ext, out / EXTENSION_FILE)
@@ -202,23 +171,3 @@ def check_adapter(path: Path) -> dict:
         raise AdapterError(f"{f}: the adapter is empty (all {len(b)} lora_B matrices are zero): nothing was learned. "
                            "Check that records have trained tokens, that lr > 0 and that at least one step ran")
     return {"tensors": len(weights), "lora_B_nonzero": nonzero, "lora_B_total": len(b)}
-
-
-def tokenizer_for(spec: str):
-    """(tokenizer, template name the model would use by default) for a model spec, loading no weights."""
-    from transformers import AutoTokenizer
-
-    from camelid.models import parse_spec
-    from camelid.models.hf import embedded_hf_dir, resolve_checkpoint
-
-    s = parse_spec(spec)
-    if s.kind == "embedded":
-        return load_tokenizer(embedded_hf_dir()), None
-    if s.kind == "gguf":
-        p = Path(s.target)
-        return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name), None
-    if s.kind != "hf":
-        raise CamelidError(f"model {spec!r}: rendering needs a local tokenizer (embedded, hf:PATH or gguf:PATH)")
-    base, adapter, cfg = resolve_checkpoint(s.target)
-    tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
-    return load_tokenizer(tok_dir), (cfg or {}).get("template")

@@ -12,23 +12,32 @@ Multi-process: launch with `torchrun --nproc_per_node N -m camelid train ...` (D
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import resource
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camelid.core.io import CamelidError, JsonlAppender, write_json
-from camelid.core.templates import IGNORE_INDEX, encode, end_token_id, get_template
-from camelid.train import checkpoint as ck
+import camelid
+from camelid.core.io import CamelidError, JsonlAppender, sha256_file
+from camelid.core.templates import get_template
+from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
+from camelid.data.examples import (DataStats, Example, build_examples, check_data_files, collate, data_files_info,
+                                   examples_fingerprint, micro_batches, plan_steps, read_files, split_eval,
+                                   steps_per_epoch, text_examples)
+from camelid.models.checkpoint import RunInfo
+from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
-from camelid.train.data import (DataStats, Example, build_examples, collate, data_files_info, examples_fingerprint,
-                                micro_batches, plan_steps, read_files, split_eval, steps_per_epoch, text_examples)
+from camelid.train.curriculum import order_examples
 from camelid.train.loss import head_returns_loss, output_head
 from camelid.train.model import load_for_training, save_trained, trainable_params
+from camelid.train.plot import plot_losses
 
 
 class TrainingError(CamelidError):
@@ -135,7 +144,11 @@ def _optimizer(model, cfg: TrainConfig):
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    # fused AdamW (transformers' default on CUDA, what trl's runs use): one kernel per step instead of for-each ops;
+    # on an H200 it left the 1B full run's peak unchanged (20.55 GB) and its tokens/s within noise (bench/gpu.py)
+    fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                             fused=fused or None)
 
 
 def _reset_peak_memory() -> None:
@@ -217,12 +230,14 @@ def sample(model, tokenizer, template, prompts: list[str], max_tokens: int, stop
 
 def train(cfg: TrainConfig, console=None) -> TrainResult:
     """Run (or resume) one fine-tuning run into `cfg.output_dir`; see the module docstring for the loss."""
+    if not cfg.data:
+        raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
+    # before torch is even imported: a bad file is a one-line error in a second
+    check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
-    if not cfg.data:
-        raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()  # a second run in this process may use another precision (process group kept)
@@ -401,9 +416,6 @@ class StopRequest:
     the checkpoint); a second Ctrl-C stops at once."""
 
     def __init__(self):
-        import signal
-        import threading
-
         self.asked = False
         self._old: dict = {}
         if threading.current_thread() is threading.main_thread():
@@ -416,8 +428,6 @@ class StopRequest:
         self.asked = True
 
     def restore(self) -> None:
-        import signal
-
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
@@ -431,8 +441,6 @@ def _examples(files: list[str], cfg: TrainConfig, tokenizer, template, eval_only
     records = read_files(files, cfg.data_format)
     order = None
     if cfg.curriculum is not None and not eval_only:
-        from camelid.train.curriculum import order_examples
-
         c = cfg.curriculum
         records, order = order_examples(records, c.rule, c.field, c.stages, cfg.seed)
     return *build_examples(records, tokenizer, template, cfg.mask, cfg.max_length, cfg.truncation), order
@@ -441,10 +449,6 @@ def _examples(files: list[str], cfg: TrainConfig, tokenizer, template, eval_only
 def _fingerprint_extra(cfg: TrainConfig, vocab: dict) -> str:
     """The tokenizer's content and the curriculum: a resume must find the same ones (the tokenized examples alone
     could match with another tokenizer that leaves these texts alone)."""
-    import json
-
-    from camelid.core.io import sha256_file
-
     if cfg.tokenizer is None and cfg.curriculum is None:
         return ""  # fingerprints of runs without them stay what they were
     tok = Path(vocab["tokenizer"]) / "tokenizer.json"
@@ -481,9 +485,6 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
     import torch
     import transformers
 
-    import camelid
-    from camelid.train.plot import plot_losses
-
     tmp = out / ".final-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     files = save_trained(model, tokenizer, tmp, cfg, base, stop_ids, state_dict)
@@ -493,7 +494,7 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
             shutil.rmtree(out / name)
         os.replace(tmp / name, out / name)
     shutil.rmtree(tmp, ignore_errors=True)
-    write_json(out / "camelid.json", {
+    RunInfo(**{
         "kind": "sft",
         "template": cfg.template,
         "base_model": cfg.model,
@@ -519,4 +520,4 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
         "stop_token_ids": stop_ids,
         "versions": {"camelid": getattr(camelid, "__version__", "0"), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-    })
+    }).write(out)

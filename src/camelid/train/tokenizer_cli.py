@@ -11,6 +11,9 @@ from rich.table import Table
 
 from camelid.core.cli import console
 from camelid.core.io import CamelidError
+from camelid.data.texts import read_texts
+from camelid.models.checkpoint import load_tokenizer, tokenizer_dir
+from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer, token_stats
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,8 +32,6 @@ def extend(
         "hanzi (GB 2312 level 1, 3,755). Repeat for both.")] = None,
 ) -> None:
     """Add the pieces a corpus needs to a byte-level BPE tokenizer: old ids and English tokenization unchanged."""
-    from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer
-
     coverage = "".join(charset(c) for c in charsets or [])
     tok = extend_tokenizer(base, list(corpus), add, output, min_frequency=min_frequency, coverage=coverage)
     info = json.loads((output / EXTENSION_FILE).read_text(encoding="utf-8"))
@@ -48,15 +49,14 @@ def stats(
     = None,
 ) -> None:
     """Tokens per character and per word of a text, before (base) and after (extended)."""
-    from camelid.train.vocab import EXTENSION_FILE, load_tokenizer, read_texts, token_stats
-
     if not tokenizer.is_dir():
         raise CamelidError(f"{tokenizer}: no such tokenizer directory")
     ext = tokenizer / EXTENSION_FILE
     if base is None:
         base = json.loads(ext.read_text(encoding="utf-8"))["base"] if ext.is_file() else "embedded"
     text = "\n".join(read_texts(file))
-    before, after = token_stats(load_tokenizer(base), text), token_stats(load_tokenizer(str(tokenizer)), text)
+    before = token_stats(load_tokenizer(tokenizer_dir(base)), text)
+    after = token_stats(load_tokenizer(tokenizer_dir(str(tokenizer))), text)
     result = {"file": str(file), "base": base, "tokenizer": str(tokenizer), "before": before, "after": after,
               "token_ratio": after["tokens"] / max(before["tokens"], 1)}
     table = Table("", "tokens", "tokens/char", "tokens/word")

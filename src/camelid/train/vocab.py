@@ -48,83 +48,13 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable
 
-from camelid.core.io import CamelidError, DataError, Problem, read_records, sha256_file, write_json
+from camelid.core.io import CamelidError, sha256_file, write_json
+from camelid.data.texts import read_texts
+from camelid.models.checkpoint import tokenizer_dir
 
 EXTENSION_FILE = "vocab_extension.json"
-TEXT_KEYS = {"text", "content", "value", "instruction", "input", "output", "prompt", "completion", "response",
-             "turns", "reference", "messages", "conversations", "instances"}
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def tokenizer_dir(spec: str) -> Path:
-    """The directory holding the tokenizer for a model spec: `embedded`, `hf:PATH`, or a bare directory."""
-    spec = (spec or "embedded").strip()
-    if spec == "embedded":
-        from camelid.models.hf import embedded_hf_dir
-
-        return embedded_hf_dir()
-    path = Path(spec[3:] if spec.startswith("hf:") else spec)
-    if (path / "tokenizer.json").is_file():
-        return path
-    if not path.is_dir():
-        raise CamelidError(f"tokenizer {spec!r}: no such directory (use embedded, hf:PATH or a directory)")
-    from camelid.models.hf import resolve_checkpoint
-
-    base, adapter, _ = resolve_checkpoint(path)
-    for d in (adapter, base):
-        if d is not None and (d / "tokenizer.json").is_file():
-            return d
-    raise CamelidError(f"{path}: no tokenizer.json here or in its base model (only fast tokenizers are supported)")
-
-
-def load_tokenizer(spec: str):
-    """A transformers fast tokenizer from a model spec or directory."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir(spec))
-
-
-def _texts_in(value: Any, key: str | None = None) -> Iterator[str]:
-    if isinstance(value, str):
-        if key in TEXT_KEYS:
-            yield value
-    elif isinstance(value, list):
-        for v in value:
-            yield from _texts_in(v, key)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            # inside messages/conversations every role's text counts; ids, roles and names never do
-            yield from _texts_in(v, k if k in TEXT_KEYS else None if isinstance(v, str) else key)
-
-
-def read_texts(path: str | os.PathLike) -> list[str]:
-    """Texts of a corpus file: plain text (one document), or a dataset (Alpaca, ShareGPT, OpenAI messages, or
-    `{"text": ...}` records as JSON or JSONL) whose text fields are taken."""
-    path = Path(path)
-    if not path.is_file():
-        raise CamelidError(f"{path}: no such file")
-    if path.suffix.lower() not in (".json", ".jsonl"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            line = e.object[: e.start].count(b"\n") + 1
-            raise DataError(Problem(str(path), line, None, f"not valid UTF-8 ({e.reason})")) from None
-        if not text.strip():
-            raise DataError(Problem(str(path), None, None, "file is empty"))
-        return [text]
-    texts: list[str] = []
-    for line, index, rec in read_records(path):
-        if not isinstance(rec, dict):
-            raise DataError(Problem(str(path), line, None, f"expected a JSON object, got {type(rec).__name__}",
-                                    None if line else index))
-        texts.extend(t for t in _texts_in(rec) if t.strip())
-    if not texts:
-        raise DataError(Problem(str(path), None, None, f"no text fields found (looked for {sorted(TEXT_KEYS)})"))
-    return texts
 
 
 # ---------------------------------------------------------------------------------------------- extension
@@ -393,7 +323,7 @@ def resize_embeddings(model, tokenizer, pad_to_multiple_of: int | None = None) -
     return want - old
 
 
-def _module_name(model, module) -> str:
+def module_name(model, module) -> str:
     return next(n for n, m in model.named_modules() if m is module)
 
 
@@ -403,10 +333,10 @@ def lora_modules_to_save(model) -> list[str]:
     With tied weights only the embedding is listed: pass `ensure_weight_tying=True` to `LoraConfig` (see
     `lora_embedding_kwargs`) and peft ties the LM head to the trainable copy; listing both without it would train
     two diverging copies of one matrix and the LM head would keep the untrained mean rows for the new tokens."""
-    names = [_module_name(model, model.get_input_embeddings())]
+    names = [module_name(model, model.get_input_embeddings())]
     head = model.get_output_embeddings()
     if head is not None and not ties_embeddings(model):
-        names.append(_module_name(model, head))
+        names.append(module_name(model, head))
     return names
 
 

@@ -1,7 +1,9 @@
-"""`camelid export` (merged checkpoint, GGUF + Ollama Modelfile) and `camelid weights diff|apply` (delta weights)."""
+"""`camelid export` (merged checkpoint, GGUF + Ollama Modelfile), `camelid weights diff|apply` (delta weights) and
+`camelid model check` (do tokenizer, generation config and chat template agree on where a reply ends?)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,8 +11,13 @@ import typer
 
 from camelid.core.cli import TemplateOpt, console
 from camelid.core.io import CamelidError
+from camelid.modelfiles.check import check_model, fix_model, format_report
+from camelid.modelfiles.delta import apply_delta, diff_weights
+from camelid.modelfiles.gguf import export_gguf
+from camelid.modelfiles.merge import merge_adapter
 
 app = typer.Typer()
+model_app = typer.Typer(no_args_is_help=True)
 weights_app = typer.Typer(no_args_is_help=True)
 app.add_typer(weights_app, name="weights", help="Delta weights: publish a fine-tune as a bit-exact XOR delta over "
               "its base (Vicuna-style) and rebuild it.")
@@ -31,19 +38,24 @@ def export(
                                        "beside it.")] = False,
     out: Annotated[Optional[Path], typer.Option("-o", "--output", help="--merge: output directory (default "
                                                 "RUN-merged); --gguf: FILE.gguf (default inside the run).")] = None,
-    outtype: Annotated[str, typer.Option("--outtype", help="GGUF tensor type: f16, f32 or q8_0.")] = "f16",
+    outtype: Annotated[Optional[str], typer.Option("--outtype", help="GGUF tensor type: f16 (default), f32 or "
+                                                   "q8_0.")] = None,
     template: TemplateOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Export a trained run: merged checkpoint (--merge) or GGUF + Modelfile (--gguf). Prints the output path."""
-    from camelid.train.export import export_gguf, merge_adapter
-
+    # every argument is checked before any weights are read (a merge takes minutes on a large model)
     if merge == gguf:
         raise CamelidError("choose one of --merge or --gguf")
     if merge:
+        for given, option in ((outtype, "--outtype"), (template, "--template")):
+            if given is not None:
+                raise CamelidError(f"{option} applies to --gguf only (--merge keeps the run's weights dtype and "
+                                   "its trained template)")
         path = merge_adapter(run_dir, out, force=force)
     else:
-        path = export_gguf(run_dir, out, outtype, template=template, force=force)  # type: ignore[arg-type]
+        path = export_gguf(run_dir, out, "f16" if outtype is None else outtype,  # type: ignore[arg-type]
+                           template=template, force=force)
         console.print(f"Ollama: ollama create NAME -f {path.with_suffix('.Modelfile')}")
     print(path)
 
@@ -58,8 +70,6 @@ def diff(
     force: ForceOpt = False,
 ) -> None:
     """Write TUNED as an XOR delta over BASE, with sha256 checksums of both, plus TUNED's config/tokenizer."""
-    from camelid.train.delta import diff_weights
-
     print(diff_weights(base, tuned, out, low_memory=low_memory, shard_size=shard_size, force=force))
 
 
@@ -73,6 +83,29 @@ def apply(
     force: ForceOpt = False,
 ) -> None:
     """Rebuild the tuned checkpoint from BASE + DELTA; refuses a wrong base and verifies every tensor."""
-    from camelid.train.delta import apply_delta
-
     print(apply_delta(base, delta, out, low_memory=low_memory, shard_size=shard_size, force=force))
+
+
+@model_app.command("check")
+def check(
+    spec: Annotated[str, typer.Argument(help="hf:PATH (checkpoint, adapter or run dir), gguf:PATH or embedded.")],
+    template: TemplateOpt = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Write a corrected copy to -o (tokenizer EOS/pad, "
+                                      "generation_config, chat_template); never in place.")] = False,
+    out: Annotated[Optional[str], typer.Option("-o", "--output", help="Directory for --fix.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --fix: replace -o if it exists.")] = False,
+) -> int:
+    """Check that tokenizer EOS, generation_config, template end token and chat_template agree (exit 1 if not)."""
+    if fix and not out:
+        raise CamelidError("--fix needs -o DIR (the model is never changed in place)")
+    if fix:
+        before, report = fix_model(spec, out, template, force=force)
+        if not as_json:
+            print(format_report(before) + f"\n\nfixed copy written to {out}:\n")
+    else:
+        report = check_model(spec, template)
+    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else format_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
+    return 0

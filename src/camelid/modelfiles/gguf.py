@@ -1,8 +1,4 @@
-"""`camelid export`: a trained run as a merged checkpoint, as a GGUF file for llama.cpp, and as an Ollama Modelfile.
-
-Merge: the adapter is folded into the base weights with peft's `merge_and_unload` on the full-precision base (a
-QLoRA run merges onto the unquantised base, as alpaca-lora's export does), saved as safetensors with the run's
-tokenizer and camelid.json (`method: merged`), written to a temp directory and renamed into place.
+"""`camelid export --gguf`: a trained run as a GGUF file for llama.cpp, and as an Ollama Modelfile beside it.
 
 GGUF (Llama-architecture checkpoints: Llama, Mistral, SmolLM2): a converter written on the `gguf` package,
 following llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel`):
@@ -12,12 +8,12 @@ following llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel`):
 - the tokenizer: GPT-2 byte-level BPE (tokens, merges, token types: special added tokens are CONTROL so the
   chat markers parse as one token) with `tokenizer.ggml.pre` found the way llama.cpp does (the hash of a
   fixed text's token ids), or SentencePiece (`tokenizer.model`, scores and types) for Llama-2 style models.
-- `tokenizer.chat_template` is the template the run was trained with (shipped templates are written as
-  equivalent Jinja, checked against `core/templates.py` in the tests); when the template ends turns with a
+- `tokenizer.chat_template` is the template the run was trained with (each shipped template declares its
+  Jinja form beside its segment builder in `core/templates.py`; the tests check they render the same); when the template ends turns with a
   token other than EOS (ChatML's `<|im_end|>`) it is also written as the end-of-turn token.
 Tensors are converted and written one at a time (header first, then data), so memory stays near one tensor
 (an adapter run is merged first, which holds the model once). The Ollama Modelfile is written beside the GGUF
-as NAME.Modelfile (FROM ./NAME.gguf, TEMPLATE in Go syntax for the shipped templates, SYSTEM, PARAMETER stop).
+as NAME.Modelfile (FROM ./NAME.gguf, TEMPLATE in Go syntax as each template declares it, SYSTEM, PARAMETER stop).
 """
 
 from __future__ import annotations
@@ -32,153 +28,19 @@ from pathlib import Path
 from typing import Literal
 
 from camelid.core.cli import console
-from camelid.core.io import CamelidError, read_json, write_json, write_text
-from camelid.core.templates import (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT, ALPACA_PROMPT_INPUT,
-                                    ALPACA_PROMPT_NO_INPUT, VICUNA_SYSTEM, Template, get_template,
-                                    special_prefix)
-from camelid.models.check import load_tokenizer
-from camelid.train.delta import Checkpoint, atomic_dir
+from camelid.core.io import CamelidError, clean_stale_temps, file_mode, read_json, write_text
+from camelid.core.templates import Template, TemplateError, get_template
+from camelid.core.tokenize import special_prefix
+from camelid.modelfiles.delta import Checkpoint
+from camelid.modelfiles.merge import merge_adapter
+from camelid.models.checkpoint import load_tokenizer, resolve, template_name
 
 OutType = Literal["f32", "f16", "q8_0"]
 OUTTYPES: tuple[str, ...] = ("f16", "f32", "q8_0")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
 
-# ---------------------------------------------------------------------------------------------- sources
-
-
-def _source(spec: str | os.PathLike) -> tuple[Path, Path | None, dict | None]:
-    """(checkpoint dir, adapter dir or None, camelid.json or None) for `embedded`, `hf:PATH` or a directory."""
-    from camelid.models.hf import resolve_checkpoint
-
-    spec = str(spec)
-    return resolve_checkpoint(spec[3:] if spec.startswith("hf:") else spec)
-
-
-def _copy_tokenizer(src: Path, dst: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-
-
-def merge_adapter(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Fold a run's PEFT adapter into its base and save a full safetensors checkpoint (default: RUN-merged)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base, adapter, cfg = _source(run_dir)
-    if adapter is None:
-        raise CamelidError(f"{run_dir}: holds a full model, not an adapter: nothing to merge (export it with --gguf "
-                           "or use it as it is)")
-    out = Path(out) if out else adapter.parent / f"{adapter.name}-merged"
-    tok_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(tok_dir)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    with torch.no_grad():
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    with atomic_dir(out, force) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        _copy_tokenizer(tok_dir, tmp)
-        if (adapter / "generation_config.json").is_file():  # a run's own (e.g. fixed by `camelid model check`)
-            shutil.copy2(adapter / "generation_config.json", tmp / "generation_config.json")
-        run = dict(cfg or {})
-        write_json(tmp / "camelid.json", {**run, "method": "merged", "merged_from": {
-            "method": run.get("method", "lora"), "adapter": str(adapter.resolve()), "base_model": str(base)}})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- chat formats
-
-
-def _lit(s: str) -> str:
-    """A Jinja string literal."""
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
-
-_USER = "(message['content'] + ('\\n\\n' + message['input'] if message['input'] is defined and message['input'] " \
-        "else ''))"
-_SYSTEM = "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else DEFAULT -%}"
-
-
-def _alpaca_jinja(with_input: str, without_input: str) -> str:
-    a, rest = with_input.split("{instruction}")
-    b, c = rest.split("{input}")
-    d, e = without_input.split("{instruction}")
-    return ("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
-            "{%- if message['input'] is defined and message['input'] -%}"
-            f"{{{{ {_lit(a)} + message['content'] + {_lit(b)} + message['input'] + {_lit(c)} }}}}"
-            f"{{%- else -%}}{{{{ {_lit(d)} + message['content'] + {_lit(e)} }}}}{{%- endif -%}}"
-            "{%- elif message['role'] == 'assistant' -%}{{ message['content'] + eos_token }}"
-            "{%- endif -%}{%- endfor -%}")
-
-
-def jinja_chat_template(name: str) -> str:
-    """A Jinja chat_template that renders exactly what the shipped template `name` renders (EOS via eos_token)."""
-    if name in ("alpaca", "alpaca_ko"):
-        return _alpaca_jinja(*((ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT) if name == "alpaca"
-                               else (ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT)))
-    if name == "vicuna_v1.1":
-        return (_SYSTEM.replace("DEFAULT", _lit(VICUNA_SYSTEM)) + "{{ system + ' ' }}"
-                "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
-                f"{{{{ 'USER: ' + {_USER} + ' ' }}}}"
-                "{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
-                "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}")
-    if name == "llama-2":
-        return (_SYSTEM.replace("DEFAULT", "''") + "{%- set ns = namespace(first=true) -%}"
-                "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
-                f"{{%- set text = {_USER} | trim -%}}"
-                "{%- if ns.first and system -%}{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}"
-                "{%- endif -%}{%- set ns.first = false -%}{{ bos_token + '[INST] ' + text + ' [/INST]' }}"
-                "{%- elif message['role'] == 'assistant' -%}{{ ' ' + (message['content'] | trim) + ' ' + eos_token }}"
-                "{%- endif -%}{%- endfor -%}")
-    if name == "chatml":
-        return (_SYSTEM.replace("DEFAULT", "''") +
-                "{%- if system -%}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif -%}"
-                "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
-                f"{{{{ '<|im_start|>user\\n' + {_USER} + '<|im_end|>\\n' }}}}"
-                "{%- elif message['role'] == 'assistant' -%}"
-                "{{ '<|im_start|>assistant\\n' + message['content'] + '<|im_end|>\\n' }}"
-                "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}")
-    if name == "self-instruct":  # the canonical (generation) format; training varied it per example
-        return ("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
-                "{%- set inp = (message['input'] if message['input'] is defined and message['input'] else '') | trim -%}"
-                "{%- if inp -%}{{ (message['content'] | trim) + '\\n\\nInput: ' + inp + '\\n\\nOutput:' }}"
-                "{%- else -%}{{ (message['content'] | trim) + '\\n\\nOutput:' }}{%- endif -%}"
-                "{%- elif message['role'] == 'assistant' -%}{{ ' ' + (message['content'] | trim) + eos_token }}"
-                "{%- endif -%}{%- endfor -%}")
-    raise CamelidError(f"template {name!r} has no Jinja chat_template form here")
-
-
-def _go(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)
-
-
-def ollama_template(name: str, bos: str, eos: str) -> str | None:
-    """The Go template Ollama renders `.Messages` with, for a shipped template (None for a tokenizer's Jinja)."""
-    roles = '{{ range .Messages }}{{ if eq .Role "user" }}%s{{ else if eq .Role "assistant" }}%s{{ end }}{{ end }}'
-    system = '{{ $system := %s }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}{{ end }}'
-    if name in ("alpaca", "alpaca_ko"):
-        prompt = ALPACA_PROMPT_NO_INPUT if name == "alpaca" else ALPACA_KO_PROMPT_NO_INPUT
-        return roles % (prompt.replace("{instruction}", "{{ .Content }}"), "{{ .Content }}" + eos)
-    if name == "self-instruct":
-        return roles % ("{{ .Content }}\n\nOutput:", " {{ .Content }}" + eos)
-    if name == "vicuna_v1.1":
-        return (system % _go(VICUNA_SYSTEM) + "{{ $system }} "
-                + roles % ("USER: {{ .Content }} ", "ASSISTANT: {{ .Content }}" + eos) + "ASSISTANT:")
-    if name == "llama-2":
-        return (system % '""' + "{{ $first := true }}" + roles % (
-            bos + "[INST] {{ if and $first $system }}<<SYS>>\n{{ $system }}\n<</SYS>>\n\n{{ end }}{{ .Content }} "
-            "[/INST]{{ $first = false }}", " {{ .Content }} " + eos))
-    if name == "chatml" or name == "tokenizer:chatml":
-        return ('{{ range .Messages }}{{ if eq .Role "system" }}{{ if .Content }}<|im_start|>system\n{{ .Content }}'
-                '<|im_end|>\n{{ end }}{{ else }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}{{ end }}'
-                '<|im_start|>assistant\n')
-    return None
+# ---------------------------------------------------------------------------------------------- Ollama
 
 
 def modelfile(gguf_name: str, template: Template | None, bos: str, eos: str) -> str:
@@ -186,17 +48,15 @@ def modelfile(gguf_name: str, template: Template | None, bos: str, eos: str) -> 
     lines = [f"# Ollama Modelfile written by camelid export (template: {template.name if template else 'none'})",
              f"# ollama create NAME -f {gguf_name.rsplit('.', 1)[0]}.Modelfile", f"FROM ./{gguf_name}"]
     if template is not None:
-        name = template.name
-        if name == "tokenizer" and "<|im_start|>" in (template.chat_template or ""):
-            name = "tokenizer:chatml"
-        go = ollama_template(name, bos, eos)
+        go = template.ollama_template(bos, eos)
         if go is None:
             lines.append("# TEMPLATE left out: Ollama reads the GGUF's tokenizer.chat_template")
         else:
             lines.append(f'TEMPLATE """{go}"""')
-        if template.system:
-            lines.append(f'SYSTEM """{template.system}"""')
-        lines += [f"PARAMETER stop {_go(s)}" for s in template.stop_strings(eos)]
+        system = template.default_system()  # a tokenizer's Jinja may inject one (SmolLM's): Ollama must too
+        if system:
+            lines.append(f'SYSTEM """{system}"""')
+        lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in template.stop_strings(eos)]
     return "\n".join(lines) + "\n"
 
 
@@ -380,6 +240,29 @@ def _llama3_rope_factors(cfg: dict, rope: dict, theta: float, dim: int):
     return np.array(out, dtype=np.float32)
 
 
+def check_outtype(outtype: str) -> None:
+    if outtype not in OUTTYPES:
+        hint = " (k-quants: export f16, then llama.cpp's llama-quantize)" if outtype.lower().startswith("q") else ""
+        raise CamelidError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}{hint}")
+
+
+def check_exportable(ckpt: Path, outtype: str) -> tuple[dict, float, dict, str]:
+    """Refuse what GGUF export cannot write, from config.json alone (an adapter's base has the same one), before
+    any expensive step: an unknown --outtype, an architecture or rope scaling this converter does not handle.
+    Returns (config, rope theta, rope parameters, rope type)."""
+    check_outtype(outtype)
+    cfg = read_json(ckpt / "config.json")
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        raise CamelidError(f"{ckpt}: architecture {arch} is not supported for GGUF export (only "
+                           f"{', '.join(ARCHITECTURES)}); use llama.cpp's convert_hf_to_gguf.py")
+    theta, rope = _rope(cfg)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise CamelidError(f"{ckpt}: rope scaling {rope_type!r} is not supported for GGUF export")
+    return cfg, theta, rope, rope_type
+
+
 def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Template | None = None,
                tok_dir: Path | None = None, base_dirs: list[Path] | None = None, name: str | None = None,
                tokenizer=None) -> Path:
@@ -388,20 +271,10 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     import numpy as np
     import torch
 
-    if outtype not in OUTTYPES:
-        raise CamelidError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    cfg = read_json(ckpt / "config.json")
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in ARCHITECTURES:
-        raise CamelidError(f"{ckpt}: architecture {arch} is not supported for GGUF export (only "
-                           f"{', '.join(ARCHITECTURES)}); use llama.cpp's convert_hf_to_gguf.py")
+    cfg, theta, rope, rope_type = check_exportable(ckpt, outtype)
     n_head, n_layer, hidden = cfg["num_attention_heads"], cfg["num_hidden_layers"], cfg["hidden_size"]
     n_kv = cfg.get("num_key_value_heads") or n_head
     head_dim = cfg.get("head_dim") or hidden // n_head
-    theta, rope = _rope(cfg)
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "linear", "llama3"):
-        raise CamelidError(f"{ckpt}: rope scaling {rope_type!r} is not supported for GGUF export")
     ckpt_tensors = Checkpoint(ckpt)
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
     qtypes = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
@@ -423,7 +296,11 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     if not any(dst == "output.weight" for _, dst, _, _ in plan) and not cfg.get("tie_word_embeddings"):
         raise CamelidError(f"{ckpt}: no lm_head.weight and tie_word_embeddings is false")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")[1])
+    clean_stale_temps(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp")
+    os.fchmod(fd, file_mode(out))  # mkstemp's 0600 would hide the GGUF from Ollama or a container
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         w.add_type("model")
@@ -453,9 +330,8 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
         _tokenizer_kv(w, tok, tok_dir, base_dirs or [], cfg["vocab_size"])
         if template is not None:
             try:
-                w.add_chat_template(template.chat_template if template.name == "tokenizer"
-                                    else jinja_chat_template(template.name))
-            except CamelidError as e:
+                w.add_chat_template(template.jinja_chat_template())
+            except TemplateError as e:
                 console.print(f"[yellow]warning:[/] {e}; the GGUF carries no chat_template")
             w.add_string("camelid.template", template.name)
             if template.end_token:
@@ -507,42 +383,30 @@ def export_gguf(source: str | os.PathLike, out: str | os.PathLike | None = None,
 
     Adapters are merged first (into a temp directory that is removed afterwards). The chat template is
     `template` when given, else the run's (camelid.json), else the tokenizer's own chat_template."""
-    from camelid.models import EMBEDDED_NAME
-
-    ckpt, adapter, cfg = _source(source)
-    src = str(source)
-    path = None if src == "embedded" else Path(src[3:] if src.startswith("hf:") else src)
-    name = EMBEDDED_NAME if path is None else path.resolve().name
+    check_outtype(outtype)  # before resolving (the embedded base may be built) and before any merge
+    ckpt = resolve(source)
+    check_exportable(ckpt.base, outtype)
+    name = ckpt.name
     if out is None:  # inside a camelid run directory, else the working directory
-        out = (path if cfg is not None and path is not None else Path.cwd()) / f"{name}.{outtype}.gguf"
+        out = (ckpt.own if ckpt.run is not None else Path.cwd()) / f"{name}.{outtype}.gguf"
     out = Path(out)
     if out.suffix != ".gguf":
         raise CamelidError(f"{out}: the output file name must end in .gguf")
     if out.exists() and not force:
         raise CamelidError(f"{out}: already exists (pass --force to replace it)")
-    tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else ckpt
+    tok_dir = ckpt.tokenizer_dir
     tok = load_tokenizer(tok_dir)
-    tname = template or (cfg or {}).get("template") or ("tokenizer" if tok.chat_template else None)
+    tname = template_name(template, ckpt.run, tok.chat_template)
     tmpl = get_template(tname, tok.chat_template, tok.bos_token, tok.eos_token) if tname else None
-    base_dirs = [ckpt] + _base_of(cfg)
+    base_dirs = ckpt.base_dirs()
+    weights = ckpt.base
     merged = out.parent / f".{out.stem}.merged-{os.getpid()}"
     try:
-        if adapter is not None:
-            ckpt = merge_adapter(adapter, merged)
-        write_gguf(ckpt, out, outtype, tmpl, tok_dir=tok_dir, base_dirs=base_dirs, name=name, tokenizer=tok)
+        if ckpt.adapter is not None:
+            weights = merge_adapter(ckpt.adapter, merged)
+        write_gguf(weights, out, outtype, tmpl, tok_dir=tok_dir, base_dirs=base_dirs, name=name, tokenizer=tok)
     finally:
         shutil.rmtree(merged, ignore_errors=True)
     write_text(out.with_suffix(".Modelfile"), modelfile(out.name, tmpl, tok.bos_token or "", tok.eos_token or ""))
     return out
-
-
-def _base_of(cfg: dict | None) -> list[Path]:
-    """The base model's checkpoint dir named in camelid.json (its tokenizer names an extended vocabulary)."""
-    spec = str((cfg or {}).get("base_model") or "")
-    if spec == "embedded":
-        from camelid.models.hf import embedded_hf_dir
-
-        return [embedded_hf_dir()]
-    path = Path(spec[3:] if spec.startswith("hf:") else spec) if spec else None
-    return [path] if path is not None and (path / "config.json").is_file() else []
 

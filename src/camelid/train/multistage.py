@@ -24,10 +24,14 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError
-from camelid.train.config import TrainConfig, apply_overrides, read_config_file, validate_config
+from camelid.models.spec import local_path
+from camelid.train.config import TrainConfig, read_config_file, validate_config
+from camelid.train.sft import train
+from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer
 
 
 class TokenizerSection(BaseModel):
@@ -70,7 +74,8 @@ def _input(base: Path, value: str, outputs: list[str]) -> str:
     file; else relative to the YAML's directory. A model spec keeps its `hf:` prefix; `embedded` stays."""
     if value == "embedded":
         return value
-    prefix, path = ("hf:", value[3:]) if value.startswith("hf:") else ("", value)
+    path = local_path(value)
+    prefix = value[: len(value) - len(path)]
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists() or any(_same(path, o) for o in outputs):
         return value
@@ -117,11 +122,7 @@ def load_stages(path: str | Path, overrides: list[str] | None = None) -> StagedR
                            "add, output); a stage's tokenizer: DIR goes inside the stage")
     if raw.get("tokenizer") is not None or tok_over:
         section = apply_overrides(raw.get("tokenizer") or {}, tok_over)
-        try:
-            tokenizer = TokenizerSection(**section)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise CamelidError(f"{p}: tokenizer.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        tokenizer = validate(TokenizerSection, section, p, prefix="tokenizer.")
     settings = [apply_overrides({k: v for k, v in s.items() if k != "name"}, per_stage[n])
                 for s, n in zip(stages_raw, names)]
     outputs = [str(s["output_dir"]) for s in settings if s.get("output_dir")]
@@ -149,8 +150,6 @@ def load_stages(path: str | Path, overrides: list[str] | None = None) -> StagedR
 def ensure_tokenizer(section: TokenizerSection, console=None) -> Path:
     """Build the extended tokenizer unless `output` already holds one (its vocab_extension.json is written last).
     Deterministic, with atomic writes, so processes of a multi-process launch may all build it."""
-    from camelid.train.vocab import EXTENSION_FILE, charset, extend_tokenizer
-
     out = Path(section.output).expanduser().resolve()
     if (out / EXTENSION_FILE).is_file():
         _say(console, f"tokenizer: {out} already holds an extended tokenizer; kept (delete it to rebuild)")
@@ -165,8 +164,6 @@ def ensure_tokenizer(section: TokenizerSection, console=None) -> Path:
 def run_stages(run: StagedRun, console=None) -> list:
     """Run the tokenizer section and every unfinished stage in order; returns each stage's TrainResult (None for
     a stage that was already finished)."""
-    from camelid.train.sft import train
-
     if run.tokenizer is not None:
         ensure_tokenizer(run.tokenizer, console)
     results = []

@@ -10,14 +10,14 @@ import pytest
 
 from camelid.cli import main
 from camelid.core.io import CamelidError
-from camelid.models.check import check_model, fix_model
+from camelid.modelfiles.check import check_model, fix_model
 
 pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def base_dir() -> Path:
-    from camelid.models.hf import embedded_hf_dir
+    from camelid.models.checkpoint import embedded_hf_dir
 
     return embedded_hf_dir()
 

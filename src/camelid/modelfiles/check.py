@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from camelid.core.io import CamelidError, read_json, write_json
-from camelid.core.templates import TEMPLATES, Template, TemplateError, _jinja_renderer, get_template
+from camelid.core.io import CamelidError, atomic_dir, read_json, write_json
+from camelid.core.templates import TEMPLATES, Template, TemplateError, get_template, jinja_renderer
+from camelid.models.checkpoint import load_tokenizer, resolve, template_name, write_legacy_keys
+from camelid.models.spec import embedded_gguf, parse_spec
 
 # llama.cpp treats these token texts as end-of-generation even when no EOS/EOT id names them (llama-vocab.cpp)
 LLAMA_CPP_EOG = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
@@ -83,18 +85,6 @@ def trained_end(template: Template, eos_token: str | None, camelid_run: bool) ->
     return eos_token
 
 
-def load_tokenizer(path: str | Path):
-    """AutoTokenizer.from_pretrained, with a one-line error for a directory without a usable tokenizer."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        detail = f" ({first})" if first and not first.endswith(":") else ""
-        raise CamelidError(f"{path}: no usable tokenizer here (tokenizer.json + tokenizer_config.json){detail}") from None
-
-
 def _ids(value: Any) -> list[int]:
     if value is None:
         return []
@@ -102,16 +92,6 @@ def _ids(value: Any) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- transformers
-
-
-def _locate(spec: str) -> tuple[Path, Path, Path | None, dict | None]:
-    """(own dir, tokenizer dir, base dir when `own` is an adapter, camelid.json) of an hf: spec."""
-    from camelid.models.hf import resolve_checkpoint
-
-    base, adapter, cfg = resolve_checkpoint(spec)
-    own = adapter or base
-    tok_dir = own if (own / "tokenizer_config.json").is_file() or (own / "tokenizer.json").is_file() else base
-    return own, tok_dir, (base if adapter is not None else None), cfg
 
 
 def _generation_config(own: Path, base: Path | None) -> tuple[dict, str]:
@@ -132,7 +112,7 @@ def _is_special(tok, text: str) -> bool:
 
 def _renders(template: Template, chat_template: str, bos: str, eos: str) -> tuple[str | None, str | None]:
     """(first rendering that differs from the trained template, text after the sample's assistant reply)."""
-    render = _jinja_renderer(chat_template, bos, eos)
+    render = jinja_renderer(chat_template, bos, eos)
     differs, after = None, None
     for messages, gen in SAMPLE:
         try:
@@ -152,17 +132,17 @@ def _renders(template: Template, chat_template: str, bos: str, eos: str) -> tupl
 
 
 def check_hf(spec: str, template: str | None = None) -> Report:
-    path = spec[3:] if spec.startswith("hf:") else spec
-    own, tok_dir, base, run = _locate(path)
-    report = Report(spec, "transformers", run=run)
-    tok = load_tokenizer(tok_dir)
+    ckpt = resolve(spec)
+    own, base, run = ckpt.own, (ckpt.base if ckpt.adapter is not None else None), ckpt.run
+    report = Report(spec, "transformers", run=run.to_dict() if run is not None else None)
+    tok = load_tokenizer(ckpt.tokenizer_dir)
     for key in ("bos", "eos", "pad", "unk"):
         report.tokens[key] = {"token": getattr(tok, f"{key}_token"), "id": getattr(tok, f"{key}_token_id")}
     gen, gen_src = _generation_config(own, base)
     report.generation_config = {"source": gen_src, "eos_token_id": gen.get("eos_token_id"),
                                 "pad_token_id": gen.get("pad_token_id")}
     report.chat_template = bool(tok.chat_template)
-    name = template or (run or {}).get("template") or ("tokenizer" if tok.chat_template else None)
+    name = template_name(template, run, tok.chat_template)
     if tok.eos_token is None:
         report.add("error", "no_eos", "the tokenizer has no EOS token: generation can only stop at max_tokens")
     if name is None:
@@ -171,7 +151,7 @@ def check_hf(spec: str, template: str | None = None) -> Report:
         return report
     tmpl = get_template(name, tok.chat_template, tok.bos_token, tok.eos_token)
     end = trained_end(tmpl, tok.eos_token, run is not None)
-    source = "--template" if template else "camelid.json" if (run or {}).get("template") else "chat_template"
+    source = "--template" if template else "camelid.json" if run is not None and run.template else "chat_template"
     report.template = {"name": name, "source": source, "end_token": end, "stop": tmpl.stop_strings(tok.eos_token)}
     if end is None:
         return report
@@ -227,8 +207,6 @@ def check_hf(spec: str, template: str | None = None) -> Report:
 
 def check_gguf(path: str | Path, template: str | None = None) -> Report:
     import gguf
-
-    from camelid.models import embedded_gguf
 
     path = embedded_gguf() if str(path) == "embedded" else Path(path)
     if not path.is_file():
@@ -292,11 +270,20 @@ def check_gguf(path: str | Path, template: str | None = None) -> Report:
 
 def check_model(spec: str, template: str | None = None) -> Report:
     """Check `embedded`, `gguf:PATH`, a .gguf path, `hf:PATH` or a directory."""
-    if spec == "embedded" or spec.startswith("gguf:") or spec.endswith(".gguf"):
-        return check_gguf(spec[5:] if spec.startswith("gguf:") else spec, template)
-    if spec.startswith("openai:"):
+    kind = _kind(spec)
+    if kind in ("embedded", "gguf"):
+        return check_gguf(parse_spec(spec).target if kind == "gguf" else "embedded", template)
+    if kind == "openai":
         raise CamelidError("model check reads tokenizer files: use a local hf:, gguf: or embedded model")
     return check_hf(spec, template)
+
+
+def _kind(spec: str) -> str:
+    """embedded | gguf | openai | hf: what `model check` reads (a path that is not a directory is hf's to refuse)."""
+    kind, sep, _ = spec.partition(":")
+    if spec == "embedded" or spec.endswith(".gguf") or (sep and kind == "gguf"):
+        return "embedded" if spec == "embedded" else "gguf"
+    return "openai" if sep and kind == "openai" else "hf"
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -308,13 +295,11 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def fix_model(spec: str, out: str | Path, template: str | None = None, force: bool = False) -> tuple[Report, Report]:
     """Write a corrected copy of an hf: model to `out`; returns (report before, report of the copy)."""
-    from camelid.train.delta import atomic_dir
-
-    if spec == "embedded" or spec.startswith("gguf:") or spec.endswith(".gguf"):
+    if _kind(spec) in ("embedded", "gguf"):
         raise CamelidError("--fix works on transformers checkpoints and runs; re-export a GGUF with camelid export")
     before = check_hf(spec, template)
-    path = spec[3:] if spec.startswith("hf:") else spec
-    own, tok_dir, base, _ = _locate(path)
+    ckpt = resolve(spec)
+    own, tok_dir, base = ckpt.own, ckpt.tokenizer_dir, (ckpt.base if ckpt.adapter is not None else None)
     out = Path(out)
     if out.resolve() == own.resolve() or own.resolve() in out.resolve().parents:
         raise CamelidError(f"{out}: --fix never writes in place; choose a directory outside {own}")
@@ -335,9 +320,7 @@ def fix_model(spec: str, out: str | Path, template: str | None = None, force: bo
             tok.pad_token = tok.unk_token  # Llama's choice: a token that never ends a reply
         name = (before.template or {}).get("name")
         if codes & {"chat_template_end", "chat_template_differs", "no_chat_template"} and name in TEMPLATES:
-            from camelid.train.export import jinja_chat_template
-
-            tok.chat_template = jinja_chat_template(name)
+            tok.chat_template = TEMPLATES[name].jinja_chat_template()
         tok.save_pretrained(tmp)
         gen, _ = _generation_config(own, base)
         gen = {k: v for k, v in gen.items() if v is not None}
@@ -351,6 +334,7 @@ def fix_model(spec: str, out: str | Path, template: str | None = None, force: bo
             cfg = read_json(tmp / "config.json")
             cfg.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             write_json(tmp / "config.json", cfg)
+        write_legacy_keys(tmp)  # transformers 4.x reads the fixed copy too
     return before, check_hf(str(out), template)
 
 

@@ -12,8 +12,8 @@ import pytest
 from camelid.cli import main
 from camelid.core.io import CamelidError
 from camelid.train.config import CONFIG_DIR, load_config
-from camelid.train.data import Example, plan_steps
-from camelid.train.stages import load_stages
+from camelid.data.examples import Example, plan_steps
+from camelid.train.multistage import load_stages
 
 SHIPPED = CONFIG_DIR / "kollama2_two_stage.yaml"
 KO_DATA = CONFIG_DIR.parent / "data"
@@ -36,7 +36,7 @@ def test_the_shipped_two_stage_config_validates_every_stage(tmp_path, monkeypatc
     assert [s.config.lr for s in routed.stages] == [1e-3, 3e-4] and routed.tokenizer.add == 10
     with pytest.raises(CamelidError, match="staged config"):
         load_config("kollama2_two_stage")
-    with pytest.raises(CamelidError, match="stage instructions: curriculum.rule"):
+    with pytest.raises(CamelidError, match="stage instructions: field 'curriculum.rule'"):
         load_stages("kollama2_two_stage", ["instructions.curriculum.rule=alphabetical"])
 
 
