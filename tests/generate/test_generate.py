@@ -69,6 +69,27 @@ def test_alpaca_mode_with_the_embedded_teacher_writes_valid_alpaca_rows(tmp_path
 
 
 @pytest.mark.slow
+def test_generating_twice_with_the_same_seed_writes_the_same_files(tmp_path, embedded):
+    """Sampled replies from the embedded teacher decoded several per batch: each round's requests run as one group
+    in request order (models/lockstep.py), so the batches, hence the replies, repeat exactly."""
+    def run(name: str) -> tuple[str, str, list[dict]]:
+        out = tmp_path / name
+        cfg = GenerateConfig(output=out, num=50, max_requests=4, request_batch_size=4, max_tokens=24,
+                             temperature=0.7, seed=3, num_prompt_instructions=2)
+        generate(cfg, model=embedded, show_progress=False)
+        rejected, requests = sidecar_paths(out)
+        log = [{k: v for k, v in r.items() if k not in ("latency_s", "time")} for r in jsonl(requests)]
+        return (out.read_text(encoding="utf-8") if out.exists() else "", rejected.read_text(encoding="utf-8"), log)
+
+    before = embedded.batcher.stats()["steps"]
+    a = run("a.jsonl")
+    tokens = sum(r["usage"]["completion_tokens"] for r in a[2])
+    assert embedded.batcher.stats()["steps"] - before < tokens / 2  # replies were decoded together
+    assert len(a[2]) == 4 and len({r["reply"] for r in a[2]}) == 4
+    assert run("b.jsonl") == a
+
+
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_prompts(tmp_path, embedded):
     def prompts(name: str, seed: int) -> list[str]:
         cfg = GenerateConfig(output=tmp_path / name, num=50, max_requests=3, max_tokens=1, seed=seed)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -113,6 +115,52 @@ def test_more_requests_than_slots_wait_and_all_finish(tmp_path):
         assert m.batcher.stats()["max_running"] == 2
     finally:
         m.close()
+
+
+def answers_with_jitter(model, items, sampling, seed: int) -> list[str]:
+    """map's answers, each call first sleeping a random while (the threads reach the model in a shuffled order) and
+    the odd ones asking a second question after the first (two requests in a row from one call)."""
+    rng = random.Random(seed)
+    delays = [rng.uniform(0, 0.3) for _ in items]
+
+    def work(i: int) -> str:
+        time.sleep(delays[i])
+        first = model.chat(items[i], replace(sampling, seed=100 + i)).text
+        if i % 2:
+            return first + "|" + model.chat(items[(i + 1) % len(items)], replace(sampling, seed=200 + i)).text
+        return first
+
+    got = dict(model.map(work, range(len(items)), concurrency=len(items)))
+    return [got[i] for i in range(len(items))]
+
+
+def test_maps_batches_are_a_function_of_its_items_not_of_thread_timing(embedded):
+    """Model.map runs its calls in lockstep waves (models/lockstep.py): whatever order the threads reach the model
+    in, the same requests decode together in the same order, so sampled and greedy answers repeat exactly."""
+    cs = convs(6)
+    for sampling in (Sampling(temperature=0.9, max_tokens=24), Sampling(temperature=0, max_tokens=24)):
+        before = embedded.batcher.stats()
+        a = answers_with_jitter(embedded, cs, sampling, seed=1)
+        assert embedded.batcher.stats()["max_running"] >= 3 and embedded.batcher.stats()["steps"] > before["steps"]
+        b = answers_with_jitter(embedded, cs, sampling, seed=2)
+        assert a == b and all(a)
+
+
+def test_a_consumer_that_stops_reading_inside_a_wave_changes_nobody_elses_answer(embedded):
+    cs = convs(4)
+    s = Sampling(temperature=0.9, max_tokens=24)
+
+    def work(i: int, abandon: bool) -> str:
+        stream = embedded.stream_chat(cs[i], replace(s, seed=i))
+        if abandon and i == 0:
+            next(stream)
+            stream.close()  # the group still decodes it to the end, so the others' batches do not change
+            return ""
+        return "".join(c.text for c in stream)
+
+    full = dict(embedded.map(lambda i: work(i, False), range(4), concurrency=4))
+    cut = dict(embedded.map(lambda i: work(i, True), range(4), concurrency=4))
+    assert [cut[i] for i in (1, 2, 3)] == [full[i] for i in (1, 2, 3)]
 
 
 # ------------------------------------------------------------------------------------------------ transformers

@@ -13,7 +13,11 @@ from camelid.models import Sampling, load_model
 from camelid.serve.server import BackgroundServer, create_app
 from tests.serve.helpers import MODEL, assert_error, forget, off_main_thread, sse_events
 
-N = 16
+# every test here ends on its own: each client call has a timeout, threads are joined with one, and pytest-timeout
+# stops a test that still hangs (a stuck batcher) instead of the whole run
+pytestmark = pytest.mark.timeout(240)
+N = 8  # more clients than the gate's slots + queue would only add 429s; 8 run together in the batch
+CALL_S = 90  # any one HTTP call
 
 
 def ask(i: int) -> dict:
@@ -28,24 +32,30 @@ def wait_idle(app, timeout: float = 60.0) -> None:
     assert app.state.gate.admitted == 0, app.state.gate.stats()
 
 
-def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixed(server, embedded):
+def test_concurrent_streams_are_answered_or_told_to_retry_and_never_mixed(server, embedded):
     before = embedded.batcher.stats()
-    results: dict[int, httpx.Response] = {}
+    results: dict[int, httpx.Response | BaseException] = {}
     barrier = threading.Barrier(N)
 
     def client(i: int) -> None:
-        barrier.wait()
-        results[i] = httpx.post(server.url + "/v1/chat/completions", json={**ask(i), "stream": True}, timeout=120)
+        try:
+            barrier.wait(timeout=30)
+            results[i] = httpx.post(server.url + "/v1/chat/completions", json={**ask(i), "stream": True},
+                                    timeout=CALL_S)
+        except BaseException as e:  # shown by the assertion below, not lost in the thread
+            results[i] = e
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(N)]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(N)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(CALL_S + 40)
+    assert not any(t.is_alive() for t in threads) and len(results) == N, results
     during = embedded.batcher.stats()
 
     served = 0
     for i, r in results.items():
+        assert isinstance(r, httpx.Response), (i, r)
         if r.status_code == 429:
             assert_error(r, 429, code="rate_limit_exceeded")
             assert int(r.headers["Retry-After"]) >= 1
@@ -70,9 +80,9 @@ def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixe
     gate = server.app.state.gate
     assert len(results) == N and 1 <= served <= gate.concurrency + 4
     assert gate.concurrency == embedded.max_concurrency > 1
-    # the server's concurrent requests went through the batch: one at a time would take a decode step per prompt
-    # and per token (7+ steps each); together they took far fewer
-    assert during["steps"] - before["steps"] < 2 * served, (before, during, served)
+    # the server's concurrent requests went through the batch: one at a time takes a decode step for the prompt and
+    # one per token after the first (6 each here); together they took far fewer, even if they arrived staggered
+    assert during["steps"] - before["steps"] < 4 * served, (before, during, served)
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     wait_idle(server.app)
 
@@ -80,8 +90,8 @@ def test_sixteen_concurrent_streams_are_answered_or_told_to_retry_and_never_mixe
 def test_a_client_that_disconnects_mid_stream_releases_the_model(server, embedded):
     before = embedded.batcher.stats()
     body = {"messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
-            "max_tokens": 1500, "temperature": 0, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
+            "max_tokens": 600, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=CALL_S) as r:
         assert r.status_code == 200
         content = 0
         for line in r.iter_lines():
@@ -90,10 +100,11 @@ def test_a_client_that_disconnects_mid_stream_releases_the_model(server, embedde
                 if content == 3:
                     break
     wait_idle(server.app)
-    # the sequence left the batch near where the client left: far fewer tokens decoded than the 1,500 asked
+    # the sequence left the batch near where the client left: far fewer tokens decoded than the 600 asked (the
+    # prompt's ~40 included)
     after = embedded.batcher.stats()
-    assert after["running"] == 0 and after["tokens_decoded"] - before["tokens_decoded"] < 400
-    r = httpx.post(server.url + "/v1/chat/completions", json=ask(3), timeout=60)
+    assert after["running"] == 0 and after["tokens_decoded"] - before["tokens_decoded"] < 300
+    r = httpx.post(server.url + "/v1/chat/completions", json=ask(3), timeout=CALL_S)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
@@ -108,10 +119,10 @@ def one_at_a_time(embedded):
 
 def test_a_queued_client_that_gives_up_never_runs(one_at_a_time, caplog):
     server = one_at_a_time
-    long = {"messages": [{"role": "user", "content": "Count from 1 to 1000."}], "max_tokens": 1500,
+    long = {"messages": [{"role": "user", "content": "Count from 1 to 1000."}], "max_tokens": 600,
             "temperature": 0, "stream": True}
     with caplog.at_level(logging.INFO, logger="camelid.serve"):
-        with httpx.stream("POST", server.url + "/v1/chat/completions", json=long, timeout=120) as busy:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=long, timeout=CALL_S) as busy:
             lines = busy.iter_lines()  # keep the iterator: dropping it would close the stream
             assert next(lines).startswith("data: ")  # the model is now generating for this client
             with pytest.raises(httpx.ReadTimeout):
@@ -131,7 +142,7 @@ def test_a_front_server_spreads_requests_over_several_workers(embedded):
     with BackgroundServer(create_app(embedded)) as a, BackgroundServer(create_app(embedded)) as b:
         front_model = load_model(f"openai:{MODEL}", base_urls=[a.url + "/v1", b.url + "/v1"], max_retries=1)
         with BackgroundServer(create_app(front_model)) as front:
-            client = openai.OpenAI(base_url=front.url + "/v1", api_key="x", max_retries=0)
+            client = openai.OpenAI(base_url=front.url + "/v1", api_key="x", max_retries=0, timeout=CALL_S)
             forget(embedded)
             plain = [client.chat.completions.create(model=MODEL, messages=ask(i)["messages"], max_tokens=4,
                                                     temperature=0) for i in range(2)]
