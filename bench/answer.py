@@ -91,6 +91,9 @@ def run(model: Model, qs: list[Question], max_tokens: int) -> dict:
             "texts": [texts.get(str(q.question_id), "") for q in qs]}
 
 
+LOAD0 = os.getloadavg()  # the machine is shared: the load is part of the figures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=32)
@@ -164,7 +167,9 @@ def main() -> None:
           "text, queueing included; x seq: tokens/s over the sequential path at the same number in flight; same: "
           "greedy tokens equal to the sequential answers up to the first difference.")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
+                                               "load_avg_start": LOAD0, "load_avg_end": os.getloadavg(),
+                                               "rows": rows}, indent=2))
 
 
 def pct(xs: list[float], q: float) -> float:

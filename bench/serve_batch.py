@@ -151,6 +151,9 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))]
 
 
+LOAD0 = os.getloadavg()  # the machine is shared: the load is part of the figures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=32)
@@ -224,7 +227,8 @@ def main() -> None:
     model.close()
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+            json.dump({"command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(), "load_avg_start": LOAD0,
+                       "load_avg_end": os.getloadavg(), "rows": out}, fh, indent=2)
 
 
 if __name__ == "__main__":

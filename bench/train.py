@@ -242,7 +242,7 @@ def breakdown(args) -> None:
 
     import torch  # noqa: F401
 
-    from camelid.train.data import collate
+    from camelid.data.examples import collate
     from camelid.train.model import load_for_training
     from camelid.train.sft import token_loss_sum
 
@@ -295,6 +295,9 @@ def memory(name: str, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+
+
+LOAD0 = os.getloadavg()  # the machine is shared: the load is part of the figures
 
 
 def main() -> None:
@@ -351,7 +354,9 @@ def main() -> None:
                 print(f"  vs {n:>16}: peak {m_ratio:.2f}x, speed {v_ratio:.2f}x "
                       f"({'met' if m_ratio <= 0.6 and v_ratio >= 2 else 'not met'})", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "speed": s,
+        args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
+                                         "load_avg_start": LOAD0, "load_avg_end": os.getloadavg(),
+                                         "settings": {k: str(v) for k, v in vars(args).items()}, "speed": s,
                                          "memory": mem}, indent=2))
 
 

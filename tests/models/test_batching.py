@@ -178,7 +178,7 @@ def hf():
 
 @pytest.mark.slow
 def test_transformers_batched_greedy_equals_generate_one_prompt_at_a_time(hf):
-    from camelid.core.templates import encode
+    from camelid.core.tokenize import encode
 
     greedy = Sampling(temperature=0, max_tokens=24)
     cs = convs(3) + [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "한국어로 인사해 주세요."}]]

@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from camelid.core.templates import IGNORE_INDEX
+from camelid.core.tokenize import IGNORE_INDEX
 from camelid.train.loss import checkpointed_cross_entropy, linear_cross_entropy
 from camelid.train.sft import token_loss_sum
 

@@ -89,8 +89,8 @@ class GenerateConfig(BaseModel):
     chat: bool = Field(False, description="Send each prompt as a chat message (chat-only servers) instead of a text "
                        "completion (Stanford's way)", json_schema_extra={"flags": ("--chat/--complete",)})
     num: int = Field(100, ge=1, description="Target number of kept instructions", json_schema_extra=_flags("-n"))
-    concurrency: Optional[int] = Field(None, ge=1, description="Requests in flight (a server takes many; the "
-                                       "embedded model runs one at a time); default: the backend's")
+    concurrency: Optional[int] = Field(None, ge=1, description="Requests in flight (a server takes many; a "
+                                       "local model decodes them together); default: the backend's")
     request_batch_size: int = Field(5, ge=1, description="Prompts per round (at least --concurrency)")
     seed: int = Field(0, description="Seeds prompt sampling and each request")
     temperature: Optional[float] = Field(None, ge=0, description="Sampling temperature (Stanford 1.0, Wang et al. 0.7)")
