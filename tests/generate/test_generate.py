@@ -74,8 +74,8 @@ def test_generating_twice_with_the_same_seed_writes_the_same_files(tmp_path, emb
     in request order (models/lockstep.py), so the batches, hence the replies, repeat exactly."""
     def run(name: str) -> tuple[str, str, list[dict]]:
         out = tmp_path / name
-        cfg = GenerateConfig(output=out, num=50, max_requests=4, request_batch_size=4, max_tokens=24,
-                             temperature=0.7, seed=3, num_prompt_instructions=2)
+        cfg = GenerateConfig(output=out, num=50, max_requests=3, request_batch_size=3, max_tokens=12,
+                             temperature=0.7, seed=3, num_prompt_instructions=1)
         generate(cfg, model=embedded, show_progress=False)
         rejected, requests = sidecar_paths(out)
         log = [{k: v for k, v in r.items() if k not in ("latency_s", "time")} for r in jsonl(requests)]
@@ -85,7 +85,7 @@ def test_generating_twice_with_the_same_seed_writes_the_same_files(tmp_path, emb
     a = run("a.jsonl")
     tokens = sum(r["usage"]["completion_tokens"] for r in a[2])
     assert embedded.batcher.stats()["steps"] - before < tokens / 2  # replies were decoded together
-    assert len(a[2]) == 4 and len({r["reply"] for r in a[2]}) == 4
+    assert len(a[2]) == 3
     assert run("b.jsonl") == a
 
 
