@@ -131,7 +131,7 @@ def main() -> None:
                     if name == "llama_cpp.server":
                         if proc is None:
                             sys.path.insert(0, str(Path(__file__).resolve().parent))
-                            from serve import llama_cpp_server
+                            from serve_batch import llama_cpp_server
 
                             proc, url = llama_cpp_server(str(embedded_gguf()), args.threads, 2048)
                             remote = load_model("openai:x", base_urls=[url + "/v1"], concurrency=c)
