@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import camelid
+from camelid.core.columns import using_columns
 from camelid.core.io import CamelidError, JsonlAppender, sha256_file
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
@@ -224,6 +225,11 @@ def sample(model, tokenizer, template, prompts: list[str], max_tokens: int, stop
 
 def train(cfg: TrainConfig, console=None) -> TrainResult:
     """Run (or resume) one fine-tuning run into `cfg.output_dir`; see the module docstring for the loss."""
+    with using_columns(cfg.columns, "columns") if cfg.columns else contextlib.nullcontext():
+        return _train(cfg, console)
+
+
+def _train(cfg: TrainConfig, console=None) -> TrainResult:
     if not cfg.data:
         raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
     # before torch is even imported: a bad file is a one-line error in a second
