@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import decimal
+import hashlib
 import logging
 import math
 import os
@@ -313,8 +314,6 @@ def iter_table_records(path: str | os.PathLike) -> Iterator[tuple[None, int, Any
 def data_sha256(path: str | os.PathLike) -> str:
     """What a run records of its data: a file's SHA-256, a directory's (over its files' names and hashes, in order),
     or for a Hub id the loaded split's `datasets` fingerprint (the cache's content, as the run read it)."""
-    import hashlib
-
     name = str(path)
     h = hub_id(name)
     if h is not None:
@@ -333,8 +332,6 @@ def data_sha256(path: str | os.PathLike) -> str:
 
 
 def _file_sha256(p: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(p, "rb") as f:
         while block := f.read(1 << 20):

@@ -32,7 +32,8 @@ from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
 from camelid.data.examples import (DataStats, Example, build_examples, check_data_files, collate, data_files_info,
                                    examples_fingerprint, micro_batches, plan_steps, read_files, split_eval,
                                    steps_per_epoch, text_examples)
-from camelid.models.checkpoint import RunInfo
+from camelid.models.card import CARD_FILE, write_model_card
+from camelid.models.checkpoint import RUN_FILE, RunInfo
 from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
@@ -226,7 +227,12 @@ def sample(model, tokenizer, template, prompts: list[str], max_tokens: int, stop
 def train(cfg: TrainConfig, console=None) -> TrainResult:
     """Run (or resume) one fine-tuning run into `cfg.output_dir`; see the module docstring for the loss."""
     with using_columns(cfg.columns, "columns") if cfg.columns else contextlib.nullcontext():
-        return _train(cfg, console)
+        result = _train(cfg, console)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    if int(os.environ.get("RANK", "0")) == 0 and (out / RUN_FILE).is_file():  # the Hub's model card, once
+        if write_model_card(out) is None:
+            _log(console, f"{out / CARD_FILE} was not written by camelid: left as it is (no model card)", True)
+    return result
 
 
 def _train(cfg: TrainConfig, console=None) -> TrainResult:
