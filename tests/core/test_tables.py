@@ -163,6 +163,13 @@ def test_train_alpaca_lora_on_a_local_parquet_file(tmp_path, capsys):
     data = info.get("data") or info.get("train", {}).get("data")
     assert str(src) in json.dumps(data), info
     assert (out / "adapter_config.json").is_file()
+    from huggingface_hub import ModelCard  # the run's model card, as the Hub reads it
+
+    card = ModelCard.load(out / "README.md")
+    d = card.data.to_dict()
+    assert (d["base_model"], d["library_name"], d["license"]) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "peft",
+                                                                  "apache-2.0")
+    assert "lora" in d["tags"] and "datasets" not in d and "alpaca.parquet" in card.text
 
 
 # ---------------------------------------------------------------------------------------------- columns

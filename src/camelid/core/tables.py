@@ -137,7 +137,11 @@ class _Bad(ValueError):
 def _quiet() -> Iterator[Any]:
     """`datasets`, imported lazily (a few seconds), with its progress bars and log lines off: every problem
     becomes one located line here instead."""
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise CamelidError("reading Parquet, Arrow, CSV and Hub datasets needs the datasets package: pip install "
+                           "'camelid[hub]' (or datasets)") from None
 
     bars = datasets.is_progress_bar_enabled()
     level = datasets.logging.get_verbosity()

@@ -167,12 +167,13 @@ def _usage(kind: str, repo: str, run: RunInfo | None, ggufs: list[str]) -> list[
         return ["```python", "from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
                 f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo}\")",
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")", *chat, "```", "",
-                f"Or with camelid: `camelid chat --model hf:{repo}` (merge it: `camelid export {repo} --merge`)."]
+                "With camelid, on a local copy (`hf download REPO --local-dir DIR`): `camelid chat --model hf:DIR`; "
+                "`camelid export DIR --merge` folds the adapter into a full checkpoint."]
     if kind == "transformers":
         return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                 f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")",
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")", *chat, "```", "",
-                f"Or with camelid: `camelid chat --model hf:{repo}`."]
+                "With camelid, on a local copy (`hf download REPO --local-dir DIR`): `camelid chat --model hf:DIR`."]
     out = []
     for g in ggufs:
         modelfile = Path(g).with_suffix(".Modelfile").name
