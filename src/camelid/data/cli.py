@@ -39,7 +39,9 @@ FormatOpt = Annotated[Optional[str], typer.Option(
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Dataset files: JSON list or JSONL, Parquet, Arrow, CSV, a directory of them, a Hub dataset (hf://datasets/OWNER/NAME[/SPLIT] or OWNER/NAME:SPLIT).", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(
+        help="Dataset files: JSON list or JSONL, Parquet, Arrow, CSV, a directory of them, a Hub dataset "
+        "(hf://datasets/OWNER/NAME/SPLIT or OWNER/NAME:SPLIT).", show_default=False)],
     fmt: FormatOpt = None,
     columns: ColumnsOpt = None,
 ) -> None:
@@ -74,7 +76,8 @@ def validate(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Input dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
+    src: Annotated[Path, typer.Argument(
+        help="Input dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
     dst: Annotated[Path, typer.Argument(help="Output file: JSONL when it ends with .jsonl, else a JSON list.",
                                         show_default=False)],
     to: Annotated[str, typer.Option("--to", help="Output format: alpaca | sharegpt | openai.", show_default=False)],
@@ -101,7 +104,8 @@ def convert(
 
 @app.command()
 def stats(
-    file: Annotated[Path, typer.Argument(help="Dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
+    file: Annotated[Path, typer.Argument(
+        help="Dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="Also count tokens with this model's tokenizer (embedded | gguf:PATH | hf:PATH).",
     )] = None,
@@ -176,7 +180,8 @@ def _print_stats(s: dict) -> None:
 
 @app.command()
 def show(
-    file: Annotated[Path, typer.Argument(help="Dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
+    file: Annotated[Path, typer.Argument(
+        help="Dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="How many records to show.")] = 5,
     fmt: FormatOpt = None,
     columns: ColumnsOpt = None,

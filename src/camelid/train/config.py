@@ -74,7 +74,7 @@ class TrainConfig(BaseModel):
     data: list[str] = Field(default_factory=list, json_schema_extra={"flags": ("--data", "-d")},
                             description="training files (alpaca, seed-tasks, sharegpt, openai; "
                             "JSON or JSONL, detected; Parquet, Arrow, CSV files or directories of them; Hub "
-                            "datasets hf://datasets/OWNER/NAME[/SPLIT] or OWNER/NAME:SPLIT)")
+                            "datasets hf://datasets/OWNER/NAME/SPLIT or OWNER/NAME:SPLIT)")
     columns: Optional[dict[str, str]] = Field(
         None, description="read data (and eval_data) whose field names differ: {instruction: prompt, output: "
         "completion} reads column prompt as instruction (also columns=instruction=prompt,output=completion)")
