@@ -315,3 +315,27 @@ def test_a_hub_dataset_in_the_local_cache_is_read_offline(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert [x for x in r.stderr.splitlines() if x.strip()] == [
         "camelid: error: tatsu-lab/alpaca:nosuch: no split 'nosuch' (splits: train)"]
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+
+
+def test_a_recipe_keeps_hub_ids_and_gives_its_columns_to_the_train_stage(tmp_path):
+    from camelid.pipeline.recipe import load_recipe
+    from camelid.pipeline.run import train_stage
+
+    write_parquet(tmp_path / "rows.parquet", [{"prompt": r["instruction"], "completion": r["output"]} for r in ROWS])
+    (tmp_path / "r.yaml").write_text("name: t\ndata: [rows.parquet, tatsu-lab/alpaca:train, hf://datasets/a/b/test]\n"
+                                     "columns: {instruction: prompt, output: completion}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert recipe.data == [str(tmp_path / "rows.parquet"), "tatsu-lab/alpaca:train", "hf://datasets/a/b/test"]
+    recipe.data = recipe.data[:1]
+    _, inputs = train_stage(recipe, tmp_path / "run", {})
+    assert inputs["settings"]["columns"] == {"instruction": "prompt", "output": "completion"}
+    from camelid.core.columns import using_columns
+    from camelid.data.examples import check_data_files
+
+    with using_columns(inputs["settings"]["columns"]):
+        check_data_files(recipe.data)  # the mapped file reads as alpaca
+    with pytest.raises(CamelidError, match="cannot tell the format"):
+        check_data_files(recipe.data)
