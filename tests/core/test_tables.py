@@ -339,3 +339,22 @@ def test_a_recipe_keeps_hub_ids_and_gives_its_columns_to_the_train_stage(tmp_pat
         check_data_files(recipe.data)  # the mapped file reads as alpaca
     with pytest.raises(CamelidError, match="cannot tell the format"):
         check_data_files(recipe.data)
+
+
+# ---------------------------------------------------------------------------------------------- fuzz
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.data.test_hostile import through_readers  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=600), suffix=st.sampled_from([".parquet", ".arrow", ".csv"]),
+       keep_magic=st.booleans())
+def test_random_bytes_as_a_table_never_raise_anything_but_a_located_error(tmp_path, data, suffix, keep_magic):
+    if keep_magic and suffix == ".parquet":
+        data = b"PAR1" + data + b"PAR1"  # past the magic-number check, into the footer parser
+    path = tmp_path / f"f{suffix}"
+    path.write_bytes(data)
+    through_readers(path)
