@@ -140,6 +140,11 @@ def test_a_merged_checkpoint_gets_a_transformers_card_naming_the_embedded_base(t
     for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (run / f).write_bytes((base / f).read_bytes())
     RunInfo.model_validate({**RUN, "method": "lora", "base_model_path": str(base)}).write(run)
+    peft_card = (run / "README.md").read_text()  # PEFT's unfilled template, base_model a local path
+    assert hf.ModelCard(peft_card).data.to_dict()["base_model"] == str(base)
+    assert write_model_card(run) == run / "README.md"  # replaced: it is nobody's writing
+    d = card_of(run).data.to_dict()
+    assert (d["base_model"], d["library_name"]) == (EMBEDDED_HUB_ID, "peft")
     out = merge_adapter(run, tmp_path / "merged")
     d = card_of(out).data.to_dict()
     assert d["base_model"] == EMBEDDED_HUB_ID and d["library_name"] == "transformers"

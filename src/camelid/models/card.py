@@ -9,8 +9,8 @@ gets the `gguf` tag), `license` (the base's, when its own card or the embedded m
 The body: how it was trained (method, epochs, learning rate, steps, records and tokens, final and eval loss from
 camelid.json) and how to load it (transformers / PEFT, llama.cpp and Ollama for GGUF, camelid).
 
-Here in `models` (not `modelfiles`) because both `camelid train` and `camelid export` write one. A README.md that
-camelid did not write is never replaced.
+Here in `models` (not `modelfiles`) because both `camelid train` and `camelid export` write one. A README.md someone
+wrote is never replaced (the unfilled template PEFT writes beside an adapter is).
 """
 
 from __future__ import annotations
@@ -226,16 +226,22 @@ def model_card(directory: Path, run: RunInfo | None = None, repo: str | None = N
     return f"---\n{head}---\n\n" + "\n".join(lines) + "\n"
 
 
+def replaceable(text: str) -> bool:
+    """A README.md camelid may replace: its own card, or huggingface_hub's unfilled template that PEFT's
+    `save_pretrained` writes beside every adapter (its base_model is the local path trained from)."""
+    return MARK in text or ("# Model Card for Model ID" in text and "[More Information Needed]" in text)
+
+
 def write_model_card(directory: str | os.PathLike, run: RunInfo | None = None, repo: str | None = None) -> Path | None:
-    """Write README.md into `directory` (atomically). Returns its path, or None when a README.md camelid did not
-    write is already there (left as it is; the caller says so)."""
+    """Write README.md into `directory` (atomically). Returns its path, or None when a README.md someone wrote is
+    already there (left as it is; the caller says so)."""
     path = Path(directory) / CARD_FILE
     if path.is_file():
         try:
             old = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             return None
-        if MARK not in old:
+        if not replaceable(old):
             return None
     write_text(path, model_card(Path(directory), run, repo))
     return path
