@@ -285,10 +285,15 @@ def _sources(name: str, datasets: Any) -> Iterator[tuple[str, Any]]:
         yield (name if f == p else str(f)), _rows_of_file(name, datasets, kind, f)
 
 
+def display(name: str) -> str:
+    """A source's name as the user wrote it: pathlib (typer's Path arguments) turns hf://datasets/ into hf:/datasets/."""
+    return "hf://datasets/" + name[len("hf:/datasets/"):] if name.startswith("hf:/datasets/") else name
+
+
 def iter_table_records(path: str | os.PathLike) -> Iterator[tuple[None, int, Any] | Problem]:
     """Stream `(None, index, record)` from a table source; problems are yielded in place (a value JSON cannot hold
     names its record and field, and reading goes on; an unreadable file ends the stream)."""
-    name = str(path)
+    name = display(str(path))
     index = 0
     try:
         with _quiet() as datasets:
@@ -318,7 +323,7 @@ def iter_table_records(path: str | os.PathLike) -> Iterator[tuple[None, int, Any
 def data_sha256(path: str | os.PathLike) -> str:
     """What a run records of its data: a file's SHA-256, a directory's (over its files' names and hashes, in order),
     or for a Hub id the loaded split's `datasets` fingerprint (the cache's content, as the run read it)."""
-    name = str(path)
+    name = display(str(path))
     h = hub_id(name)
     if h is not None:
         with _quiet() as datasets:
@@ -347,6 +352,6 @@ def data_path(path: str | os.PathLike) -> str:
     """The name a run records: a local path made absolute, a Hub id as given."""
     name = str(path)
     if hub_id(name) is not None:
-        return name.replace("hf:/datasets/", "hf://datasets/", 1)
+        return display(name)
     base, split = _local_split(name)
     return str(Path(base).resolve()) + (f":{split}" if split else "")

@@ -138,7 +138,7 @@ def _training(run: RunInfo) -> list[str]:
              ("optimizer steps", run.steps), ("learning rate", cfg.get("lr")),
              ("lr schedule", f"{cfg.get('lr_scheduler')}, warmup {cfg.get('warmup_ratio')}" if cfg else None),
              ("global batch", cfg.get("global_batch_size")), ("max length", cfg.get("max_length")),
-             ("precision", run.precision), ("processes", run.world_size)]
+             ("precision", "fp32" if run.precision == "no" else run.precision), ("processes", run.world_size)]
     stats = run.data_stats or {}
     if stats:
         rows += [("records read", stats.get("records")), ("examples trained", stats.get("kept")),
