@@ -206,6 +206,20 @@ def test_a_column_mapping_that_does_not_fit_is_one_located_line(tmp_path, capsys
     assert len(errors) == 1 and line in errors[0], err
 
 
+@pytest.mark.parametrize("argv", [
+    ["generate", "--seeds", "{src}", "--columns", "instruction=nosuch", "-o", "{out}.jsonl", "--num", "1"],
+    ["eval", "answer", "--questions", "{src}", "--columns", "instruction=nosuch", "-o", "{out}.jsonl"],
+    ["train", "--data", "{src}", "columns=instruction=nosuch", "-o", "{out}"],
+    ["data", "dedup", "{src}", "--columns", "instruction=nosuch", "-o", "{out}.jsonl"],
+])
+def test_every_reading_command_applies_its_column_mapping(tmp_path, capsys, argv):
+    src = write_parquet(tmp_path / "in.parquet", [{"prompt": "p", "output": "o"}])
+    code, _, err = run(capsys, *[a.format(src=src, out=tmp_path / "out") for a in argv])
+    assert code == 1
+    assert f"{src}: record 0: field 'nosuch': missing (the column mapping reads it as 'instruction'" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]  # nothing written
+
+
 def test_train_config_columns_reach_the_reader(tmp_path, capsys):
     from camelid.train.config import load_config
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from camelid.core.io import CamelidError, DataError, Problem, check_input, sha256_file
+from camelid.core.io import CamelidError, DataError, Problem, check_input
 from camelid.core.templates import Mask, Template, TemplateError
 from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix, whole_text
 from camelid.core.tables import data_path, data_sha256

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from camelid.core.cli import console
 from camelid.core.columns import using_columns
-from camelid.core.io import (CamelidError, read_json, read_jsonl, read_records, sha256_file, sha256_json, write_json,
+from camelid.core.io import (CamelidError, read_json, read_records, sha256_file, sha256_json, write_json,
                              write_jsonl)
 from camelid.core.tables import data_sha256
 from camelid.data.examples import DataStats
