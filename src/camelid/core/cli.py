@@ -19,6 +19,9 @@ warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing(_enable
 # bitsandbytes on an AVX512-BF16 CPU looks for an optional hub kernel and, absent, falls back to its built-in one.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+ColumnsOpt = Annotated[Optional[str], typer.Option(
+    "--columns", help="Read inputs whose field names differ: instruction=prompt,output=completion reads column "
+    "'prompt' as 'instruction' (TARGET=COLUMN, comma-separated; any format, Parquet and Hub datasets too).")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: embedded | gguf:PATH | hf:PATH | "
                                        "openai:NAME (a run directory or .gguf path works too).")]
 BaseUrlOpt = Annotated[Optional[list[str]], typer.Option(

@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
+from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, ColumnsOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
                               console)
+from camelid.core.columns import using_columns
 from camelid.core.io import CamelidError, write_json
 from camelid.evaluate import arena as ar, arena_web
 from camelid.evaluate.answer import answer_questions
@@ -70,9 +71,11 @@ def answer(
     num_gpus: NumGpusOpt = None,
     load_8bit: Load8Opt = False,
     load_4bit: Load4Opt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Answer an eval set with a model (multi-turn questions turn by turn, earlier answers in context)."""
-    qs = load_questions(questions, limit)
+    with using_columns(columns):
+        qs = load_questions(questions, limit)
     m = load_model(model, base_urls=base_url, api_key=api_key, template=template, device=device, num_gpus=num_gpus,
                    load_8bit=load_8bit, load_4bit=load_4bit)
     try:

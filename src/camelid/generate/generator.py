@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from camelid.core.cli import console
+from camelid.core.columns import using_columns
 from camelid.core.config import validate
 from camelid.core.errors import interrupt_note
 from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, output_lock, read_jsonl,
@@ -80,6 +81,8 @@ class GenerateConfig(BaseModel):
                                             "dedup")
     seeds: Optional[Path] = Field(None, description="Seed tasks (self-instruct JSONL or Alpaca rows); default: the "
                                   "shipped seeds for --lang")
+    columns: Optional[str] = Field(None, description="Read --seeds whose field names differ: "
+                                   "instruction=prompt,output=completion (TARGET=COLUMN, comma-separated)")
     prompt: Optional[Path] = Field(None, description="Alpaca mode: the generation prompt file; default: the shipped "
                                    "one for --lang")
     model: str = Field("embedded", description="Teacher: embedded | gguf:PATH | hf:PATH | openai:NAME",
@@ -162,7 +165,8 @@ class Generator:
         self.cfg = cfg
         self.model = model
         self.show_progress = show_progress
-        self.seeds = load_seeds(cfg.seeds or default_seeds(cfg.lang))
+        with using_columns(cfg.columns if cfg.seeds else None):  # the user's seeds, never the shipped ones
+            self.seeds = load_seeds(cfg.seeds or default_seeds(cfg.lang))
         self.base_prompt = read_prompt(cfg.prompt) if cfg.prompt else prompt_file(f"alpaca_{cfg.lang}")
         self.npi = cfg.setting("num_prompt_instructions")
         self.filter = InstructionFilter(cfg.lang, cfg.blacklist)

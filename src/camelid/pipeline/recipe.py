@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
+from camelid.core.tables import hub_id
 from camelid.data.checks import Check
 from camelid.generate.distill import DistillConfig
 from camelid.generate.generator import GenerateConfig
@@ -70,6 +71,9 @@ class Recipe(BaseModel):
                                  "seeds for generate.lang")
     data: list[str] = Field(default_factory=list, description="existing training files; with them the generate "
                             "stage is skipped (e.g. ShareGPT conversations for a Vicuna recipe)")
+    columns: Optional[dict[str, str]] = Field(None, description="column mapping for the recipe's own data and seeds "
+                                              "whose names differ, {instruction: prompt, output: completion} "
+                                              "(train.columns overrides it for the data)")
     generate: Optional[GenerateConfig] = Field(None, description="`camelid generate` settings (model, num, lang, "
                                                "mode, ...)")
     distill: Optional[dict[str, Any]] = Field(None, description="context distillation instead of generate: the "
@@ -118,6 +122,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe
 
 
-def _resolve(base: Path, path: str) -> Path:
+def _resolve(base: Path, path: str) -> Path | str:
+    if hub_id(path) is not None:  # a Hub dataset id, not a path
+        return path
     q = Path(path)
     return q if q.is_absolute() or q.exists() else base / q

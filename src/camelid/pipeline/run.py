@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from camelid.core.cli import console
-from camelid.core.io import CamelidError, read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
+from camelid.core.columns import using_columns
+from camelid.core.io import (CamelidError, read_json, read_records, sha256_file, sha256_json, write_json,
+                             write_jsonl)
+from camelid.core.tables import data_sha256
 from camelid.data.examples import DataStats
 from camelid.generate.distill import DistillConfig, distill
 from camelid.generate.generator import GenerateConfig, generate
@@ -122,10 +125,13 @@ def prepare(recipe: Recipe, run_dir: Path) -> None:
     seeds_path = Path(recipe.seeds) if recipe.seeds else default_seeds(lang)
     n = recipe.eval.heldout if recipe.eval and not recipe.eval.questions else 0
     split_seed = recipe.eval.heldout_seed if recipe.eval else 0
-    split = {"seeds": sha256_file(seeds_path), "heldout": n, "heldout_seed": split_seed}
+    split = {"seeds": data_sha256(seeds_path), "heldout": n, "heldout_seed": split_seed}
+    if recipe.seeds and recipe.columns:
+        split["columns"] = recipe.columns
     if (out / "split.json").is_file() and read_json(out / "split.json") == split:
         return
-    tasks = [row for _, row in read_jsonl(seeds_path)]
+    with using_columns(recipe.columns if recipe.seeds else None, "columns"):  # the user's seeds, not the shipped
+        tasks = [row for _, _, row in read_records(seeds_path)]
     if n >= len(tasks):
         raise CamelidError(f"eval.heldout {n} leaves no seed tasks for generation ({len(tasks)} in {seeds_path})")
     order = list(range(len(tasks)))
@@ -190,7 +196,9 @@ def distill_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner
 def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
     data = recipe.data or [str(run_dir / "generate" / "data.jsonl")]
     settings = {"seed": recipe.seed, **recipe.settings("train")}
-    inputs = {"settings": settings, "data": recipe.data and [sha256_file(Path(d)) for d in data]
+    if recipe.data and recipe.columns and "columns" not in settings:  # the recipe's mapping, for its own data
+        settings["columns"] = recipe.columns
+    inputs = {"settings": settings, "data": recipe.data and [data_sha256(d) for d in data]
               or upstream.get("generate")}
 
     def run(out: Path) -> tuple[dict, list[Path]]:
@@ -222,7 +230,7 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
     ev = recipe.eval
     assert ev is not None
     questions = Path(ev.questions) if ev.questions else run_dir / "prepare" / "heldout.jsonl"
-    inputs = {"settings": ev.model_dump(), "questions": sha256_file(questions), "model": upstream.get("train"),
+    inputs = {"settings": ev.model_dump(), "questions": data_sha256(questions), "model": upstream.get("train"),
               "base": recipe.train.model, "seed": recipe.seed}
 
     def run(out: Path) -> tuple[dict, list[Path]]:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError
+from camelid.core.tables import hub_id
 from camelid.models.spec import local_path
 from camelid.train.config import TrainConfig, read_config_file, validate_config
 from camelid.train.sft import train
@@ -72,7 +73,7 @@ def _same(a: str, b: str) -> bool:
 def _input(base: Path, value: str, outputs: list[str]) -> str:
     """An input path: as given when absolute, found from the working directory or naming an output of this
     file; else relative to the YAML's directory. A model spec keeps its `hf:` prefix; `embedded` stays."""
-    if value == "embedded":
+    if value == "embedded" or hub_id(value) is not None:  # a Hub dataset id is not a path
         return value
     path = local_path(value)
     prefix = value[: len(value) - len(path)]

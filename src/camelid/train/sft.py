@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import camelid
+from camelid.core.columns import using_columns
 from camelid.core.io import CamelidError, JsonlAppender, sha256_file
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
 from camelid.data.examples import (DataStats, Example, build_examples, check_data_files, collate, data_files_info,
                                    examples_fingerprint, micro_batches, plan_steps, read_files, split_eval,
                                    steps_per_epoch, text_examples)
-from camelid.models.checkpoint import RunInfo
+from camelid.models.card import CARD_FILE, write_model_card
+from camelid.models.checkpoint import RUN_FILE, RunInfo
 from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
@@ -224,6 +226,16 @@ def sample(model, tokenizer, template, prompts: list[str], max_tokens: int, stop
 
 def train(cfg: TrainConfig, console=None) -> TrainResult:
     """Run (or resume) one fine-tuning run into `cfg.output_dir`; see the module docstring for the loss."""
+    with using_columns(cfg.columns, "columns") if cfg.columns else contextlib.nullcontext():
+        result = _train(cfg, console)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    if int(os.environ.get("RANK", "0")) == 0 and (out / RUN_FILE).is_file():  # the Hub's model card, once
+        if write_model_card(out) is None:
+            _log(console, f"{out / CARD_FILE} was not written by camelid: left as it is (no model card)", True)
+    return result
+
+
+def _train(cfg: TrainConfig, console=None) -> TrainResult:
     if not cfg.data:
         raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
     # before torch is even imported: a bad file is a one-line error in a second
