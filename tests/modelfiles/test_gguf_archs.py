@@ -43,6 +43,9 @@ ARCHS = {
 }
 GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "llama3": "llama", "mistral": "llama", "gemma2": "gemma2",
              "gemma3": "gemma3", "phi3": "phi3"}
+# max |logit difference| allowed (measured: 2e-7..5e-6; Gemma 2.4e-4 and 4.1e-4: its embedding scale and
+# soft-capping are computed in another order)
+TOLERANCE = {"gemma2": 1e-3, "gemma3": 1e-3}
 PROMPT = "The quick brown fox jumps over the lazy dog, 123 times!"
 
 
@@ -143,8 +146,13 @@ def test_gguf_gives_transformers_logits_through_llama_cpp(checkpoints, tmp_path,
         want = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)(torch.tensor([ids])).logits[0].numpy()
     try:
         llm = Llama(str(out), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0)
-    except ValueError as e:  # an architecture this llama.cpp build cannot load
-        pytest.skip(f"llama-cpp-python cannot load {GGUF_ARCH[name]}: {e}")
+    except ValueError:
+        if name == "phi3":
+            pytest.skip("llama.cpp (llama-cpp-python 0.3.36) stops loading this tiny Phi-3 at 'error loading model "
+                        "vocabulary: unordered_map::at' (its Phi-3 vocabulary loader on the test's 400-piece "
+                        "SentencePiece tokenizer); llama.cpp's own converter's GGUF of it fails the same way. Its "
+                        "tensors and keys are checked against that converter above")
+        raise
     try:
         llm.eval(ids)
         got = llm.scores[: len(ids)]
@@ -152,7 +160,7 @@ def test_gguf_gives_transformers_logits_through_llama_cpp(checkpoints, tmp_path,
         llm.close()
     err = float(abs(got - want).max())
     print(f"{name}: max |llama.cpp - transformers| logit = {err:.2e} (logit range {abs(want).max():.1f})")
-    assert err < 1e-3, err  # f32 weights and KV cache: float32 rounding differences only
+    assert err < TOLERANCE.get(name, 1e-4), err  # f32 weights and KV cache: float32 rounding differences only
 
 
 @pytest.mark.parametrize("name", ["llama3", "gemma3", "phi3"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from camelid.core.io import CamelidError
+from camelid.core.io import CamelidError, read_json
 
 # Hugging Face architecture -> llama.cpp architecture (gguf.MODEL_ARCH member name)
 ARCHITECTURES = {
@@ -99,8 +99,6 @@ def tensor_type(outtype: str, dst: str, ndim: int, shape: tuple[int, ...]):
 def vocab_rows(arch, tok_dir: Path, rows: int) -> int:
     """Gemma 3 drops embedding rows past the tokenizer (Gemma3Model.modify_tensors)."""
     import gguf
-
-    from camelid.core.io import read_json
 
     if arch != gguf.MODEL_ARCH.GEMMA3:
         return rows
