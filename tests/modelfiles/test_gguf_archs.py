@@ -134,6 +134,7 @@ def test_gguf_tensors_are_bit_identical_to_llama_cpps_converter(checkpoints, tmp
         assert _field(ours, k) == _field(ref, k), k
 
 
+@pytest.mark.slow  # with the checkpoints fixture (7 models, a SentencePiece training): ~40 s before the first
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_gguf_gives_transformers_logits_through_llama_cpp(checkpoints, tmp_path, name):
     from llama_cpp import Llama
@@ -163,6 +164,7 @@ def test_gguf_gives_transformers_logits_through_llama_cpp(checkpoints, tmp_path,
     assert err < TOLERANCE.get(name, 1e-4), err  # f32 weights and KV cache: float32 rounding differences only
 
 
+@pytest.mark.slow  # writing SmolLM2's 49k-token vocabulary and merges: ~30 s per export on 2 shared cores
 @pytest.mark.parametrize("name", ["llama3", "gemma3", "phi3"])
 def test_gguf_carries_the_trained_chat_template_and_its_stop_tokens(checkpoints, tmp_path, name):
     from transformers import AutoTokenizer

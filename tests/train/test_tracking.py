@@ -51,6 +51,7 @@ def expected(run: Path) -> dict[str, dict[int, float]]:
     return want
 
 
+@pytest.mark.slow  # the tracked run (all three trackers, W&B's service starting): ~30 s
 def test_tensorboard_event_file_holds_the_scalars_of_trainer_log(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -94,6 +95,7 @@ def _wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow  # the tracked run (all three trackers, W&B's service starting): ~30 s
 def test_wandb_offline_run_under_the_run_directory_holds_the_scalars_and_config(tracked_run):
     import json
 
@@ -118,6 +120,7 @@ def test_wandb_offline_run_under_the_run_directory_holds_the_scalars_and_config(
     assert config["max_steps"] == 4 and config["report_to"] == ["tensorboard", "wandb", "mlflow"]
 
 
+@pytest.mark.slow  # the tracked run (all three trackers, W&B's service starting): ~30 s
 def test_mlflow_local_store_holds_the_scalars_and_config(tracked_run):
     from mlflow.tracking import MlflowClient
 
