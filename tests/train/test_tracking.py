@@ -161,3 +161,11 @@ def test_report_to_is_checked_with_the_config(tmp_path, capsys):
     assert "field 'report_to.1'" in err and "'tensorboard', 'wandb' or 'mlflow'" in err
     assert main(["train", "alpaca_lora", "report_to=tensorboard", "--show-config"]) == 0
     assert "report_to:\n- tensorboard\n" in capsys.readouterr().out
+    # a recipe's train section is the same config
+    from camelid.core.io import CamelidError
+    from camelid.pipeline.recipe import load_recipe
+
+    recipe = Path(__file__).parents[2] / "recipes" / "alpaca.yaml"
+    assert load_recipe(recipe, ["train.report_to=[wandb,mlflow]"]).train.report_to == ["wandb", "mlflow"]
+    with pytest.raises(CamelidError, match=r"field 'train\.report_to\.0'"):
+        load_recipe(recipe, ["train.report_to=[neptune]"])
