@@ -169,3 +169,29 @@ def test_report_to_is_checked_with_the_config(tmp_path, capsys):
     assert load_recipe(recipe, ["train.report_to=[wandb,mlflow]"]).train.report_to == ["wandb", "mlflow"]
     with pytest.raises(CamelidError, match=r"field 'train\.report_to\.0'"):
         load_recipe(recipe, ["train.report_to=[neptune]"])
+
+
+def test_a_resumed_run_leaves_tensorboard_one_value_per_step(tiny_model, alpaca_30, tmp_path):
+    import json
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    kw = dict(max_steps=4, save_steps=2, report_to=["tensorboard"])
+    whole = train(tiny_config(tiny_model, alpaca_30, tmp_path / "whole", **kw))
+    # killed after step 3: its checkpoint of step 2, a log and TensorBoard events running to step 3 (here 4: the
+    # events past the checkpoint must not show twice)
+    killed = tmp_path / "killed"
+    ckpt = tmp_path / "whole" / "checkpoints" / "step-000002"
+    shutil.copytree(ckpt, killed / "checkpoints" / ckpt.name)
+    shutil.copytree(tmp_path / "whole" / "tensorboard", killed / "tensorboard")
+    rows = [r for _, r in read_jsonl(tmp_path / "whole" / "trainer_log.jsonl") if r["step"] <= 3]
+    (killed / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train(tiny_config(tiny_model, alpaca_30, killed, **kw))
+    acc = EventAccumulator(str(killed / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("train/loss")
+    assert [e.step for e in events] == [1, 2, 3, 4]
+    assert [e.value for e in events] == pytest.approx(whole.losses, abs=1e-5)
+    assert [e.value for e in events] == pytest.approx(
+        [r["loss"] for _, r in read_jsonl(killed / "trainer_log.jsonl")], rel=1e-6)

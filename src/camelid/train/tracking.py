@@ -68,7 +68,8 @@ class _TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        self.w = SummaryWriter(str(out / TB_DIR), purge_step=start_step or None)
+        # resumed after step N: events of steps > N (logged before the kill) are hidden; steps are 1-based
+        self.w = SummaryWriter(str(out / TB_DIR), purge_step=start_step + 1 if start_step else None)
         if not start_step:  # hyperparameters once per run (the HPARAMS tab) and the config as text
             exp, ssi, sei = hparams(flat_config(config), {"eval/loss": float("nan")})
             for summary in (exp, ssi, sei):
