@@ -145,6 +145,10 @@ class TrainConfig(BaseModel):
     eval_steps: Optional[int] = Field(None, ge=1, description="eval loss (and samples) every N steps and at the end")
     eval_prompts: list[str] = Field(default_factory=list, description="user prompts answered greedily at each eval")
     sample_max_tokens: int = Field(64, ge=1)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers that also get the logged scalars (loss, lr, grad norm, "
+        "tokens/s, eval loss) and the config: tensorboard (RUN/tensorboard/), wandb (RUN/wandb/; WANDB_MODE=offline "
+        "stays local), mlflow (file:RUN/mlruns unless MLFLOW_TRACKING_URI); trainer_log.jsonl is always written")
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -154,10 +158,10 @@ class TrainConfig(BaseModel):
         except CamelidError as e:
             raise ValueError(str(e).removeprefix("columns: ")) from None
 
-    @field_validator("data", "eval_data", mode="before")
+    @field_validator("data", "eval_data", "report_to", mode="before")
     @classmethod
     def _one_file(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value  # `data: file.json` means one file
+        return [value] if isinstance(value, str) else value  # `data: file.json` means one file (report_to: one tracker)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

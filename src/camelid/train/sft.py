@@ -26,7 +26,7 @@ from typing import Any
 
 import camelid
 from camelid.core.columns import using_columns
-from camelid.core.io import CamelidError, JsonlAppender, sha256_file
+from camelid.core.io import CamelidError, sha256_file
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
 from camelid.data.examples import (DataStats, Example, build_examples, check_data_files, collate, data_files_info,
@@ -39,6 +39,7 @@ from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
 from camelid.train.model import load_for_training, save_trained, trainable_params
 from camelid.train.plot import plot_losses
+from camelid.train.tracking import TrainLog, check_report_to
 
 
 class TrainingError(CamelidError):
@@ -240,6 +241,7 @@ def _train(cfg: TrainConfig, console=None) -> TrainResult:
         raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
     # before torch is even imported: a bad file is a one-line error in a second
     check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
+    check_report_to(cfg.report_to)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
@@ -315,7 +317,7 @@ def _train(cfg: TrainConfig, console=None) -> TrainResult:
          f"({100 * n_trainable / n_total:.2f}%), precision {accelerator.mixed_precision.replace('no', 'fp32')}",
          is_main)
 
-    log = JsonlAppender(out / "trainer_log.jsonl") if is_main else None
+    log = TrainLog(out, cfg.report_to, cfg.model_dump(), progress.step) if is_main else None
     losses: list[float] = []
     rows: list[dict] = []
     plans: dict[int, list[list[int]]] = {}
