@@ -107,7 +107,7 @@ def judge(
                                       "orders).")] = "single",
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference answers (answer JSONL) for "
                                                       "math/reasoning/coding questions.")] = None,
-    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | auto (from each "
+    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | zh | auto (from each "
                                       "question's text).")] = "auto",
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model id every other model is compared "
                                                     "with (pairwise) or scored relative to (single). The question "

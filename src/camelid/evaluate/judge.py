@@ -26,7 +26,8 @@ from camelid.models.base import Model, Sampling
 
 NEED_REF = {"math", "reasoning", "coding"}  # categories graded against a reference answer when one exists
 LABELS = {"en": {"user": "User", "assistant": "Assistant", "reference": "Reference answer"},
-          "ko": {"user": "사용자", "assistant": "어시스턴트", "reference": "모범 답안"}}
+          "ko": {"user": "사용자", "assistant": "어시스턴트", "reference": "모범 답안"},
+          "zh": {"user": "用户", "assistant": "助手", "reference": "参考答案"}}
 
 
 @dataclass(frozen=True)
@@ -276,8 +277,8 @@ def judge_answers(judge: Model, questions: list[Question], answers: dict[str, di
                   temperature: float = 0.0, seed: int = 0, concurrency: int | None = None,
                   on_done: Callable[[dict], None] | None = None) -> JudgeStats:
     """Judge `answers` ({model_id: {question_id: Answer}}) on `questions` into the append-only JSONL `out`."""
-    if lang not in ("auto", "en", "ko"):
-        raise CamelidError(f"--lang {lang!r}: expected en, ko or auto")
+    if lang not in ("auto", *LABELS):
+        raise CamelidError(f"--lang {lang!r}: expected {', '.join(LABELS)} or auto")
     judge_id = judge_id or judge.name
     sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
     if mode == "single":

@@ -19,7 +19,7 @@ from camelid.evaluate.answer import answer_questions
 from camelid.evaluate.judge import judge_answers, read_judgments
 from camelid.evaluate.questions import load_answers, load_questions
 from camelid.evaluate.report import build_report
-from camelid.evaluate.stats import pairwise_summary, single_summary
+from camelid.evaluate.stats import bootstrap_ci, pairwise_summary, single_summary
 from camelid.models import load_model, local_path
 from camelid.models.checkpoint import RunInfo
 from camelid.models.hf import HFModel
@@ -30,9 +30,18 @@ BEFORE, AFTER = "before", "after"
 
 def response_loss(model, questions) -> tuple[float | None, int]:
     """Mean loss per trained token of the reference answers under `model` (an HFModel), and the token count."""
+    rows = response_losses(model, questions)
+    count = sum(r[1] for r in rows)
+    return (sum(r[0] for r in rows) / count if count else None), count
+
+
+def response_losses(model, questions) -> list[tuple[float, int, int]]:
+    """(summed loss in nats, trained tokens, characters) of each reference answer under `model` (an HFModel).
+    Loss per character is comparable between tokenizers; loss per token is not (an extended vocabulary makes
+    fewer, harder tokens for the same text)."""
     import torch
 
-    total, count = 0.0, 0
+    rows = []
     for q in questions:
         if not q.reference_output:
             continue
@@ -44,19 +53,40 @@ def response_loss(model, questions) -> tuple[float | None, int]:
         with torch.no_grad():
             logits = model.model(input_ids=x, use_cache=False).logits.float()
         loss = torch.nn.functional.cross_entropy(logits[0], y[0], ignore_index=IGNORE_INDEX, reduction="sum")
-        total += float(loss)
-        count += int((y != IGNORE_INDEX).sum())
-    return (total / count if count else None), count
+        rows.append((float(loss), int((y != IGNORE_INDEX).sum()), len(q.reference_output)))
+    return rows
 
 
-def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Path) -> dict:
+def loss_measures(model, questions, seed: int = 0) -> dict:
+    """Held-out response loss per token and per character, each with a bootstrap 95% interval over questions, and
+    the tokenizer's tokens per character of the reference answers."""
+    rows = response_losses(model, questions)
+    if not rows:
+        return {"response_loss": None, "response_tokens": 0}
+
+    def ratio(col: int):
+        return lambda rs: sum(r[0] for r in rs) / max(sum(r[col] for r in rs), 1)
+
+    chars = sum(r[2] for r in rows)
+    tokens = sum(len(model.tokenizer(q.reference_output, add_special_tokens=False).input_ids)
+                 for q in questions if q.reference_output)
+    return {"response_loss": ratio(1)(rows), "response_loss_ci": list(bootstrap_ci(rows, ratio(1), seed=seed)),
+            "response_tokens": sum(r[1] for r in rows), "response_chars": chars,
+            "response_loss_per_char": ratio(2)(rows),
+            "response_loss_per_char_ci": list(bootstrap_ci(rows, ratio(2), seed=seed)),
+            "tokens_per_char": tokens / max(chars, 1), "vocab_size": len(model.tokenizer)}
+
+
+def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Path, base: str | None = None) -> dict:
+    """`base`: the untrained model when it is not the trained run's own base (a staged run's last stage starts
+    from the one before it)."""
     ev = recipe.eval
     out.mkdir(parents=True, exist_ok=True)
     questions = load_questions(questions_path)
     run = RunInfo.read(train_dir)
     if run is None:
         raise CamelidError(f"{train_dir}: no camelid.json (the train stage did not finish)")
-    base = local_path(run.base_model or "embedded")
+    base = local_path(base or run.base_model or "embedded")
     answers = out / "answers.jsonl"
     metrics: dict = {"questions": len(questions), "max_tokens": ev.max_tokens, "temperature": ev.temperature,
                      "template": run.template}
@@ -66,8 +96,7 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
         model = load()
         answer_questions(model, questions, answers, model_id=model_id, temperature=ev.temperature,
                          max_tokens=ev.max_tokens, seed=recipe.seed)
-        loss, n = response_loss(model, questions)
-        metrics[model_id] = {"response_loss": loss, "response_tokens": n}
+        metrics[model_id] = loss_measures(model, questions, seed=recipe.seed)
         del model
         gc.collect()
     got = load_answers(answers)

@@ -9,14 +9,15 @@ with `accelerate launch` / `torchrun` on GPUs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
 from camelid.generate.generator import GenerateConfig
 from camelid.train.config import TrainConfig
+from camelid.train.multistage import StagedRun, StagedTrain, apply_stage_overrides, staged_run
 
 STAGES = ("generate", "train", "eval", "serve")
 
@@ -39,7 +40,7 @@ class EvalSection(BaseModel):
     judge_max_tokens: int = Field(256, ge=16)
     single: bool = Field(False, description="also grade each after-training answer 1-10 (one more judge call per "
                          "question)")
-    lang: Literal["auto", "en", "ko"] = "auto"
+    lang: Literal["auto", "en", "ko", "zh"] = "auto"
 
 
 class ServeSection(BaseModel):
@@ -64,14 +65,41 @@ class Recipe(BaseModel):
                             "stage is skipped (e.g. ShareGPT conversations for a Vicuna recipe)")
     generate: Optional[GenerateConfig] = Field(None, description="`camelid generate` settings (model, num, lang, "
                                                "mode, ...)")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="a `camelid train` config (data and "
-                               "output_dir are filled in by the run)")
+    train: Union[TrainConfig, StagedTrain] = Field(
+        default_factory=TrainConfig, description="a `camelid train` config (data and output_dir are filled in by the "
+        "run), or a staged one (`tokenizer:` + `stages:`, as `camelid train kollama2_two_stage`): each stage "
+        "writes RUN_DIR/train/NAME, a stage without data trains on the run's data")
     eval: Optional[EvalSection] = None
     serve: ServeSection = Field(default_factory=ServeSection)
+    _base: Path = PrivateAttr(default_factory=Path.cwd)  # the recipe file's directory: stage inputs resolve there
+    _source: str = PrivateAttr("recipe")
 
     @property
     def directory(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
+
+    def train_data(self) -> list[str]:
+        """What the (last) training stage trains on: the recipe's data or the generated file."""
+        return self.data or [str(self.directory / "generate" / "data.jsonl")]
+
+    def staged(self) -> Optional[StagedRun]:
+        """The staged train section with the run's paths filled in (None for a one-run train section)."""
+        if not isinstance(self.train, StagedTrain):
+            return None
+        return staged_run(self.train.model_dump(), self._source, self._base, self.directory / "train",
+                          self.train_data())
+
+    @property
+    def base_model(self) -> str:
+        """The model training starts from: the untrained side of the before/after comparison."""
+        run = self.staged()
+        return run.stages[0].config.model if run else self.train.model
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the trained model ends up."""
+        run = self.staged()
+        return Path(run.stages[-1].config.output_dir) if run else self.directory / "train"
 
     def settings(self, section: str) -> dict[str, Any]:
         """The settings a section gives (not its defaults), as the YAML wrote them: what the run hashes and passes on."""
@@ -87,9 +115,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply `section.key=value` overrides, validate every section against its command."""
     p = Path(path)
     raw = read_yaml_mapping(p, "generate/train/eval sections", kind="recipe")
-    raw = apply_overrides(raw, list(overrides or []))
-    recipe = validate(Recipe, raw, p)
+    train_raw = raw.get("train")
+    staged = isinstance(train_raw, dict) and "stages" in train_raw
+    # a staged train section routes its overrides as `camelid train` does: train.STAGE.key, train.tokenizer.key
+    train_over = [o[len("train."):] for o in overrides or [] if staged and o.startswith("train.")]
+    raw = apply_overrides(raw, [o for o in overrides or [] if not (staged and o.startswith("train."))])
+    if staged:
+        raw["train"] = apply_stage_overrides(raw["train"], train_over, p)
+    recipe = validate(Recipe, {**raw, "train": {}}, p) if staged else validate(Recipe, raw, p)
     base = p.resolve().parent
+    recipe._base, recipe._source = base, str(p)
+    if staged:
+        recipe.train = validate(StagedTrain, raw["train"], p, prefix="train.")
+        recipe.staged()  # every stage validated now, before anything runs
     # relative data paths in a recipe are relative to the recipe file, like a Makefile's
     recipe.data = [str(_resolve(base, d)) for d in recipe.data]
     if recipe.seeds:
@@ -97,7 +135,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if recipe.eval and recipe.eval.questions:
         recipe.eval.questions = str(_resolve(base, recipe.eval.questions))
     for key in ("data", "output_dir"):
-        if key in recipe.train.model_fields_set:
+        if not staged and key in recipe.train.model_fields_set:
             raise CamelidError(f"{p}: train.{key} is set by the run (use the recipe's top-level data / run_dir)")
     return recipe
 

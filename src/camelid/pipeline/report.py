@@ -19,6 +19,10 @@ def _fmt(x, spec: str = ".3f") -> str:
     return format(x, spec) if isinstance(x, float) else str(x)
 
 
+def _ci(ci) -> str:
+    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and None not in ci else ""
+
+
 def summary_rows(s: dict) -> list[tuple[str, str, str]]:
     """(stage, measure, value) rows: what a person wants to see at a glance."""
     rows: list[tuple[str, str, str]] = []
@@ -40,12 +44,27 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
                  ("train", "trainable parameters", f"{t.get('trainable_params'):,}" if t.get("trainable_params")
                   else "–")]
         rows += [("train", "note", p) for p in t.get("problems") or []]
+        tok = t.get("tokenizer")
+        if tok:
+            rows.append(("train", "vocabulary (extended)", f"{tok['base_vocab_size']:,} → {tok['vocab_size']:,} "
+                         f"(+{tok['added']:,})"))
+        for st in t.get("stages") or []:
+            rows.append((f"train: {st['name']}", "method / steps / final loss / time",
+                         f"{st.get('method')} / {st.get('steps')} / {_fmt(st.get('final_loss'))} / "
+                         f"{st.get('train_time_s')} s"))
     e = s.get("eval")
     if e:
         b, a = e.get("before", {}), e.get("after", {})
-        rows += [("eval", "held-out response loss (before → after)",
-                  f"{_fmt(b.get('response_loss'))} → {_fmt(a.get('response_loss'))}"),
-                 ("eval", "answers that stop by themselves", f"{_fmt(b.get('self_stop_rate'), '.0%')} → "
+        rows += [("eval", "held-out response loss per token (before → after, 95% CI)",
+                  f"{_fmt(b.get('response_loss'))}{_ci(b.get('response_loss_ci'))} → "
+                  f"{_fmt(a.get('response_loss'))}{_ci(a.get('response_loss_ci'))}")]
+        if a.get("response_loss_per_char") is not None:  # comparable when the tokenizers differ
+            rows += [("eval", "held-out response loss per character (before → after, 95% CI)",
+                      f"{_fmt(b.get('response_loss_per_char'))}{_ci(b.get('response_loss_per_char_ci'))} → "
+                      f"{_fmt(a.get('response_loss_per_char'))}{_ci(a.get('response_loss_per_char_ci'))}"),
+                     ("eval", "tokens per character of the held-out answers (before → after)",
+                      f"{_fmt(b.get('tokens_per_char'), '.2f')} → {_fmt(a.get('tokens_per_char'), '.2f')}")]
+        rows += [("eval", "answers that stop by themselves", f"{_fmt(b.get('self_stop_rate'), '.0%')} → "
                   f"{_fmt(a.get('self_stop_rate'), '.0%')}"),
                  ("eval", "mean answer words", f"{_fmt(b.get('mean_answer_words'), '.0f')} → "
                   f"{_fmt(a.get('mean_answer_words'), '.0f')}")]
@@ -59,7 +78,7 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _charts(run_dir: Path, s: dict, out: Path) -> list[tuple[str, str]]:
+def _charts(recipe: Recipe, run_dir: Path, s: dict, out: Path) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +96,7 @@ def _charts(run_dir: Path, s: dict, out: Path) -> list[tuple[str, str]]:
         fig.savefig(out / "generate.png", dpi=110)
         plt.close(fig)
         charts.append(("generate.png", "Generation: kept vs rejected by reason"))
-    log = run_dir / "train" / "trainer_log.jsonl"
+    log = recipe.model_dir / "trainer_log.jsonl"
     if log.is_file():
         rows = [r for _, r in read_jsonl(log) if isinstance(r, dict) and r.get("loss") is not None]
         if rows:
@@ -129,7 +148,7 @@ def write_report(recipe: Recipe, run_dir: Path, summaries: dict) -> Path:
     for r in rows:
         table.add_row(*r)
     console.print(table)
-    charts = _charts(run_dir, summaries, out)
+    charts = _charts(recipe, run_dir, summaries, out)
     md = [f"# camelid run: {recipe.name}", "", f"Run directory: `{run_dir}`", "", "| stage | measure | value |",
           "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
     body = [f"<h1>camelid run: {html.escape(recipe.name)}</h1>",
