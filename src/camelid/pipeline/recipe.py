@@ -122,11 +122,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     raw = apply_overrides(raw, [o for o in overrides or [] if not (staged and o.startswith("train."))])
     if staged:
         raw["train"] = apply_stage_overrides(raw["train"], train_over, p)
-    recipe = validate(Recipe, {**raw, "train": {}}, p) if staged else validate(Recipe, raw, p)
+    if not isinstance(raw.get("train") or {}, dict):
+        raise CamelidError(f"{p}: train must be a mapping of `camelid train` settings (or tokenizer + stages)")
+    recipe = validate(Recipe, {**raw, "train": {}}, p)  # the train section alone, with its own schema's errors
+    recipe.train = validate(StagedTrain if staged else TrainConfig, raw.get("train") or {}, p, prefix="train.")
     base = p.resolve().parent
     recipe._base, recipe._source = base, str(p)
     if staged:
-        recipe.train = validate(StagedTrain, raw["train"], p, prefix="train.")
         recipe.staged()  # every stage validated now, before anything runs
     # relative data paths in a recipe are relative to the recipe file, like a Makefile's
     recipe.data = [str(_resolve(base, d)) for d in recipe.data]

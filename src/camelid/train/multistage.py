@@ -41,7 +41,8 @@ class TokenizerSection(BaseModel):
 
     base: str = Field("embedded", description="model spec whose tokenizer is extended: embedded | hf:PATH")
     corpus: list[str] = Field(..., min_length=1, description="text files or datasets the new pieces are learned on")
-    add: int = Field(..., ge=1, description="most new tokens")
+    add: int = Field(..., ge=0, description="most new tokens; 0 = no vocabulary extension (the section is skipped: "
+                     "a sweep's without-extension cell)")
     charsets: list[Literal["hangul", "hanzi"]] = Field(default_factory=list, description="also make every common "
                                                        "character of these scripts one token")
     min_frequency: int = Field(2, ge=1)
@@ -158,6 +159,8 @@ def staged_run(raw: dict, where: str | Path, base: Path, run_dir: Path | None = 
     stages_raw = [dict(s) for s in raw["stages"]]
     names = stage_names(stages_raw)
     section = raw.get("tokenizer")
+    if isinstance(section, dict) and section.get("add") == 0:
+        section = None  # add: 0 = train on the base vocabulary
     if run_dir is not None:
         for key, s in [("tokenizer.output", section or {})] + [(f"{n}.output_dir", s) for n, s in
                                                                 zip(names, stages_raw)]:
