@@ -151,3 +151,24 @@ def test_a_staged_run_killed_mid_stage_resumes_from_its_checkpoint_and_skips_the
     assert meta["steps"] == 6 and meta["template"] == "chinese_alpaca"
     prompts = [json.loads(line)["user_prompts"][0] for line in (run / "eval" / "judgments.jsonl").open()]
     assert prompts and all(p.startswith("## 问题") for p in prompts)  # the Chinese judge prompts
+
+
+def test_a_sweep_over_tokenizers_compares_loss_per_character(tmp_path):
+    from camelid.pipeline.sweep import Sweep, write_sweep_report
+
+    sweep = Sweep(name="vocab", recipe="ko_vocab_base.yaml", axes={"train.tokenizer.add": [0, 8000]},
+                  run_dir=str(tmp_path))
+    # per token the extended cell looks worse (fewer, harder tokens); per character it is better
+    rows = [{"cell": "add-0", "train.tokenizer.add": 0, "status": "done", "command": "camelid run x",
+             "after_response_loss": 1.00, "after_response_loss_per_char": 2.00, "after_tokens_per_char": 2.0,
+             "after_vocab_size": 49152, "train_time_s": 10.0},
+            {"cell": "add-8000", "train.tokenizer.add": 8000, "status": "done", "command": "camelid run y",
+             "after_response_loss": 2.50, "after_response_loss_per_char": 1.60, "after_tokens_per_char": 0.64,
+             "after_vocab_size": 57152, "train_time_s": 12.0}]
+    out = write_sweep_report(sweep, rows)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "different tokenizers" in md and "49,152, 57,152" in md
+    assert "| held-out response loss per character | add=8000 |" in md
+    assert "| held-out response loss per token |" not in md  # no "best" per token across vocabularies
+    assert "| add-8000 | done | 1.600 | 2.500 | 0.64 |" in md
+    assert (out / "loss_vs_time.png").is_file()

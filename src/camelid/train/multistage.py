@@ -12,8 +12,12 @@ directory are taken relative to the YAML's directory (so the shipped config find
 (output_dir, tokenizer.output, and a model or tokenizer naming one of them) are relative to the working directory,
 like every `camelid train` run, so a shipped config never writes into the package.
 
-Overrides: `STAGE.key=value` sets one stage (`embeddings.max_steps=2`), `tokenizer.key=value` the tokenizer section,
-a plain `key=value` every stage.
+Overrides: `STAGE.key=value` sets one stage (`embeddings.max_steps=2`), `tokenizer.key=value` the tokenizer section
+(`tokenizer=null` or `tokenizer.add=0` drops it: the same stages on the base vocabulary), a plain `key=value` every
+stage.
+
+`camelid run` takes the same shape as a recipe's `train:` section (`StagedTrain`); there the run places the outputs
+(RUN_DIR/train/tokenizer, RUN_DIR/train/NAME) and hands a stage without data the run's data (see `staged_run`).
 """
 
 from __future__ import annotations
