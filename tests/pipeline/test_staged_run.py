@@ -169,6 +169,6 @@ def test_a_sweep_over_tokenizers_compares_loss_per_character(tmp_path):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "different tokenizers" in md and "49,152, 57,152" in md
     assert "| held-out response loss per character | add=8000 |" in md
-    assert "| held-out response loss per token |" not in md  # no "best" per token across vocabularies
+    assert "\n| held-out response loss per token |" not in md  # no "best" per token across vocabularies
     assert "| add-8000 | done | 1.600 | 2.500 | 0.64 |" in md
     assert (out / "loss_vs_time.png").is_file()
