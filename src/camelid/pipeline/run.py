@@ -182,7 +182,8 @@ def staged_train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[R
 
     def run(out: Path) -> tuple[dict, list[Path]]:
         for stage in staged.stages:
-            stage.config.seed = recipe.seed
+            if "seed" not in stage.config.model_fields_set:  # the recipe's seed, as for a one-run train section
+                stage.config.seed = recipe.seed
             if stage.config.save_steps is None:  # an interrupted quick run should still resume
                 stage.config.save_steps = 10
         results = run_stages(staged, console)
