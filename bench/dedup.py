@@ -1,18 +1,21 @@
-"""Near-duplicate filtering: camelid's Deduper against Stanford's reference loop, side by side in one process.
+"""Near-duplicate filtering: camelid's indexed filter against Stanford's loop and camelid's previous filter.
 
-Part 1 (real data, ~1.3K candidates): the 175 self-instruct seed tasks form the pool, then the user-oriented
+Part 1 (real data, 1,392 candidates): the 175 self-instruct seed tasks form the pool, then the user-oriented
 set, AlpacaEval, MT-bench and Vicuna-bench instructions (under ../shared/data) are offered in that order. The
 reference is Stanford's generate_instruction.py loop verbatim, run SINGLE-PROCESS (Stanford wraps every candidate
 in a fresh multiprocessing.Pool, which on this machine only adds process start-up): rouge_score tokenizer,
 rouge_scorer._score_lcs(new, existing) for every pool member, `max > 0.7` rejects, np.argsort top 10, np.mean.
-Asserts identical decisions, identical top-10 scores and avg_similarity_score equal to 1e-12 (summed in another
-order), then prints the speed ratio. (Top-10 *keys* can differ only among equally scored instructions: numpy's
-default argsort is unstable.)
+Asserts identical decisions, identical top-10 scores and avg_similarity_score, then prints the speed ratio of
+the Deduper in this process and of `camelid data dedup` as a command, start-up included. (Top-10 *keys* can
+differ only among equally scored instructions: numpy's default argsort is unstable.)
 
-Part 2 (scale): camelid alone on 52,000 synthetic instructions (seeded Zipf word sampler over a 20K-word made-up
-vocabulary, 6-30 words each, 15% deliberate near-duplicates of earlier ones) against the same 175 seeds.
+Part 2 (scale): synthetic instructions (seeded Zipf word sampler over a 20K-word made-up vocabulary, 6-30 words
+each, 15% deliberate near-duplicates of earlier ones) against the same 175 seeds, each configuration in a fresh
+process (time and peak RSS): the previous filter (tests/data/dedup_reference.py, a cdist of every candidate
+against the pool), the indexed filter with Stanford's similarity fields and without them (decisions only).
+Decisions must be identical wherever more than one configuration runs on a set.
 
-    python bench/dedup.py [--limit N] [--synthetic 52000] [--no-reference]
+    python bench/dedup.py [--limit N] [--synthetic 52000] [--million 1000000] [--no-reference]
 
 Wall and CPU seconds are both printed: on a shared machine the wall time mostly measures the others' load.
 """
@@ -20,10 +23,14 @@ Wall and CPU seconds are both printed: on a shared machine the wall time mostly 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +38,8 @@ import numpy as np
 
 from camelid.data.dedup import Deduper
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
 
 
 def load_real() -> tuple[list[str], list[str]]:
@@ -69,12 +77,26 @@ def stanford(seeds: list[str], cands: list[str], threshold: float = 0.7) -> list
     return out
 
 
-def camelid(seeds: list[str], cands: list[str], threshold: float = 0.7) -> list[dict | None]:
-    dd = Deduper(threshold, "en")
+def camelid(seeds: list[str], cands: list[str], threshold: float = 0.7, similarity: bool = True,
+            cls=Deduper) -> list[dict | None]:
+    dd = cls(threshold, "en") if cls is not Deduper else cls(threshold, "en", similarity=similarity)
     seed_tokens, tokens = dd.tokenize(seeds), dd.tokenize(cands)
     dd.intern(seed_tokens + tokens)
     dd.add(seeds, seed_tokens)
     return [v.fields() if v.keep else None for v in dd.offer_many(cands, tokens)]
+
+
+def command(seeds: list[str], cands: list[str], tmp: Path) -> tuple[float, list[bool]]:
+    """`camelid data dedup` in a fresh process, start-up included; returns (seconds, kept flags)."""
+    seed_file, src, out = tmp / "seeds.jsonl", tmp / "cands.jsonl", tmp / "out.jsonl"
+    seed_file.write_text("".join(json.dumps({"instruction": x}) + "\n" for x in seeds))
+    src.write_text("".join(json.dumps({"instruction": x, "n": i}) + "\n" for i, x in enumerate(cands)))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "camelid", "data", "dedup", str(src), "-o", str(out), "--lang", "en",
+                    "--seeds", str(seed_file)], check=True, stdout=subprocess.DEVNULL)
+    t = time.perf_counter() - t0
+    kept = {json.loads(x)["n"] for x in out.read_text().splitlines()}
+    return t, [i in kept for i in range(len(cands))]
 
 
 def compare(ref: list[dict | None], ours: list[dict | None]) -> int:
@@ -135,38 +157,79 @@ def part1(seeds: list[str], cands: list[str]) -> None:
     ours = camelid(seeds, cands)
     t_ours = time.perf_counter() - t0
     ties = compare(ref, ours)
+    with tempfile.TemporaryDirectory() as tmp:
+        t_cmd, kept_cmd = command(seeds, cands, Path(tmp))
+    assert kept_cmd == [r is not None for r in ref], "the command's decisions differ"
     kept = sum(r is not None for r in ref)
     print(f"  decisions identical: kept {kept}, rejected {len(cands) - kept}; avg_similarity_score equal to 1e-12; "
           f"top-10 scores identical ({ties} top-10 dicts order tied instructions differently)")
-    print(f"  Stanford loop (rouge_score, 1 process): {t_ref:8.2f} s")
-    print(f"  camelid Deduper:                        {t_ours:8.3f} s")
-    print(f"  speed-up: {t_ref / t_ours:,.0f}x")
+    print(f"  Stanford loop (rouge_score, 1 process):   {t_ref:8.2f} s")
+    print(f"  camelid Deduper, in process:              {t_ours:8.3f} s   {t_ref / t_ours:7,.0f}x")
+    print(f"  camelid data dedup, start-up included:    {t_cmd:8.3f} s   {t_ref / t_cmd:7,.0f}x")
 
 
-def part2(seeds: list[str], n: int) -> None:
+CONFIGS = {"previous": "previous filter (cdist, whole pool)", "fields": "indexed, with similarity fields",
+           "decide": "indexed, decisions only"}
+
+
+def run_config(config: str, n: int) -> dict:
+    """One configuration on n synthetic instructions, in this (fresh) process."""
+    seeds = load_real()[0]
     texts = synthetic(n)
+    cls = Deduper
+    if config == "previous":
+        sys.path.insert(0, str(ROOT))
+        from tests.data.dedup_reference import Deduper as cls
     t0, c0 = time.perf_counter(), time.process_time()
-    res = camelid(seeds, texts)
+    res = camelid(seeds, texts, similarity=config != "decide", cls=cls)
     t, c = time.perf_counter() - t0, time.process_time() - c0
-    kept = sum(r is not None for r in res)
-    print(f"synthetic: {len(texts):,} instructions + {len(seeds)} seeds: kept {kept:,}, rejected "
-          f"{len(texts) - kept:,} in {t:.1f} s wall, {c:.1f} s CPU (load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores)")
+    keep = bytes(r is not None for r in res)
+    return {"wall": t, "cpu": c, "kept": sum(keep), "decisions": hashlib.sha1(keep).hexdigest(),
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def part2(n: int, configs: list[str]) -> None:
+    print(f"synthetic: {n:,} instructions + 175 seeds (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+          f"cores; peak RSS includes the data set and the interpreter)")
+    runs = {}
+    for config in configs:
+        res = subprocess.run([sys.executable, __file__, "--_run", config, str(n)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"})
+        if res.returncode:
+            sys.exit(res.stderr[-3000:])
+        runs[config] = r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"  {CONFIGS[config]:<38} kept {r['kept']:>9,}  {r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU  "
+              f"peak RSS {r['rss_mb']:7,.0f} MB")
+    if len(runs) > 1:
+        same = len({r["decisions"] for r in runs.values()}) == 1
+        first = next(iter(runs.values()))["wall"]
+        ratios = ", ".join(f"{CONFIGS[k].split(',')[-1].strip()} {first / r['wall']:.1f}x"
+                           for k, r in list(runs.items())[1:])
+        print(f"  decisions identical: {same}; speed-up over the first: {ratios}")
+        if not same:
+            sys.exit("decisions differ")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="offer only the first N real candidates")
     ap.add_argument("--synthetic", type=int, default=52000, help="size of the synthetic set (0: skip)")
+    ap.add_argument("--million", type=int, default=1000000, help="size of the decisions-only set (0: skip)")
     ap.add_argument("--no-reference", action="store_true", help="skip part 1 (the reference loop takes minutes)")
+    ap.add_argument("--_run", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._run:
+        print(json.dumps(run_config(args._run[0], int(args._run[1]))))
+        return
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found")
     seeds, cands = load_real()
     if not args.no_reference:
         part1(seeds, cands[: args.limit] if args.limit else cands)
     if args.synthetic:
-        part2(seeds, args.synthetic)
+        part2(args.synthetic, ["previous", "fields", "decide"])
+    if args.million:
+        part2(args.million, ["decide"])
 
 
 if __name__ == "__main__":

@@ -103,6 +103,33 @@ def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: in
             "errors": errors[0]}
 
 
+def retry_after(model, convs: list[list[dict]], max_tokens: int, max_queue: int) -> tuple[int, float, float]:
+    """Fill the gate (1 running + max_queue waiting, distinct prompts after one warm-up measurement), send one more:
+    (its 429's Retry-After, seconds the admitted requests then took to drain, the gate's service-time estimate)."""
+    app = create_app(model, max_queue=max_queue, page=False)
+    gate = app.state.gate
+    with BackgroundServer(app) as srv:
+        def post(messages):
+            return httpx.post(srv.url + "/v1/chat/completions", timeout=300, json={
+                "messages": messages, "max_tokens": max_tokens, "temperature": 0})
+
+        post(convs[-1])
+        while gate.measured < 1:
+            time.sleep(0.01)
+        threads = [threading.Thread(target=post, args=(convs[i],)) for i in range(max_queue + 1)]
+        for t in threads:
+            t.start()
+        while gate.admitted < max_queue + 1:
+            time.sleep(0.005)
+        t0 = time.perf_counter()
+        r = post(convs[0])
+        assert r.status_code == 429, r.text
+        estimate = gate.service_s
+        for t in threads:
+            t.join()
+        return int(r.headers["Retry-After"]), time.perf_counter() - t0, estimate
+
+
 def merge(runs: list[dict]) -> dict:
     """The median round (by wall time) of repeated runs: this machine's load drifts, so conditions interleave."""
     return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
@@ -125,6 +152,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the median round is shown")
+    ap.add_argument("--queues", default="4,8", help="queue lengths for the Retry-After check ('' to skip)")
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
 
@@ -139,6 +167,8 @@ def main() -> None:
             results["direct"].append(direct(model, convs, args.max_tokens))
             for c in levels:
                 results[str(c)].append(over_http(srv.url, app.state.served_name, convs, args.max_tokens, c))
+    queues = [int(x) for x in args.queues.split(",") if x]
+    checks = [(q, *retry_after(model, convs, args.max_tokens, q)) for q in queues]
     model.close()
 
     n, base = args.requests, merge(results["direct"])
@@ -153,6 +183,9 @@ def main() -> None:
     print(f"per-round x direct at {levels[0]} client(s): " + ", ".join(f"{x:.2f}" for x in ratios))
     print("x direct: requests/s relative to the backend called directly (1.00 = no overhead); ms/req +: wall time "
           "added per request; same: answers identical to the direct greedy ones; ttft in ms.")
+    for q, after, drained, service in checks:
+        print(f"queue full (1 running + {q} waiting): Retry-After {after} s, drained in {drained:.1f} s "
+              f"(ratio {after / drained:.2f}; service-time estimate {service:.2f} s)")
 
 
 if __name__ == "__main__":

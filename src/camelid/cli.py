@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import threading
 
 import click
 import typer
 
-from camelid.core.io import CamelidError
+from camelid import _interrupted_while_starting
+from camelid.core.errors import CamelidError, interrupted_line, os_error_line
 from camelid.data.cli import app as data_app
-from camelid.evaluate.cli import app as eval_app, arena
+from camelid.evaluate.cli import app as eval_app
+from camelid.evaluate.cli import arena
 from camelid.generate.cli import app as generate_app
-from camelid.modelfiles.cli import app as export_app, model_app
+from camelid.modelfiles.cli import app as export_app
+from camelid.modelfiles.cli import model_app
 from camelid.models.cli import app as models_app
 from camelid.pipeline.cli import app as pipeline_app
 from camelid.serve.cli import app as serve_app
@@ -64,32 +71,90 @@ def _exceptions() -> tuple[tuple, tuple, tuple]:
 EXIT, USAGE, ABORT = _exceptions()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that temps are removed and the command says what it kept."""
+
+
+_signalled: list[int] = []  # the signals that interrupted this command (typer hides them: Exit(130) as a return)
+
+
+def _on_sigterm(signum, frame) -> None:
+    _signalled.append(signum)
+    raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    _signalled.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interruption(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind an exception (click turns Ctrl-C into Abort), or None."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _interrupted(e: BaseException) -> int:
+    print(interrupted_line(), file=sys.stderr)
+    return 143 if isinstance(_interruption(e), Terminated) or signal.SIGTERM in _signalled[-1:] else 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors print one line and exit 1; no tracebacks for what the user can fix."""
+    """Entry point: user errors, OS errors (disk full, a directory for a file, a read-only disk) and interruptions
+    print one line and exit non-zero; no tracebacks for what the user can fix."""
+    old_term = old_int = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) in (_interrupted_while_starting, signal.default_int_handler):
+            old_int = signal.signal(signal.SIGINT, _on_sigint)  # KeyboardInterrupt as ever, and noted
     try:
-        rv = app(args=argv, prog_name="camelid", standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
-    except EXIT as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0)) or 0
-    except USAGE as e:
-        if getattr(e, "ctx", None) is not None and type(e).__name__ == "NoArgsIsHelpError":
-            print(e.ctx.get_help())
-            code = 0
-        else:
-            e.show()
-            code = e.exit_code
-    except ABORT:
-        print("camelid: aborted", file=sys.stderr)
-        code = 130
-    except CamelidError as e:
-        print(f"camelid: error: {e}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("camelid: interrupted", file=sys.stderr)
-        code = 130
+        code = _run(argv)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is _interrupted_while_starting else old_term)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _run(argv: list[str] | None) -> int:
+    _signalled.clear()
+    try:
+        rv = app(args=argv, prog_name="camelid", standalone_mode=False)
+        if rv == 130 and _signalled:  # typer returns Exit(130) for a KeyboardInterrupt in non-standalone mode
+            print(interrupted_line(), file=sys.stderr)
+            return 143 if _signalled[-1] == signal.SIGTERM else 130
+        return rv if isinstance(rv, int) else 0
+    except EXIT as e:
+        if _interruption(e) is not None:  # typer turns Ctrl-C into Exit(130): say so, and what was kept
+            return _interrupted(e)
+        return getattr(e, "exit_code", getattr(e, "code", 0)) or 0
+    except USAGE as e:
+        if getattr(e, "ctx", None) is not None and type(e).__name__ == "NoArgsIsHelpError":
+            print(e.ctx.get_help())
+            return 0
+        e.show()
+        return e.exit_code
+    except (*ABORT, KeyboardInterrupt) as e:
+        if _interruption(e) is None:
+            print("camelid: aborted", file=sys.stderr)
+            return 130
+        return _interrupted(e)
+    except CamelidError as e:
+        print(f"camelid: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `camelid data show ... | head`: the reader left; nothing to report
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
+        return 1
+    except OSError as e:
+        print(f"camelid: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

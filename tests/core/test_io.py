@@ -29,11 +29,14 @@ def test_the_appender_cuts_a_torn_last_line_and_goes_on(tmp_path):
     assert [row["i"] for _, row in read_jsonl(path)] == [0, 1, 2]
 
 
-def test_a_complete_but_unparsable_last_line_is_cut_too(tmp_path):
+def test_a_complete_but_unparsable_last_line_is_kept_and_reported_with_its_line(tmp_path):
+    """Only a torn tail (no newline) can come from a crash; a complete bad line is someone's edit: never cut."""
     path = tmp_path / "rows.jsonl"
     path.write_text('{"i": 0}\n{"i": 1, \n')
     JsonlAppender(path).close()
-    assert path.read_text() == '{"i": 0}\n'
+    assert path.read_text() == '{"i": 0}\n{"i": 1, \n'
+    with pytest.raises(DataError, match=r"rows.jsonl:2: malformed JSON"):
+        list(read_jsonl(path))
 
 
 def test_bad_jsonl_names_the_line(tmp_path):

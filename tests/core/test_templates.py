@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from camelid.core.templates import get_template, trained
+from camelid.core.templates import TemplateError, get_template, trained
 from camelid.core.tokenize import IGNORE_INDEX, encode
 
 # tatsu-lab/stanford_alpaca train.py PROMPT_DICT, byte for byte
@@ -126,3 +128,40 @@ def tokenizer():
     from camelid.models.checkpoint import embedded_hf_dir
 
     return AutoTokenizer.from_pretrained(embedded_hf_dir())
+
+
+# ------------------------------------------------------------------ issue 16, item 4: system messages never dropped
+SYSTEM_CONV = [{"role": "system", "content": "Answer like a pirate."}, {"role": "user", "content": "Name a color."},
+               {"role": "assistant", "content": "Red, arr."}]
+
+
+@pytest.mark.parametrize("name", ["alpaca", "alpaca_ko", "self-instruct"])
+def test_a_system_message_is_refused_by_every_form_of_a_template_that_has_no_place_for_it(tokenizer, name):
+    # reference: Stanford's/KULLM's/Self-Instruct's prompts have no system slot, and `data convert --to alpaca`
+    # refuses the same record; the segment builder and the Jinja form (run by transformers) refuse it alike
+    t = get_template(name)
+    for gen, conv in ((False, SYSTEM_CONV), (True, SYSTEM_CONV[:2])):
+        with pytest.raises(TemplateError, match="no place for a system message"):
+            t.segments(conv, gen)
+        with pytest.raises(Exception, match="no place for a system message"):
+            tokenizer.apply_chat_template(conv, chat_template=t.jinja_chat_template(), tokenize=False,
+                                          add_generation_prompt=gen)
+    # an empty system message loses nothing: the same text as without it, in both forms
+    empty = [{"role": "system", "content": ""}, *SYSTEM_CONV[1:]]
+    assert t.render(empty) == t.render(SYSTEM_CONV[1:])
+    assert t.render(empty[:2], True) == tokenizer.apply_chat_template(  # self-instruct varies trained formats
+        empty[:2], chat_template=t.jinja_chat_template(), tokenize=False, add_generation_prompt=True)
+
+
+def test_data_render_and_convert_refuse_the_same_system_record_with_its_location(tmp_path, capsys):
+    from camelid.cli import main
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"id": "pirate", "messages": SYSTEM_CONV}) + "\n", encoding="utf-8")
+    for argv in (["data", "convert", str(path), str(tmp_path / "out.json"), "--to", "alpaca"],
+                 ["data", "render", str(path), "--template", "alpaca", "--no-color"]):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code != 0 and "Traceback" not in out + err, argv
+        assert str(path) in err and "system" in err, (argv, err)
+    assert not (tmp_path / "out.json").exists()

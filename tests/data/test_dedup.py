@@ -1,4 +1,5 @@
-"""Near-duplicate filtering: Stanford's decisions exactly (against rouge_score itself), Korean and Chinese."""
+"""Near-duplicate filtering: Stanford's decisions exactly (against rouge_score itself and against camelid's previous
+filter, which scored every candidate against the whole pool), Korean and Chinese."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 
 from camelid.cli import main
 from camelid.data.dedup import Deduper, chinese_tokens, dedup_file, detect_lang, korean_tokens, rouge_tokens
+from camelid.generate.prompts import default_seeds, load_seeds
+
+from .dedup_reference import Deduper as PreviousDeduper
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 
@@ -58,6 +62,53 @@ def _assert_same(ref: list[dict | None], ours: list[dict | None]) -> None:
             assert r["avg_similarity_score"] == pytest.approx(o["avg_similarity_score"], abs=1e-12)
 
 
+def _assert_same_as_previous(seeds: list[str], cands: list[str], lang: str = "en", threshold: float = 0.7,
+                             batch: int | None = None) -> list[bool]:
+    """The indexed filter (with and without the similarity fields) against the previous one, verdict by
+    verdict; `batch` offers the candidates a few at a time, as generation does (the index re-ranks as it grows)."""
+    def run(dd) -> list:
+        dd.add(seeds)
+        if batch is None:
+            return dd.offer_many(cands)
+        return [v for i in range(0, len(cands), batch) for v in dd.offer_many(cands[i:i + batch])]
+
+    old = run(PreviousDeduper(threshold, lang))
+    new = run(Deduper(threshold, lang))
+    bare = run(Deduper(threshold, lang, similarity=False))
+    assert [v.keep for v in old] == [v.keep for v in new] == [v.keep for v in bare]
+    for o, n, b in zip(old, new, bare):
+        if o.keep:
+            assert (n.most_similar, n.score, n.similar_to) == (o.most_similar, o.score, o.similar_to)
+            assert b.score is None
+            # the previous filter summed a block's pool part and its in-block part apart: one ulp or two
+            assert n.avg == o.avg if batch == 1 else n.avg == pytest.approx(o.avg, abs=1e-12)
+        else:
+            assert (n.score, n.similar_to) == (b.score, b.similar_to) == (o.score, o.similar_to)
+    return [v.keep for v in old]
+
+
+def _synthetic(n: int, seed: int, vocab: list[str], join: str = " ", dup_share: float = 0.3) -> list[str]:
+    """Zipf-distributed words with near-duplicates of earlier texts (a word replaced, dropped or added)."""
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) ** 1.1 for i in range(len(vocab))]
+    out: list[str] = []
+    for _ in range(n):
+        if out and rng.random() < dup_share:
+            w = rng.choice(out).split(join) if join else list(rng.choice(out))
+            for _ in range(rng.randint(1, 2)):
+                j, op = rng.randrange(len(w)), rng.random()
+                if op < 0.4:
+                    w[j] = rng.choices(vocab, weights)[0]
+                elif op < 0.7 and len(w) > 3:
+                    del w[j]
+                else:
+                    w.insert(j, rng.choices(vocab, weights)[0])
+            out.append(join.join(w))
+        else:
+            out.append(join.join(rng.choices(vocab, weights, k=rng.randint(4, 24))))
+    return out
+
+
 def test_tokenizer_is_rouge_scores_token_for_token(shared_data):
     seeds, cands = _real_instructions(shared_data)
     tricky = ["İstanbul's ÇAĞ-2 naïve café_au_lait", "x\ny\tz  ", "ＡＢＣ１２３ full width", "한국어 only", "!!!", "",
@@ -74,6 +125,47 @@ def test_decisions_and_scores_equal_stanfords_loop_on_real_instructions(shared_d
     assert any(r is None for r in ref) and any(r is not None for r in ref)
     _assert_same(ref, _camelid(seeds, cands))
     _assert_same(ref, _camelid(seeds, cands, block=7))  # many blocks: the in-block greedy order matters
+
+
+def test_indexed_filter_equals_the_previous_one_on_real_instructions(shared_data):
+    seeds, cands = _real_instructions(shared_data)
+    keep = _assert_same_as_previous(seeds, cands)
+    assert 0 < keep.count(False) < len(cands)
+    for threshold in (0.3, 0.5, 0.9, 1.0):  # other thresholds move the prefix and length bounds
+        _assert_same_as_previous(seeds, cands[:300], threshold=threshold)
+
+
+def test_indexed_filter_equals_the_previous_one_on_synthetic_instructions():
+    vocab = [f"w{i}" for i in range(3000)]
+    seeds = _synthetic(175, 0, vocab, dup_share=0)
+    keep = _assert_same_as_previous(seeds, _synthetic(3000, 1, vocab))
+    assert keep.count(False) > 500
+    # a few at a time, with new words arriving as the pool grows: the index re-ranks (at 512, 1024, 2048 entries)
+    vocab2 = vocab + [f"new{i}" for i in range(2000)]
+    _assert_same_as_previous(seeds, _synthetic(3000, 2, vocab2[::-1]), batch=16)
+    # tiny texts, empty ones, repeated tokens
+    tiny = _synthetic(800, 3, ["a", "b", "c", "d", "e", "the"], dup_share=0.5) + ["", "!!!", "a a a a", "a a a"]
+    _assert_same_as_previous(["", "a b c"], tiny, batch=7)
+    _assert_same_as_previous(seeds, _synthetic(1000, 5, vocab2), batch=1)  # generation before: offer one at a time
+
+
+def test_indexed_filter_equals_the_previous_one_in_korean_and_chinese(shared_data):
+    rows = [json.loads(x) for x in open(shared_data / "kullm/user_oriented_instructions_eval_ko.jsonl")]
+    originals = [r["instruction"] for r in rows]
+    rng = random.Random(3)
+    cands = originals + [_perturb_ko(t, rng) for t in originals]
+    rng.shuffle(cands)
+    ko_seeds = [t.instruction for t in load_seeds(default_seeds("ko"))]
+    keep = _assert_same_as_previous(ko_seeds, cands, lang="ko")
+    assert keep.count(False) >= 200
+    _assert_same_as_previous(ko_seeds, cands, lang="ko", batch=16)
+
+    zh_seeds = [t.instruction for t in load_seeds(default_seeds("zh"))]
+    chars = sorted({c for t in zh_seeds for c in t if "\u4e00" <= c <= "\u9fff"})
+    zh = _synthetic(1500, 4, chars, join="")
+    keep = _assert_same_as_previous(zh_seeds, zh, lang="zh")
+    assert 100 < keep.count(False) < 1400
+    _assert_same_as_previous(zh_seeds, zh, lang="zh", batch=16)
 
 
 def test_scores_exactly_at_the_threshold_decide_as_rouge_score_does():
@@ -185,6 +277,11 @@ def test_dedup_command_writes_kept_records_and_the_rejected_sidecar(tmp_path, ca
     rejected = [json.loads(x) for x in (tmp_path / "dedup.rejected.jsonl").read_text().splitlines()]
     assert rejected[0]["reason"] == "near_duplicate" and rejected[0]["similar_to"] == rows[0]["instruction"]
     assert rejected[0]["similarity"] > 0.7
+
+    bare = tmp_path / "bare.jsonl"  # decisions only: the same records, without Stanford's similarity fields
+    assert main(["data", "dedup", str(src), "-o", str(bare), "--no-similarity"]) == 0
+    assert [json.loads(x) for x in bare.read_text().splitlines()] == [rows[0], rows[2]]
+    assert (tmp_path / "bare.rejected.jsonl").read_text() == (tmp_path / "dedup.rejected.jsonl").read_text()
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(json.dumps({"instruction": "Translate the sentence into French.", "instances": []}) + "\n")

@@ -11,7 +11,7 @@ import pytest
 
 from camelid.core.io import CamelidError, DataError
 from camelid.data import formats as F
-from camelid.data import records
+from camelid.core import records  # the one reader (camelid.data.records re-exports it)
 from camelid.data.formats import convert, detect_format, iter_records, read_conversations, validate_file
 
 FIX = Path(__file__).parent / "fixtures"

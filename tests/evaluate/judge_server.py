@@ -1,9 +1,10 @@
 """A scripted LLM judge behind a real OpenAI-compatible HTTP server on loopback.
 
 The embedded 135M model rarely writes a verdict, so the verdict logic (swap, tie rule, win rates) is checked against
-judges whose behaviour is known: `first` always prefers the answer shown first (pure position bias), `longer`
-prefers the longer answer (length bias) unless one answer is marked BEST or WORST. Single grading scores
-1 + len(answer) // 40 (capped at 10), and any answer containing NOVERDICT gets a reply without a rating.
+judges whose behaviour is known (they read camelid's prompts and FastChat's MT-bench ones): `first` always prefers
+the answer shown first (pure position bias), `longer` prefers the longer answer (length bias) unless one answer is
+marked BEST or WORST. Single grading scores 1 + len(answer) // 40 (capped at 10), and any answer containing
+NOVERDICT gets a reply without a rating.
 """
 
 from __future__ import annotations
@@ -27,9 +28,23 @@ def _last_reply(conv: str | None) -> str | None:
     return re.split(r"### [^\n]*Assistant[^\n]*:\n", conv)[-1] if conv is not None else None
 
 
+def _fastchat_section(text: str, name: str) -> str | None:
+    """A section of FastChat's MT-bench prompts: `[The Start of NAME]...` or `<|The Start of NAME|>...`."""
+    m = re.search(r"\[The Start of {n}\]\n(.*?)\n\[The End of {n}\]|<\|The Start of {n}\|>\n\n(.*?)\n\n"
+                  r"<\|The End of {n}\|>".format(n=re.escape(name)), text, re.S)
+    return (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
+
+
+def _answer(user: str, who: str) -> str | None:
+    """Assistant `who`'s (last) answer in camelid's prompts or in FastChat's."""
+    return (_section(user, f"Assistant {who}'s answer")
+            or _last_reply(_section(user, f"Conversation with Assistant {who}"))
+            or _fastchat_section(user, f"Assistant {who}'s Answer")
+            or _last_reply(_fastchat_section(user, f"Assistant {who}'s Conversation with User")))
+
+
 def judge_reply(policy: str, user: str) -> str:
-    a = _section(user, "Assistant A's answer") or _last_reply(_section(user, "Conversation with Assistant A"))
-    b = _section(user, "Assistant B's answer") or _last_reply(_section(user, "Conversation with Assistant B"))
+    a, b = _answer(user, "A"), _answer(user, "B")
     if a is not None and b is not None:
         if policy == "first":
             return "Assistant A looks better to me.\n\n[[A]]"
@@ -40,7 +55,9 @@ def judge_reply(policy: str, user: str) -> str:
         if len(a) == len(b):
             return "Both are the same length.\n\n[[C]]"
         return "The longer answer is more complete.\n\n" + ("[[A]]" if len(a) > len(b) else "[[B]]")
-    ans = _section(user, "Assistant's answer") or _section(user, "어시스턴트의 답변") or ""
+    ans = (_section(user, "Assistant's answer") or _section(user, "어시스턴트의 답변")
+           or _fastchat_section(user, "Assistant's Answer")
+           or _last_reply(_fastchat_section(user, "Assistant A's Conversation with User")) or "")
     if "NOVERDICT" in ans:
         return "I cannot decide on this one."
     return f"A fair answer.\n\nRating: [[{min(10, 1 + len(ans) // 40)}]]"

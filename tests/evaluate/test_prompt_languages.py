@@ -7,7 +7,8 @@ from importlib import resources
 
 import pytest
 
-from camelid.evaluate.judge import LABELS, load_prompt, parse_score, parse_verdict
+from camelid.core.io import CamelidError
+from camelid.evaluate.judge_prompts import LABELS, check_prompt_set, load_prompt, parse_score, parse_verdict
 from camelid.evaluate.questions import detect_lang
 
 NAMES = sorted({p.name.split(".")[0] for p in resources.files("camelid.evaluate").joinpath("prompts").iterdir()
@@ -34,3 +35,9 @@ def test_chinese_questions_are_judged_with_the_chinese_prompts_and_labels():
     assert detect_lang("Hello there") == "en"
     assert set(LABELS["zh"]) == set(LABELS["en"])
     assert parse_verdict("助手 A 的回答更准确。[[A]]") == "A"
+
+
+def test_chinese_is_a_judge_language_of_camelids_set_and_refused_for_fastchats_english_one():
+    check_prompt_set("camelid", "zh")
+    with pytest.raises(CamelidError, match="English only"):
+        check_prompt_set("mt-bench", "zh")

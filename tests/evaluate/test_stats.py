@@ -1,4 +1,8 @@
+import json
+import warnings
+
 import numpy as np
+import pytest
 
 from camelid.evaluate.stats import (arena_summary, bootstrap_ci, bradley_terry, length_controlled_win_rate,
                                     pairwise_summary, relative_scores)
@@ -54,3 +58,43 @@ def test_vicuna_relative_score_is_total_over_baseline_total_on_common_turns():
             {"model": "base", "question_id": 2, "turn": 1, "score": 8},
             {"model": "m", "question_id": 3, "turn": 1, "score": 10}]  # no baseline score: left out
     assert relative_scores(rows, "base") == {"m": 10 / 16, "base": 1.0}
+
+
+@pytest.mark.parametrize("n, bias, cv_agrees", [(805, -0.6, True), (805, 0.6, True), (300, 0.3, True),
+                                                (200, -0.3, False), (100, 0.0, False)])
+def test_length_controlled_win_rate_is_alpaca_evals_length_controlled_minimal_glm(shared_data, n, bias, cv_agrees):
+    """The GLM of AlpacaEval's `length_controlled_minimal` (intercept + tanh of the standardized length difference,
+    read at zero difference), fitted by maximum likelihood. AlpacaEval fits it with a cross-validated L1 penalty:
+    the same figure on large sets, and on some small ones the penalty shrinks it to exactly 50%."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("patsy")
+    import pandas as pd
+
+    from . import alpaca_eval_glm as ae
+
+    data = json.loads((shared_data / "alpaca_eval" / "example_outputs.json").read_text())
+    rng = np.random.default_rng(n + int(10 * bias))
+    idx = rng.choice(len(data), n, replace=False)
+    base = [data[i]["output"] for i in idx]
+    model = [((b * 3)[: int(len(b) * m)] or "x") for b, m in zip(base, rng.choice([0.5, 1.5, 2.5], n))]  # longer
+    d = np.array([len(m) - len(b) for m, b in zip(model, base)], float)
+    p = 1 / (1 + np.exp(-(bias + 1.2 * np.tanh(d / d.std()))))  # a judge that likes length
+    y = np.where(rng.random(n) < p, 1.0, 0.0)
+    y[rng.random(n) < 0.1] = 0.5  # some ties
+    winner = {1.0: "model_1", 0.5: "tie", 0.0: "model_2"}
+    rows = [{"model_1": "model", "model_2": "baseline", "question_id": i, "winner": winner[v], "length_1": len(m),
+             "length_2": len(b)} for i, (v, m, b) in enumerate(zip(y, model, base))]
+    ours = pairwise_summary(rows, n_boot=1)[0]["lc_win_rate"]
+    # AlpacaEval: output_1 is the baseline, output_2 the model; preference 2 = the model wins, 1.5 = a draw
+    df = pd.DataFrame({"output_1": base, "output_2": model, "preference": 1 + y, "index": np.arange(n)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's deprecation notes about AlpacaEval's arguments
+        cv = ae.get_length_controlled_winrate(df, "length_controlled_minimal")
+        ml = ae.get_length_controlled_winrate(df, "length_controlled_minimal", glm_info=dict(
+            ae.GLM_INFO["length_controlled_minimal"], kwargs={"n_splits": 0, "C": 1e8}))  # no penalty to speak of
+    assert abs(ours - ml) < 2e-4  # the same GLM
+    assert abs(float(np.mean(y)) - ml) > 0.02  # and the length control moved the figure: the check has teeth
+    if cv_agrees:
+        assert abs(ours - cv) < 1e-3
+    else:
+        assert cv == 0.5 and abs(ours - 0.5) > 0.02

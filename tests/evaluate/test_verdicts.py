@@ -3,12 +3,14 @@ import re
 
 import pytest
 
-from camelid.evaluate.judge import combine, load_prompt, parse_score, parse_verdict
+from camelid.evaluate.judge import combine
+from camelid.evaluate.judge_prompts import load_prompt, parse_score, parse_verdict
 
 
 @pytest.mark.parametrize("text, score", [
     ("Good answer. Rating: [[7]]", 7.0), ("[[8.5]]", 8.5), ("Score [[ 9 ]] overall", 9.0), ("[[7/10]]", 7.0),
     ('As in "Rating: [[5]]" ... my rating: [[3]]', 3.0),  # the last one is the verdict
+    ("Rating: [[7.]]", 7.0),
     ("Rating: [6]", 6.0), ("평점: [[4]]", 4.0), ("no verdict at all", None), ("[[0]]", None), ("[[11]]", None),
 ])
 def test_rating_is_parsed_in_the_spellings_judges_use(text, score):

@@ -19,10 +19,11 @@ from camelid.generate import alpaca
 from camelid.generate.filters import INSTANCE_REASONS, INSTRUCTION_REASONS
 from camelid.generate.generator import GenerateConfig, generate, sidecar_paths
 from camelid.generate.prompts import default_seeds, load_seeds, prompt_file
+from camelid.generate.quality import OUTPUT_REASONS
 
 ROW_KEYS = {"instruction", "input", "output", "most_similar_instructions", "avg_similarity_score"}
-REASONS = set(INSTRUCTION_REASONS) | set(INSTANCE_REASONS) | {"malformed", "truncated", "empty_output",
-                                                               "no_valid_instances"}
+REASONS = set(INSTRUCTION_REASONS) | set(INSTANCE_REASONS) | set(OUTPUT_REASONS) | {
+    "malformed", "truncated", "empty_output", "no_valid_instances"}
 # greedy decoding and a seed under which the embedded model's first replies hold well-formed tasks
 GREEDY = dict(temperature=0.0, max_tokens=128, seed=1, request_batch_size=1)
 

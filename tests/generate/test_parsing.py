@@ -134,7 +134,7 @@ def test_bad_seed_files_name_file_line_and_field(tmp_path):
                  + json.dumps({"instruction": "x", "instances": [{"input": 3, "output": "y"}]}) + "\n")
     with pytest.raises(DataError) as e:
         load_seeds(p)
-    assert str(e.value).splitlines() == [f"{p}:2: field 'instruction': missing or empty",
+    assert str(e.value).splitlines() == [f"{p}:2: field 'instruction': empty",
                                          f"{p}:3: field 'instances': every instance needs string 'input' and 'output'"]
     alpaca_rows = tmp_path / "rows.json"
     alpaca_rows.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}]))

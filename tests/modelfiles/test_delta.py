@@ -167,3 +167,41 @@ def test_low_memory_apply_peak_memory_stays_near_one_shard(tmp_path):
     assert peaks["default"] > model_mib * 0.9  # the default writes one 5GB-max shard: the whole model here
     assert len(list((tmp_path / "target-low").glob("model-*.safetensors"))) >= 12
     assert verify_same(tmp_path / "tuned", tmp_path / "target-low") is None
+
+
+def test_a_delta_never_holds_the_tuned_weights_in_any_format(tmp_path, capsys):
+    # issue 16, item 8: a run directory beside its safetensors may hold the same weights as GGUF (camelid export
+    # --gguf writes it there), torch .bin/.pt, numpy, or a renamed copy; none of them may reach the delta
+    import numpy as np
+
+    from camelid.models.spec import embedded_gguf
+
+    g = torch.Generator().manual_seed(3)
+    base = {"w": torch.randn(32, 16, generator=g), "b": torch.randn(16, generator=g)}
+    tuned = {k: v + 0.01 for k, v in base.items()}
+    _save(tmp_path / "base", base)
+    t = _save(tmp_path / "tuned", tuned)
+    (t / "tokenizer_config.json").write_text("{}")
+    (t / "README.md").write_text("a fine-tune\n")
+    (t / "model.gguf").symlink_to(embedded_gguf())  # the real GGUF, as export --gguf leaves it in a run
+    (t / "model-Q8_0.gguf.part").write_bytes(b"GGUF" + b"\0" * 64)
+    torch.save(tuned, t / "pytorch_model.bin")
+    torch.save(tuned, t / "weights.pt")
+    torch.save(tuned, t / "tuned.weights")  # a renamed torch file: found by content
+    np.save(t / "w.npy", tuned["w"].numpy())
+    save_file(tuned, str(t / "copy.data"))  # a renamed safetensors file: found by content
+    weight_files = [p for p in t.iterdir() if p.name not in ("config.json", "tokenizer_config.json", "README.md")]
+    assert main(["weights", "diff", f"hf:{tmp_path / 'base'}", f"hf:{t}", "-o", str(tmp_path / "delta")]) == 0
+    err = capsys.readouterr().err
+    delta = tmp_path / "delta"
+    names = sorted(p.name for p in delta.iterdir())
+    assert names == ["README.md", "config.json", "delta.json", "delta.safetensors", "tokenizer_config.json"]
+    tuned_hashes = {sha256_file(p) for p in weight_files}
+    assert not tuned_hashes & {sha256_file(p) for p in delta.iterdir()}
+    stored = load_file(str(delta / "delta.safetensors"))
+    assert all(not torch.equal(stored[k].view(torch.float32), v) for k, v in tuned.items())
+    left = json.loads((delta / "delta.json").read_text())["left_out"]
+    assert sorted(x.split(" ")[0] for x in left) == sorted(p.name for p in weight_files if p.name != "model.safetensors")
+    assert all(p.name in err for p in weight_files if p.name != "model.safetensors")
+    assert main(["weights", "apply", f"hf:{tmp_path / 'base'}", str(delta), "-o", str(tmp_path / "target")]) == 0
+    assert verify_same(t, tmp_path / "target") is None

@@ -251,3 +251,52 @@ def test_modelfile_carries_template_stops_and_default_system():
     alpaca = modelfile("m.gguf", get_template("alpaca"), "<s>", "<|im_end|>")
     assert 'PARAMETER stop "### Instruction:"' in alpaca and "{{ .Content }}<|im_end|>" in alpaca
     assert "SYSTEM" not in alpaca
+
+
+@pytest.fixture()
+def run_on_unreadable_base(lora_run, base_dir, tmp_path) -> Path:
+    """The LoRA run, its base's weights replaced by garbage: any command that starts merging fails on them, so an
+    argument error that names the argument proves the arguments were checked before the (expensive) merge."""
+    base = tmp_path / "base"
+    base.mkdir()
+    for f in base_dir.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors"):
+            shutil.copy(f, base / f.name)
+    (base / "model.safetensors").write_bytes(b"\0" * 64)
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    conf = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(json.dumps({**conf, "base_model_name_or_path": str(base)}))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "f").write_text("x")
+    (tmp_path / "taken.gguf").write_text("x")
+    return run
+
+
+BAD_EXPORTS = [  # (arguments, what the one-line error names)
+    (["--gguf", "--outtype", "q4_k_m"], "--outtype 'q4_k_m'"),
+    (["--gguf", "--outtype", "Q8_0"], "--outtype 'Q8_0'"),
+    (["--gguf", "--outtype", ""], "--outtype ''"),
+    (["--gguf", "--template", "no-such"], "unknown template 'no-such'"),
+    (["--gguf", "-o", "{tmp}/model.bin"], "must end in .gguf"),
+    (["--gguf", "-o", "{tmp}/taken.gguf"], "already exists"),
+    (["--merge", "--outtype", "f16"], "--outtype applies to --gguf only"),
+    (["--merge", "--template", "alpaca"], "--template applies to --gguf only"),
+    (["--merge", "-o", "{tmp}/taken"], "already exists"),
+    (["--merge", "--gguf"], "choose one of --merge or --gguf"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_EXPORTS, ids=[" ".join(a) for a, _ in BAD_EXPORTS])
+def test_export_refuses_bad_arguments_before_reading_any_weights(run_on_unreadable_base, tmp_path, capsys, argv,
+                                                                 message):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["export", str(run_on_unreadable_base), *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "Traceback" not in err and message in err, err
+    assert len(err.splitlines()) == 1 and "safetensors" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp left behind
+    # and with good arguments the same command does reach the weights (so the fixture would have caught a merge)
+    if argv == ["--gguf", "--outtype", "q4_k_m"]:
+        with pytest.raises(Exception, match="(?i)header"):  # safetensors' own error on the garbage weights
+            main(["export", str(run_on_unreadable_base), "--gguf", "-o", str(tmp_path / "ok.gguf")])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
+import re
 import socket
 import subprocess
 import sys
@@ -111,6 +114,92 @@ class FaultServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+WORDS = ("explain describe compare summarize classify list suggest rewrite translate evaluate estimate name choose "
+         "the a an of for with about between two three several common simple short long modern ancient local "
+         "healthy quiet famous useful strange river mountain city garden kitchen school market library bridge "
+         "winter summer history science music poetry weather travel budget recipe language habit friendship "
+         "planet ocean forest desert village engine bicycle letter story question answer reason method plan").split()
+
+
+class TeacherServer:
+    """A fast, deterministic OpenAI-compatible teacher (/v1/completions and /v1/chat/completions) for `generate`:
+    each reply is a numbered Alpaca task list drawn from a hash of the prompt, so the same prompt always gets the
+    same reply whatever the order or the concurrency. A few tasks repeat an earlier one (near-duplicates), a few
+    are malformed, and replies come back after a small random delay, out of order."""
+
+    def __init__(self, tasks: int = 5, max_delay: float = 0.02):
+        self.tasks, self.max_delay = tasks, max_delay
+        self.hits = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                body = json.dumps({"object": "list", "data": [{"id": "teacher", "object": "model"}]}).encode()
+                self._send(body)
+
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                with server.lock:
+                    server.hits += 1
+                prompt = req.get("prompt") or "".join(m["content"] for m in req.get("messages", []))
+                text = server.reply(prompt)
+                time.sleep(server.max_delay * (int(hashlib.sha256(prompt.encode()).hexdigest()[:4], 16) / 65535))
+                usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
+                         "total_tokens": (len(prompt) + len(text)) // 4}
+                if "messages" in req:
+                    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    body = {"id": "t", "object": "chat.completion", "created": 0, "model": "teacher",
+                            "choices": [choice], "usage": usage}
+                else:
+                    body = {"id": "t", "object": "text_completion", "created": 0, "model": "teacher",
+                            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                            "usage": usage}
+                try:
+                    self._send(json.dumps(body).encode())
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _send(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reply(self, prompt: str) -> str:
+        """The continuation of an Alpaca prompt (which ends with `4. Instruction:`): tasks 4, 5, ..."""
+        rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+        m = re.search(r"(\d+)\. Instruction:\s*$", prompt)
+        n = int(m.group(1)) if m else 1
+        pieces, earlier = [], []
+        for j in range(self.tasks):
+            if earlier and rng.random() < 0.15:
+                inst = earlier[0]  # a near-duplicate of an earlier task
+            else:
+                inst = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 12))).capitalize() + "."
+                earlier.append(inst)
+            if rng.random() < 0.1:
+                pieces.append(f" {inst}\n{n + j}. Output:\nmissing its input label\n")  # malformed
+            else:
+                pieces.append(f" {inst}\n{n + j}. Input:\n<noinput>\n{n + j}. Output:\n"
+                              + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 15))) + "\n")
+        return "###\n".join(p if i == 0 else f"{n + i}. Instruction:{p}" for i, p in enumerate(pieces)) + "###\n"
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from camelid.core.io import CamelidError
+from camelid.generate.distill import DistillConfig
 from camelid.generate.generator import GenerateConfig
 from camelid.models import parse_spec
 from camelid.pipeline.recipe import load_recipe
@@ -36,7 +37,9 @@ def test_shipped_recipe_matches_the_commands_it_drives(path):
     if recipe.generate is not None:
         gen = GenerateConfig(**{**recipe.settings("generate"), "output": "x.jsonl"})
         parse_spec(gen.model, base_urls=gen.base_url)
-    if recipe.eval is not None:
+    if recipe.distill is not None:
+        parse_spec(DistillConfig(**{**recipe.distill, "output": "x.jsonl"}).model)
+    if recipe.eval is not None and recipe.eval.judge != "none":
         parse_spec(recipe.eval.judge, base_urls=recipe.eval.judge_base_url or None)
     assert recipe.enabled("train")
 
@@ -54,3 +57,11 @@ def test_an_unknown_setting_in_a_recipe_is_refused_with_its_place(tmp_path):
 def test_overrides_reach_the_sections(tmp_path):
     recipe = load_recipe(RECIPES[0].parent / "quickstart.yaml", ["generate.num=3", "train.method=full", "seed=7"])
     assert recipe.generate.num == 3 and recipe.train.method == "full" and recipe.seed == 7
+
+
+def test_the_eval_judge_prompt_set_is_a_recipe_setting(tmp_path):
+    recipe = load_recipe(RECIPES[0].parent / "quickstart.yaml", ["eval.prompts=mt-bench"])
+    assert recipe.eval.prompts == "mt-bench"
+    assert load_recipe(RECIPES[0].parent / "quickstart.yaml").eval.prompts == "camelid"
+    with pytest.raises(CamelidError, match=r"eval\.prompts"):
+        load_recipe(RECIPES[0].parent / "quickstart.yaml", ["eval.prompts=fastchat"])

@@ -64,6 +64,9 @@ def test_a_recipe_runs_every_stage_writes_a_report_and_a_rerun_skips_them_all(tm
     assert metrics["pairwise"]["n"] + metrics["pairwise"]["errors"] == 2
     report = (run / "report" / "report.md").read_text()
     assert "held-out response loss" in report and "train_loss.png" in report and (run / "report" / "eval.png").is_file()
+    assert metrics["response_loss_change"]["n"] == 2 and len(metrics["before"]["response_loss_ci"]) == 2
+    assert metrics["self_stop"]["after"]["n"] == 2 and metrics["rouge_l"]["n"] == 2
+    assert "paired 95% CI" in report and "| – |" not in report and "(---)" not in report
     before = {s: read_json(run / ".stages" / f"{s}.json")["finished"] for s in ("train", "eval")}
     capsys.readouterr()
     assert main(["run", str(recipe)]) == 0

@@ -106,9 +106,12 @@ def test_the_kollama2_recipe_runs_every_stage_reports_per_character_loss_and_a_r
             side["response_loss"] * side["response_tokens"])
     assert m["pairwise"]["judge"] == "embedded"
     report = (run / "report" / "report.md").read_text(encoding="utf-8")
-    for row in ("loss per character", "tokens per character", "vocabulary (extended)", "train: embeddings",
-                "train: instructions", "answers that stop by themselves", "after win rate"):
+    for row in ("loss per character, 95% CI", "loss per character change (paired 95% CI", "tokens per character",
+                "vocabulary (extended)", "train: embeddings", "train: instructions",
+                "answers that stop by themselves"):
         assert row in report, row
+    # the judge section: verdicts from the Korean prompts, or in words why the tiny judge budget gave none
+    assert "after win rate" in report or "gave no parseable verdict" in report
     prompts = [json.loads(line)["user_prompts"][0] for line in (run / "eval" / "judgments.jsonl").open()]
     assert prompts and all(p.startswith("## 질문") for p in prompts)  # the Korean judge prompts
     stamps = {s: read_json(run / ".stages" / f"{s}.json")["finished"] for s in ("train", "eval")}

@@ -3,6 +3,10 @@ with the same shape; API keys and CORS."""
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+
 import httpx
 import pytest
 
@@ -52,7 +56,8 @@ CHAT_CASES = [
 
 @pytest.mark.parametrize("body,status,param,code", [c[1:] for c in CHAT_CASES], ids=[c[0] for c in CHAT_CASES])
 def test_bad_chat_request_gets_openai_error_and_server_still_answers(server, body, status, param, code):
-    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kw = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {
+        "json": body}
     r = httpx.post(server.url + "/v1/chat/completions", timeout=60, **kw)
     assert_error(r, status, param, code)
     assert httpx.get(server.url + "/health", timeout=10).json()["status"] == "ok"
@@ -78,19 +83,75 @@ def test_wrong_path_and_method_get_openai_errors_and_a_real_request_still_works(
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_broken_backends_get_500_with_the_error_shape_and_the_server_stays_up():
-    # a front server whose upstream is down (a real refused connection), and a llama.cpp model already closed
-    dead = load_model("openai:x", base_urls=["http://127.0.0.1:9/v1"], max_retries=0, timeout=5)
+def test_a_broken_local_backend_gets_500_with_the_error_shape_and_the_server_stays_up():
     closed = load_model("embedded", n_ctx=512)
     closed.close()
-    for model in (dead, closed):
-        with BackgroundServer(create_app(model, page=False)) as srv:
+    with BackgroundServer(create_app(closed, page=False)) as srv:
+        for stream in (False, True):
+            r = httpx.post(srv.url + "/v1/chat/completions", json=chat(stream=stream), timeout=60)
+            err = assert_error(r, 500)
+            assert err["type"] == "server_error"
+        assert httpx.get(srv.url + "/health").json()["status"] == "ok"
+        assert httpx.get(srv.url + "/v1/models").status_code == 200
+
+
+class Upstream(threading.Thread):
+    """A raw TCP upstream that misbehaves: `silent` accepts and never answers, `garbage` answers 200 with a body
+    that is not JSON."""
+
+    def __init__(self, mode: str):
+        super().__init__(daemon=True)
+        self.mode, self.sock = mode, socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.conns: list[socket.socket] = []
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.mode == "garbage":
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n"
+                             b"Connection: close\r\n\r\nnot json!")
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("mode,status,code", [("refused", 503, "upstream_unavailable"),
+                                              ("silent", 504, "upstream_timeout"),
+                                              ("garbage", 502, "upstream_error")])
+def test_a_failing_openai_upstream_gets_502_503_or_504_with_a_one_line_reason(mode, status, code):
+    if mode == "refused":
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+        upstream = None
+    else:
+        upstream = Upstream(mode)
+        upstream.start()
+        url = upstream.url
+    # as `camelid serve --model openai:x` loads it: one retry, then the failure is answered
+    front = load_model("openai:x", base_urls=[url], max_retries=1, timeout=1)
+    try:
+        with BackgroundServer(create_app(front, page=False)) as srv:
             for stream in (False, True):
                 r = httpx.post(srv.url + "/v1/chat/completions", json=chat(stream=stream), timeout=60)
-                err = assert_error(r, 500)
-                assert err["type"] == "server_error"
+                err = assert_error(r, status, code=code)
+                assert err["type"] == "server_error" and "\n" not in err["message"]
+                assert "gave up after 2 tries" in err["message"]
             assert httpx.get(srv.url + "/health").json()["status"] == "ok"
-            assert httpx.get(srv.url + "/v1/models").status_code == 200
+    finally:
+        if upstream is not None:
+            upstream.close()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +168,7 @@ def test_api_key_is_required_on_v1_but_not_on_the_page(locked):
     assert_error(httpx.post(url, json=chat(), headers={"Authorization": "Bearer wrong"}), 401)
     assert_error(httpx.get(locked.url + "/v1/models", headers={"Authorization": "s3cret"}), 401)
     # auth comes before parsing: a bad body without a key is still a 401
-    assert_error(httpx.post(url, content=b"{"), 401)
+    assert_error(httpx.post(url, content=b"{", headers={"Content-Type": "application/json"}), 401)
     ok = openai.OpenAI(base_url=locked.url + "/v1", api_key="s3cret", max_retries=0)
     assert ok.chat.completions.create(model=MODEL, messages=USER, max_tokens=2).choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
@@ -116,12 +177,47 @@ def test_api_key_is_required_on_v1_but_not_on_the_page(locked):
     assert httpx.get(locked.url + "/").status_code == 200
 
 
+# the headers the official OpenAI JS SDK (openai-node) sets on every request; a browser asks for them in its
+# preflight, lower-cased and sorted
+JS_SDK_HEADERS = ("authorization,content-type,x-stainless-arch,x-stainless-lang,x-stainless-os,"
+                  "x-stainless-package-version,x-stainless-retry-count,x-stainless-runtime,"
+                  "x-stainless-runtime-version,x-stainless-timeout")
+
+
 def test_cors_is_off_by_default_and_on_only_for_given_origins(server, locked):
     origin = {"Origin": "http://good.test"}
-    assert "access-control-allow-origin" not in httpx.get(server.url + "/v1/models", headers=origin).headers
+    assert_error(httpx.get(server.url + "/v1/models", headers=origin), 403, code="origin_not_allowed")
     pre = httpx.options(locked.url + "/v1/chat/completions", headers={
-        **origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
-    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://good.test"
+        **origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": JS_SDK_HEADERS})
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "http://good.test"
+    allowed = {h.strip() for h in pre.headers["access-control-allow-headers"].split(",")}
+    assert allowed >= set(JS_SDK_HEADERS.split(","))
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    # the request itself, with the SDK's headers
+    headers = {**origin, "Authorization": "Bearer s3cret", "x-stainless-lang": "js", "x-stainless-os": "Linux",
+               "x-stainless-retry-count": "0", "x-stainless-timeout": "600"}
+    r = httpx.post(locked.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=60)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://good.test"
     evil = httpx.options(locked.url + "/v1/chat/completions", headers={
         "Origin": "http://evil.test", "Access-Control-Request-Method": "POST"})
-    assert "access-control-allow-origin" not in evil.headers
+    assert evil.status_code == 403 and "access-control-allow-origin" not in evil.headers
+    served = server.app.state.gate.total
+    assert_error(httpx.post(server.url + "/v1/chat/completions", content=json.dumps(chat()), timeout=60, headers={
+        "Origin": "http://evil.test", "Content-Type": "text/plain"}), 403)
+    assert server.app.state.gate.total == served  # refused before any generation
+
+
+def test_a_loopback_server_answers_only_loopback_host_names_unless_told(embedded):
+    body = chat()
+    with BackgroundServer(create_app(embedded, page=False)) as srv:
+        for host in ("localhost", "127.0.0.1", "[::1]", "app.localhost"):
+            port = srv.url.rsplit(":", 1)[1]
+            r = httpx.post(srv.url + "/v1/chat/completions", json=body, headers={"Host": f"{host}:{port}"}, timeout=60)
+            assert r.status_code == 200, (host, r.text)
+        for host in ("evil.example", "127.0.0.1.nip.io", "localhost.evil.example", "10.0.0.1"):
+            assert_error(httpx.get(srv.url + "/v1/models", headers={"Host": host}), 403, code="host_not_allowed")
+    with BackgroundServer(create_app(embedded, page=False, allowed_hosts=["llm.lan"])) as srv:
+        assert httpx.get(srv.url + "/v1/models", headers={"Host": "llm.lan:8000"}).status_code == 200
+        assert httpx.get(srv.url + "/v1/models", headers={"Host": "evil.example"}).status_code == 403
+    with BackgroundServer(create_app(embedded, page=False, allowed_hosts=None)) as srv:
+        assert httpx.get(srv.url + "/v1/models", headers={"Host": "anything.example"}).status_code == 200

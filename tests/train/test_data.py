@@ -134,3 +134,42 @@ def test_training_files_in_any_format_become_conversations(tmp_path, alpaca_30):
     assert len(convs) == 31
     assert convs[0]["id"] == "alpaca_30.json#0" and convs[-1]["id"] == "c1"
     assert convs[-1]["messages"][1] == {"role": "assistant", "content": "Hello"}
+
+
+def _runs(labels):
+    """(start, end) of each contiguous trained run: one assistant turn, its EOS last."""
+    out, start = [], None
+    for i, l in enumerate(labels + [IGNORE_INDEX]):
+        if l != IGNORE_INDEX and start is None:
+            start = i
+        elif l == IGNORE_INDEX and start is not None:
+            out.append((start, i - 1))
+            start = None
+    return out
+
+
+@pytest.mark.parametrize("name", ["vicuna_v1.1", "tokenizer", "alpaca"])
+def test_every_cut_position_untrains_exactly_the_turns_whose_eos_fell_off(tokenizer, name):
+    # reference: FastChat's/Stanford's truncation is `labels[:max_length]` of the full encoding (what `keep` does);
+    # drop_partial must differ from it only on a turn that starts before the cut and ends (EOS) at or after it.
+    # A cut right after a turn's EOS (issue 16, item 1) leaves that turn whole and trained.
+    t = _tmpl(tokenizer, name)
+    conv = ALPACA if name == "alpaca" else CHAT
+    full, full_labels, _ = encode_record(tokenizer, t, conv)
+    runs = _runs(full_labels)
+    assert len(runs) == (1 if name == "alpaca" else 2)
+    right_after_eos = 0
+    for cut in range(1, len(full)):
+        ids, keep, info = encode_record(tokenizer, t, conv, max_length=cut, truncation="keep")
+        assert ids == full[:cut] and keep == full_labels[:cut]
+        lost = [(s, e) for s, e in runs if s < cut <= e]
+        assert info["cut_without_eos"] == len(lost)
+        _, drop, info = encode_record(tokenizer, t, conv, max_length=cut)
+        want = list(full_labels[:cut])
+        for s, _ in lost:
+            want[s:] = [IGNORE_INDEX] * (cut - s)
+        assert drop == want and info["cut_turns_untrained"] == len(lost)
+        if any(e == cut - 1 for _, e in runs):
+            right_after_eos += 1
+            assert drop[-1] == full[cut - 1] and info == {**info, "cut_turns_untrained": 0}
+    assert right_after_eos == len(runs) - (0 if runs[-1][1] < len(full) - 1 else 1)

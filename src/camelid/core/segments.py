@@ -5,11 +5,11 @@ templates themselves are declared in templates.py.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from camelid.core.io import CamelidError
+from camelid.core import jinja
+from camelid.core.jinja import TemplateError
 
 Mask = Literal["assistant", "last", "all"]
 MASKS: tuple[str, ...] = ("assistant", "last", "all")
@@ -20,10 +20,6 @@ class Segment:
     text: str  # for kind "bos"/"eos" the text is empty; the tokenizer's token is used
     kind: Literal["text", "bos", "eos"] = "text"
     turn: int | None = None  # index into messages of the assistant turn this belongs to
-
-
-class TemplateError(CamelidError):
-    pass
 
 
 def user_text(m: dict) -> str:
@@ -91,6 +87,26 @@ class Template:
         """The Go template Ollama renders `.Messages` with; None when Ollama should read the GGUF's chat_template."""
         return self.ollama(bos, eos) if self.ollama is not None else None
 
+    def default_system(self) -> str:
+        """The system prompt this template writes when a conversation has none ("" when it writes none): a shipped
+        template's own, or what a tokenizer's Jinja injects (SmolLM's "You are a helpful AI assistant named
+        SmolLM..."), found by rendering the same conversation with a marker system message and without one."""
+        if self.name != "tokenizer" or not self.chat_template:
+            return self.system
+        marker, user = "\x00camelid-system\x00", {"role": "user", "content": "\x00camelid-probe\x00"}
+        render = jinja_renderer(self.chat_template, self.bos_token, self.eos_token)
+        try:
+            without = render([user], True)
+            marked = render([{"role": "system", "content": marker}, user], True)
+        except TemplateError:
+            return ""
+        if marker not in marked:
+            return ""
+        pre, post = marked.split(marker, 1)
+        if without.startswith(pre) and without.endswith(post) and len(without) >= len(pre) + len(post):
+            return without[len(pre):len(without) - len(post)]
+        return ""
+
 
 def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
     """Which segments carry loss. EOS of a trained turn is always trained."""
@@ -105,23 +121,9 @@ def trained(segments: list[Segment], mask: Mask = "assistant") -> list[bool]:
     return [s.turn is not None for s in segments]
 
 
-@functools.lru_cache(maxsize=16)  # compiling a chat_template costs far more than rendering it
 def jinja_renderer(source: str, bos: str, eos: str) -> Callable[[list[dict], bool], str]:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(f"chat_template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    tmpl = env.from_string(source)
-
-    def render(msgs: list[dict], gen: bool) -> str:
-        if not msgs:
-            return ""
-        return tmpl.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos)
-
-    return render
+    """(messages, add_generation_prompt) -> text, exactly as transformers' apply_chat_template renders it."""
+    return jinja.renderer(source, bos, eos)
 
 
 def merge_segments(segs: list[Segment]) -> list[Segment]:

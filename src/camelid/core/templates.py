@@ -20,6 +20,7 @@ import hashlib
 import json
 from typing import Callable
 
+from camelid.core import jinja
 from camelid.core.segments import (MASKS, Mask, Segment, Template, TemplateError, check_roles, jinja_renderer,
                                    merge_segments, split_system, trained, user_text)
 
@@ -45,6 +46,9 @@ def _go(s: str) -> str:
 _USER = "(message['content'] + ('\\n\\n' + message['input'] if message['input'] is defined and message['input'] " \
         "else ''))"
 _SYSTEM = "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else DEFAULT -%}"
+# the Jinja form of _no_system (transformers' raise_exception): a template with no place for a system message
+_NO_SYSTEM = ("{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] -%}"
+              "{{ raise_exception('this chat template has no place for a system message') }}{%- endif -%}")
 _GO_ROLES = '{{ range .Messages }}{{ if eq .Role "user" }}%s{{ else if eq .Role "assistant" }}%s{{ end }}{{ end }}'
 _GO_SYSTEM = ('{{ $system := %s }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}'
               '{{ end }}')
@@ -88,9 +92,21 @@ CHINESE_ALPACA_PROMPT_NO_INPUT = (
 )
 
 
+def _no_system(messages: list[dict], name: str) -> list[dict]:
+    """The messages of a template whose prompt has no place for a system message (Stanford's Alpaca, KULLM's,
+    Self-Instruct's): refused, never dropped, as `data convert --to alpaca` refuses it. An empty one loses nothing."""
+    if messages and messages[0].get("role") == "system":
+        if messages[0].get("content"):
+            raise TemplateError(f"template {name!r} has no place for a system message (its prompt is fixed, as "
+                                "`data convert --to alpaca` says too): remove it, or choose vicuna_v1.1, llama-2, "
+                                "chatml or tokenizer")
+        return messages[1:]
+    return messages
+
+
 def _alpaca_builder(with_input: str, without_input: str) -> Callable:
     def build(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-        _, msgs = split_system(messages, "")
+        msgs = _no_system(messages, t.name)
         check_roles(msgs, t.name)
         if len(msgs) > 2:
             raise TemplateError(f"template {t.name!r} holds one instruction and one response; this conversation has "
@@ -174,7 +190,9 @@ def _chatml(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
 
 
 def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
-    """The tokenizer's own chat_template, split into turns by rendering growing prefixes."""
+    """The tokenizer's own chat_template, rendered as transformers renders it. Its `{% generation %}` spans, when it
+    has them, are the assistant turns (transformers' assistant mask); otherwise turns are found by rendering
+    growing prefixes."""
     if not t.chat_template:
         raise TemplateError("template 'tokenizer' needs a tokenizer with a chat_template")
     msgs = [{"role": m["role"], "content": user_text(m) if m["role"] == "user" else m["content"]} for m in messages]
@@ -182,6 +200,8 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         check_roles(msgs, t.name)
     else:
         check_roles(msgs[1:], t.name)
+    if jinja.has_generation_tag(t.chat_template):
+        return _jinja_generation(t, msgs, gen)
     render = jinja_renderer(t.chat_template, t.bos_token, t.eos_token)
     segs: list[Segment] = []
     done = ""
@@ -195,7 +215,11 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
                                 "choose an explicit --template")
         segs.append(Segment(before[len(done):]))
         piece = full[len(before):]
-        end = piece.find(t.eos_token) if t.eos_token else -1
+        # the EOS the template writes AFTER the reply: an end marker quoted inside the reply is reply text
+        at = piece.find(m["content"]) if m["content"] else -1
+        end = piece.find(t.eos_token, at + len(m["content"]) if at >= 0 else 0) if t.eos_token else -1
+        if at < 0 and end >= 0:  # the template rewrote the reply (e.g. trimmed it): its EOS is the last one
+            end = piece.rfind(t.eos_token)
         if end >= 0:  # train through the EOS the template writes; what follows it is never generated
             segs += [Segment(piece[:end], turn=i), Segment("", "eos", turn=i)]
             if piece[end + len(t.eos_token):]:
@@ -208,6 +232,29 @@ def _jinja(t: Template, messages: list[dict], gen: bool) -> list[Segment]:
         raise TemplateError("the tokenizer's chat_template does not render conversations as growing prefixes")
     if final[len(done):]:
         segs.append(Segment(final[len(done):]))
+    return merge_segments(segs)
+
+
+def _jinja_generation(t: Template, msgs: list[dict], gen: bool) -> list[Segment]:
+    """Segments from one rendering: each `{% generation %}` span is the next assistant turn, trained exactly as
+    transformers' `return_assistant_tokens_mask` marks it (a span ending in EOS gets the EOS token)."""
+    text, spans = jinja.render(t.chat_template, msgs, gen, bos_token=t.bos_token, eos_token=t.eos_token)
+    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    spans = [(a, b) for a, b in spans if b > a]
+    if len(spans) != len(turns):
+        raise TemplateError(f"the chat_template's {{% generation %}} blocks rendered {len(spans)} span(s) for "
+                            f"{len(turns)} assistant message(s); cannot tell which text is each reply")
+    segs: list[Segment] = []
+    pos = 0
+    for (a, b), turn in zip(spans, turns):
+        segs.append(Segment(text[pos:a]))
+        body = text[a:b]
+        if t.eos_token and body.endswith(t.eos_token):
+            segs += [Segment(body[: -len(t.eos_token)], turn=turn), Segment("", "eos", turn=turn)]
+        else:
+            segs.append(Segment(body, turn=turn))
+        pos = b
+    segs.append(Segment(text[pos:]))
     return merge_segments(segs)
 
 
@@ -241,7 +288,7 @@ SELF_INSTRUCT_FORMATS: dict[str, tuple[str, str]] = {  # id -> (prompt, trained 
 
 def _self_instruct_parts(messages: list[dict]) -> tuple[str, str, str | None]:
     """(instruction, input, output or None), stripped as Self-Instruct's encode_instance strips them."""
-    _, msgs = split_system(messages, "")
+    msgs = _no_system(messages, "self-instruct")
     check_roles(msgs, "self-instruct")
     if len(msgs) > 2:
         raise TemplateError(f"template 'self-instruct' holds one instruction and one output; this conversation has "
@@ -282,7 +329,7 @@ def _alpaca_jinja(with_input: str, without_input: str) -> str:
     a, rest = with_input.split("{instruction}")
     b, c = rest.split("{input}")
     d, e = without_input.split("{instruction}")
-    return ("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+    return (_NO_SYSTEM + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
             "{%- if message['input'] is defined and message['input'] -%}"
             f"{{{{ {_lit(a)} + message['content'] + {_lit(b)} + message['input'] + {_lit(c)} }}}}"
             f"{{%- else -%}}{{{{ {_lit(d)} + message['content'] + {_lit(e)} }}}}{{%- endif -%}}"
@@ -348,7 +395,7 @@ TEMPLATES: dict[str, Template] = {
                      '{{ end }}{{ end }}<|im_start|>assistant\n')),
         # self-instruct: the canonical (generation) format; training varied it per example
         Template("self-instruct", _self_instruct,
-                 jinja=("{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+                 jinja=(_NO_SYSTEM + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
                         "{%- set inp = (message['input'] if message['input'] is defined and message['input'] else '')"
                         " | trim -%}"
                         "{%- if inp -%}{{ (message['content'] | trim) + '\\n\\nInput: ' + inp + '\\n\\nOutput:' }}"
@@ -358,6 +405,29 @@ TEMPLATES: dict[str, Template] = {
                  ollama=lambda bos, eos: _GO_ROLES % ("{{ .Content }}\n\nOutput:", " {{ .Content }}" + eos)),
     ]
 }
+
+
+_CHATML_GO = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+
+
+def _renders_plain_chatml(t: Template) -> bool:
+    """Whether a tokenizer's Jinja writes each message as `<|im_start|>ROLE\nCONTENT<|im_end|>\n` (after its default
+    system message when none is given) and ends with the assistant cue: what _CHATML_GO renders in Ollama."""
+    default = t.default_system()
+    probes = [[{"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+              [{"role": "system", "content": ""}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": "c"}]]
+    render = jinja_renderer(t.chat_template or "", t.bos_token, t.eos_token)
+    for msgs in probes:
+        seen = msgs if msgs[0]["role"] == "system" or not default else [{"role": "system", "content": default}, *msgs]
+        want = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in seen) + "<|im_start|>assistant\n"
+        try:
+            if render(msgs, True) != want:
+                return False
+        except TemplateError:
+            return False
+    return True
 
 
 def jinja_chat_template(name: str) -> str:
@@ -380,9 +450,9 @@ def get_template(name: str, chat_template: str | None = None, bos_token: str | N
     if name == "tokenizer":
         if not chat_template:
             raise TemplateError("template 'tokenizer' needs a model whose tokenizer has a chat_template")
-        # a tokenizer's own Jinja that writes ChatML markers gets ChatML's Go form (Ollama cannot run Jinja)
-        ollama = TEMPLATES["chatml"].ollama if "<|im_start|>" in chat_template else None
-        return Template("tokenizer", _jinja, chat_template=chat_template, ollama=ollama, **tokens)
+        t = Template("tokenizer", _jinja, chat_template=chat_template, **tokens)
+        # a tokenizer's own Jinja that renders plain ChatML gets that Go form (Ollama cannot run Jinja)
+        return _replace(t, ollama=lambda bos, eos: _CHATML_GO) if _renders_plain_chatml(t) else t
     if name not in TEMPLATES:
         raise TemplateError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
     t = TEMPLATES[name]

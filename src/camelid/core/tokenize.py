@@ -6,6 +6,7 @@ token the prompt it was trained on.
 
 from __future__ import annotations
 
+from camelid.core import jinja
 from camelid.core.segments import Mask, Template, TemplateError, trained
 
 IGNORE_INDEX = -100
@@ -41,6 +42,8 @@ def encode(tokenizer, template: Template, messages: list[dict], mask: Mask = "as
     token the prompt it was trained on."""
     segs = template.segments(messages, add_generation_prompt)
     flags = trained(segs, mask)
+    if whole_text(template):
+        return _encode_whole(tokenizer, template, segs, flags)
     ids = special_prefix(tokenizer) if segs[0].kind != "bos" else []
     labels = [IGNORE_INDEX] * len(ids)
     eos = None
@@ -56,4 +59,31 @@ def encode(tokenizer, template: Template, messages: list[dict], mask: Mask = "as
             toks = [eos]
         ids += toks
         labels += toks if train else [IGNORE_INDEX] * len(toks)
+    return ids, labels
+
+
+def whole_text(template: Template) -> bool:
+    """A `{% generation %}` chat_template is tokenized as transformers does: the whole text at once, no special
+    tokens added (the template writes its own BOS)."""
+    return template.name == "tokenizer" and jinja.has_generation_tag(template.chat_template or "")
+
+
+def _encode_whole(tokenizer, template: Template, segs, flags) -> tuple[list[int], list[int]]:
+    """A `{% generation %}` chat_template: the whole text tokenized at once and a token trained when it overlaps a
+    trained span, exactly as transformers' `apply_chat_template(..., return_assistant_tokens_mask=True)` does (a
+    token straddling a span's edge, such as " Hello" after "Assistant:", is trained)."""
+    eos = template.end_token or tokenizer.eos_token or template.eos_token
+    bos = tokenizer.bos_token or template.bos_token
+    pieces = [bos if s.kind == "bos" else eos if s.kind == "eos" else s.text for s in segs]
+    enc = tokenizer("".join(pieces), add_special_tokens=False)
+    ids = list(enc.input_ids)
+    labels = [IGNORE_INDEX] * len(ids)
+    pos = 0
+    for piece, train in zip(pieces, flags):
+        if train and piece:
+            first, last = enc.char_to_token(pos), enc.char_to_token(pos + len(piece) - 1)
+            if first is not None:
+                stop = last + 1 if last is not None else len(ids)
+                labels[first:stop] = ids[first:stop]
+        pos += len(piece)
     return ids, labels

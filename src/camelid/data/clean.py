@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from camelid.core.io import CamelidError, DataError, Problem, atomic_write, write_jsonl
-from camelid.data.formats import SHAREGPT_ROLES, detect_record, iter_records
+from camelid.core.records import check_input, json_type, open_input
+from camelid.data.formats import SHAREGPT_ROLES, TO_SHAREGPT, detect_record, iter_records
 from camelid.data.lang import LANG_ALIASES, detect_language
 
 Shape = Literal["sharegpt", "openai"]
@@ -112,7 +113,7 @@ def _parse(path: str, line: int | None, index: int, rec: Any, want: Shape | None
             text = ""
         if not isinstance(text, str):
             raise DataError(Problem(**where, field=f"{name}.{ckey}", message=f"expected a string, got "
-                                    f"{type(text).__name__}"))
+                                    f"{json_type(text)}"))
         role = m.get(rkey)
         role = SHAREGPT_ROLES.get(str(role).lower(), str(role)) if shape == "sharegpt" else role
         msgs.append({"role": role, "content": text, "raw": m})
@@ -124,10 +125,8 @@ def load_conversations(path: str | Path) -> tuple[Literal["json", "jsonl"], Iter
 
     Lenient on purpose: `formats.read_conversations` refuses a conversation whose roles do not alternate, which is
     exactly what cleaning has to count and drop, so records are read raw (`formats.iter_records`) and parsed here."""
-    path = Path(path)
-    if not path.is_file():
-        raise CamelidError(f"{path}: no such file" if not path.exists() else f"{path}: is a directory, expected a file")
-    with open(path, "rb") as f:  # the layout iter_records reads: a JSON list when the first character is "["
+    check_input(path)
+    with open_input(path) as f:  # the layout iter_records reads: a JSON list when the first character is "["
         head = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
     container: Literal["json", "jsonl"] = "json" if head.startswith(b"[") else "jsonl"
 
@@ -152,7 +151,8 @@ def to_record(conv: Conversation, messages: list[dict], id: Any = None) -> dict:
     out_msgs = []
     for m in messages:
         raw = m.get("raw")
-        base = dict(raw) if isinstance(raw, dict) else {rkey: back[m["role"]] if sharegpt else m["role"]}
+        base = dict(raw) if isinstance(raw, dict) else {}
+        base[rkey] = back[m["role"]] if sharegpt else m["role"]
         base[ckey] = m["content"]
         out_msgs.append(base)
     rec = dict(conv.record)
@@ -317,6 +317,9 @@ def clean_conversations(convs: Iterable[Conversation], report: CleanReport,
         report.shape = conv.shape
         msgs, mods = [], Counter()
         for m in conv.messages:
+            if conv.shape == "sharegpt" and isinstance(m.get("raw"), dict) and m["raw"].get("from") != \
+                    TO_SHAREGPT.get(m["role"]):
+                mods["renamed_roles"] += 1  # `Human`, `chatgpt`, `bard`...: written as human/gpt, which validate takes
             if m["role"] == "assistant" and looks_like_html(m["content"]):
                 m = {**m, "content": html_to_markdown(m["content"])}
                 mods["html_converted_messages"] += 1

@@ -13,10 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from camelid.core.cli import console
-from camelid.core.io import write_json
+from camelid.core.io import check_input, refuse_overwrite, write_json
 from camelid.core.templates import get_template
 from camelid.data.clean import REASONS, clean_file, load_blocked_words, parse_langs
-from camelid.data.dedup import dedup_file
+from camelid.data.dedup import check_threshold, dedup_file, rejected_path
 from camelid.data.examples import render_file
 from camelid.data.formats import convert as convert_file, plural, validate_file
 from camelid.data.split import split_file
@@ -27,6 +27,8 @@ from camelid.models.checkpoint import template_name, tokenizer_for
 app = typer.Typer(no_args_is_help=True)
 
 FORMAT_NAMES = "alpaca | seed-tasks | sharegpt | openai | mt-bench"
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write the output even when it is the input file itself "
+                                        "(the input is replaced, atomically, once the result is complete).")]
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", "-f", help=f"Input format ({FORMAT_NAMES}); default: detected from the first record.")]
 
@@ -75,6 +77,7 @@ def convert(
     to: Annotated[str, typer.Option("--to", help="Output format: alpaca | sharegpt | openai.", show_default=False)],
     src_fmt: Annotated[Optional[str], typer.Option(
         "--from", help=f"Input format ({FORMAT_NAMES}); default: detected.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Convert a dataset between formats, atomically (nothing is written if a record fails).
 
@@ -82,6 +85,7 @@ def convert(
 
     Multi-turn conversations cannot become alpaca rows; the first one is named.
     """
+    refuse_overwrite([src], dst, force)
     n = convert_file(src, dst, to, src_fmt)
     layout = "JSONL" if dst.suffix.lower() == ".jsonl" else "JSON list"
     console.print(f"wrote {n} records to {dst} ({to}, {layout})")
@@ -106,6 +110,8 @@ def stats(
 
     For generated data: Stanford's similarity scores, and why rows were rejected (<file>.rejected.jsonl).
     """
+    if plot:
+        refuse_overwrite([file], plot)
     tokenizer = None
     if model:
         tokenizer = load_model(model, n_ctx=512)  # only its tokenizer is used
@@ -191,6 +197,7 @@ def clean(
                                                      "(same codes as --lang).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the report (counts per reason, "
                                                    "removed ids) as JSON.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Clean ShareGPT/OpenAI conversations as Vicuna's data was (FastChat clean_sharegpt + optional_clean).
 
@@ -199,6 +206,9 @@ def clean(
     exactly duplicated conversations are removed, each counted under its reason. Nothing is filtered by language
     unless --lang/--skip-lang is given (Korean is kept by default).
     """
+    refuse_overwrite([src], out, force)
+    if report:
+        refuse_overwrite([src, out], report)
     rep = clean_file(src, out, load_blocked_words(blocked_words), parse_langs(lang), parse_langs(skip_lang))
     table = Table(title=f"{src} -> {out} ({rep.shape or 'empty'})")
     table.add_column("conversations")
@@ -234,11 +244,16 @@ def split(
         "--template", help="Template the pieces are rendered with for counting (alpaca, vicuna_v1.1, llama-2, "
         "chatml, tokenizer, ...); default: the model's.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the counts as JSON.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Split long conversations at turn boundaries so every piece fits --max-tokens (FastChat
     split_long_conversation): whole user+assistant exchanges only, ids suffixed _0, _1...; an exchange longer than
     the limit on its own is dropped and counted, never cut. Every piece is checked with the real template render.
     """
+    check_input(src)
+    refuse_overwrite([src], out, force)
+    if report:
+        refuse_overwrite([src, out], report)
     m = load_model(model, template=template, n_ctx=512)  # only its tokenizer is used
     try:
         rep = split_file(src, out, m, max_tokens)
@@ -324,12 +339,21 @@ def dedup(
     seeds: Annotated[Optional[list[Path]], typer.Option("--seeds", help="Seed task files: compared against, "
                                                         "never written (repeatable).")] = None,
     key: Annotated[str, typer.Option("--field", help="Which string field to compare.")] = "instruction",
+    force: ForceOpt = False,
+    similarity: Annotated[bool, typer.Option("--similarity/--no-similarity", help="Add Stanford's "
+                                             "most_similar_instructions and avg_similarity_score (every kept record "
+                                             "scored against every earlier one: quadratic); --no-similarity only "
+                                             "decides, in close to linear time (a million records in minutes).")]
+    = True,
 ) -> None:
     """Drop near-duplicate instructions greedily in file order, as Stanford's generate_instruction.py does.
 
     Rejected records go to OUT's sidecar <name>.rejected.jsonl with reason, similar_to and similarity.
     """
-    rep = dedup_file(src, out, threshold, lang, seeds or (), key)
+    check_threshold(threshold)
+    refuse_overwrite([src, *(seeds or ())], out, force)
+    refuse_overwrite([src, *(seeds or ())], rejected_path(out), force)
+    rep = dedup_file(src, out, threshold, lang, seeds or (), key, similarity=similarity)
     console.print(f"kept {rep.kept:,}, rejected {rep.rejected:,} near-duplicates (lang {rep.lang}, ROUGE-L > "
                   f"{threshold}) in {rep.seconds:.1f} s -> {rep.output}"
                   + (f", rejected -> {rep.rejected_path}" if rep.rejected_path else ""))

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from camelid.core.io import CamelidError, DataError, Problem, sha256_file
+from camelid.core.io import CamelidError, DataError, Problem, check_input, sha256_file
 from camelid.core.templates import Mask, Template, TemplateError
-from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix
-from camelid.data.formats import read_conversations
+from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix, whole_text
+from camelid.data.formats import detect_format, read_conversations
 from camelid.data.texts import read_texts
 
 
@@ -105,11 +105,14 @@ def encode_record(tokenizer, template: Template, messages: list[dict], mask: Mas
         info["mismatch"] = _first_difference(rendered, decoded)
     if max_length is not None and len(ids) > max_length:
         info["truncated"] = True
+        full_labels = labels
         ids, labels = ids[:max_length], labels[:max_length]
-        # assistant turns are the contiguous runs of the "assistant" mask, each ending in its EOS
-        turn_labels = labels if mask == "assistant" else encode(tokenizer, template, messages, "assistant")[1]
-        turn_labels = turn_labels[:max_length]
-        if turn_labels[-1] != IGNORE_INDEX and labels[-1] != IGNORE_INDEX:  # a trained turn lost its EOS
+        # assistant turns are the contiguous runs of the "assistant" mask, each ending in its EOS: a turn lost its
+        # EOS only when it goes on past the cut (a cut right after the EOS leaves the turn whole)
+        full_turns = full_labels if mask == "assistant" else encode(tokenizer, template, messages, "assistant")[1]
+        turn_labels = full_turns[:max_length]
+        if (turn_labels[-1] != IGNORE_INDEX and full_turns[max_length] != IGNORE_INDEX
+                and labels[-1] != IGNORE_INDEX):  # a trained turn lost its EOS
             start = len(turn_labels)
             while start > 0 and turn_labels[start - 1] != IGNORE_INDEX:
                 start -= 1
@@ -122,6 +125,8 @@ def encode_record(tokenizer, template: Template, messages: list[dict], mask: Mas
 
 
 def _prefix_text(tokenizer, template: Template) -> str:
+    if whole_text(template):
+        return ""
     segs_start_bos = False
     try:
         segs_start_bos = template.segments([{"role": "user", "content": "x"}])[0].kind == "bos"
@@ -136,14 +141,37 @@ def _first_difference(want: str, got: str) -> str:
     return f"at char {i}: rendered {want[max(0, i - 20):i + 20]!r} vs decoded {got[max(0, i - 20):i + 20]!r}"
 
 
+def training_conversations(path: str | Path, fmt: str | None = None):
+    """The conversations of one training file; a directory, a missing file or a question set (MT-bench /
+    Vicuna-bench questions hold no answers to learn) is one line naming the file."""
+    try:
+        check_input(path)
+    except CamelidError as e:
+        raise CamelidError(f"{e} (a training data file)") from None
+    if (fmt or detect_format(path)) == "mt-bench":
+        raise CamelidError(f"{path}: holds MT-bench/Vicuna-bench questions (question_id, turns) but no answers, so "
+                           "there is nothing to train on; pass a dataset with answers (alpaca, sharegpt, openai), or "
+                           "answer the questions first with `camelid eval answer`")
+    return read_conversations(path, fmt)
+
+
+def check_data_files(files: Iterable[str | Path], fmt: str | None = None) -> None:
+    """Read every training file through once before anything is loaded or written: a bad file fails in a second
+    with its line, not after the model has loaded and the run directory exists."""
+    for f in files:
+        if fmt == "text":
+            read_texts(f)
+            continue
+        for _ in training_conversations(Path(f), fmt):
+            pass
+
+
 def read_files(files: Iterable[str | Path], fmt: str | None = None) -> list[dict]:
     """Conversations from dataset files (any format camelid reads); ids default to FILE#INDEX."""
     out = []
     for f in files:
         path = Path(f)
-        if not path.is_file():
-            raise CamelidError(f"{path}: no such data file")
-        for i, conv in enumerate(read_conversations(path, fmt)):
+        for i, conv in enumerate(training_conversations(path, fmt)):
             out.append({**conv, "id": str(conv.get("id") or f"{path.name}#{i}")})
     if not out:
         raise DataError(Problem(", ".join(map(str, files)) or "data", None, None, "no training records"))
@@ -319,7 +347,7 @@ def trained_spans(tokenizer, input_ids: list[int], labels: list[int]) -> list[tu
 def render_file(path: str | Path, tokenizer, template: Template, mask: Mask = "assistant", max_length: int | None = None,
                 truncation: str = "drop_partial", limit: int | None = None, fmt: str | None = None):
     """Yield what training sees for each record: {id, input_ids, labels, spans, info} (`camelid data render`)."""
-    for n, conv in enumerate(read_conversations(path, fmt)):
+    for n, conv in enumerate(training_conversations(path, fmt)):
         if limit is not None and n >= limit:
             return
         rid = str(conv.get("id") or f"{Path(path).name}#{n}")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from camelid.core.io import CamelidError, DataError, Problem, atomic_write
+from camelid.core.records import check_input, json_type
 from camelid.core.templates import user_text
 from camelid.data.records import Record, iter_records
 
@@ -64,11 +65,7 @@ _EXPECTED = ("alpaca {instruction, input, output}, seed-tasks {id, instruction, 
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _type(v: Any) -> str:
-    if v is None:
-        return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
-        type(v), type(v).__name__)
+_type = json_type
 
 
 def _need_str(rec: dict, key: str, out: list, prefix: str = "", required: bool = True, nonempty: bool = True) -> None:
@@ -382,11 +379,12 @@ def validate_file(path: str | Path, fmt: str | None = None) -> ValidationReport:
     JSON, non-UTF-8 bytes, empty file, wrong types, missing or empty fields, unknown roles, roles that do not
     alternate, conversations that are empty or do not end with the assistant. Streams; never raises on bad data."""
     report = ValidationReport(str(path), _check_fmt(fmt))
-    p = Path(path)
-    if not p.is_file():
-        report.add(Problem(str(path), None, None, "is a directory, expected a file" if p.is_dir() else "no such file"))
+    try:
+        check_input(path)
+    except CamelidError as e:
+        report.add(Problem(str(path), None, None, str(e).removeprefix(f"{path}: ")))
         return report
-    for item in iter_records(p):
+    for item in iter_records(path):
         if isinstance(item, Problem):
             report.add(item)
             continue

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from camelid.core.io import CamelidError, DataError, Problem, read_records
+from camelid.core.io import DataError, Problem, read_records
+from camelid.core.records import check_input, json_type, read_text
 
 TEXT_KEYS = {"text", "content", "value", "instruction", "input", "output", "prompt", "completion", "response",
              "turns", "reference", "messages", "conversations", "instances"}
@@ -29,21 +30,16 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     """Texts of a corpus file: plain text (one document), or a dataset (Alpaca, ShareGPT, OpenAI messages, or
     `{"text": ...}` records as JSON or JSONL) whose text fields are taken."""
     path = Path(path)
-    if not path.is_file():
-        raise CamelidError(f"{path}: no such file")
+    check_input(path)
     if path.suffix.lower() not in (".json", ".jsonl"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            line = e.object[: e.start].count(b"\n") + 1
-            raise DataError(Problem(str(path), line, None, f"not valid UTF-8 ({e.reason})")) from None
+        text = read_text(path)
         if not text.strip():
             raise DataError(Problem(str(path), None, None, "file is empty"))
         return [text]
     texts: list[str] = []
     for line, index, rec in read_records(path):
         if not isinstance(rec, dict):
-            raise DataError(Problem(str(path), line, None, f"expected a JSON object, got {type(rec).__name__}",
+            raise DataError(Problem(str(path), line, None, f"expected a JSON object, got {json_type(rec)}",
                                     None if line else index))
         texts.extend(t for t in _texts_in(rec) if t.strip())
     if not texts:

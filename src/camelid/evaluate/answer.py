@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from camelid.core.io import CamelidError, JsonlAppender, repair_jsonl_tail, sha256_json
+from camelid.core.io import CamelidError, JsonlAppender, output_lock, repair_jsonl_tail, sha256_json
 from camelid.evaluate.questions import Question, load_answers
 from camelid.models.base import Model, Sampling
 
@@ -60,45 +60,46 @@ def answer_questions(model: Model, questions: list[Question], out: str | Path, *
     stem/humanities, 0.7 otherwise)."""
     out = Path(out)
     model_id = model_id or model.name
-    done: set[str] = set()
-    if out.exists() and out.stat().st_size:
-        repair_jsonl_tail(out)  # a torn last line from a killed run must not stop the resume
-        done = set(load_answers(out).get(model_id, {}))
-    stats = AnswerStats(skipped=sum(str(q.question_id) in done for q in questions))
-    todo = [q for q in questions if str(q.question_id) not in done]
-    t0 = time.perf_counter()
+    with output_lock(out):  # one writer per output: a second is refused before it reads or cuts anything
+        done: set[str] = set()
+        if out.exists() and out.stat().st_size:
+            repair_jsonl_tail(out)  # a torn last line from a killed run must not stop the resume
+            done = set(load_answers(out).get(model_id, {}))
+        stats = AnswerStats(skipped=sum(str(q.question_id) in done for q in questions))
+        todo = [q for q in questions if str(q.question_id) not in done]
+        t0 = time.perf_counter()
 
-    def work(q: Question) -> dict:
-        temp = category_temperature(q.category) if temperature is None else temperature
-        sampling = Sampling(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        res = answer_one(model, q, sampling, system)
-        return {"res": res, "sampling": asdict(sampling)}
+        def work(q: Question) -> dict:
+            temp = category_temperature(q.category) if temperature is None else temperature
+            sampling = Sampling(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed)
+            res = answer_one(model, q, sampling, system)
+            return {"res": res, "sampling": asdict(sampling)}
 
-    with JsonlAppender(out) as app:
-        for i, r in model.map(work, todo, concurrency):
-            q = todo[i]
-            if isinstance(r, BaseException):
-                if not isinstance(r, Exception):
-                    raise r
-                stats.failed.append((str(q.question_id), f"{type(r).__name__}: {r}"))
-                continue
-            res = r["res"]
-            tokens = [u["completion_tokens"] for u in res["usage"]]
-            row = {"question_id": q.question_id,
-                   "answer_id": sha256_json([model_id, q.question_id, res["turns"]])[:22],
-                   "model_id": model_id,
-                   "choices": [{"index": 0, **res}],
-                   "tstamp": time.time(),
-                   "usage": {"prompt_tokens": sum(u["prompt_tokens"] for u in res["usage"]),
-                             "completion_tokens": sum(tokens)},
-                   "sampling": r["sampling"], "category": q.category}
-            app.write(row)
-            stats.answered += 1
-            stats.completion_tokens += sum(tokens)
-            if on_done:
-                on_done(row)
-    stats.seconds = time.perf_counter() - t0
-    if todo and stats.failed and not stats.answered:
-        first = stats.failed[0]
-        raise CamelidError(f"every question failed; first: question {first[0]}: {first[1]}")
-    return stats
+        with JsonlAppender(out) as app:
+            for i, r in model.map(work, todo, concurrency):
+                q = todo[i]
+                if isinstance(r, BaseException):
+                    if not isinstance(r, Exception):
+                        raise r
+                    stats.failed.append((str(q.question_id), f"{type(r).__name__}: {r}"))
+                    continue
+                res = r["res"]
+                tokens = [u["completion_tokens"] for u in res["usage"]]
+                row = {"question_id": q.question_id,
+                       "answer_id": sha256_json([model_id, q.question_id, res["turns"]])[:22],
+                       "model_id": model_id,
+                       "choices": [{"index": 0, **res}],
+                       "tstamp": time.time(),
+                       "usage": {"prompt_tokens": sum(u["prompt_tokens"] for u in res["usage"]),
+                                 "completion_tokens": sum(tokens)},
+                       "sampling": r["sampling"], "category": q.category}
+                app.write(row)
+                stats.answered += 1
+                stats.completion_tokens += sum(tokens)
+                if on_done:
+                    on_done(row)
+        stats.seconds = time.perf_counter() - t0
+        if todo and stats.failed and not stats.answered:
+            first = stats.failed[0]
+            raise CamelidError(f"every question failed; first: question {first[0]}: {first[1]}")
+        return stats

@@ -1,9 +1,13 @@
 """`camelid arena`: Alpaca's blind pairwise human evaluation as a small web app.
 
 A rater sees one instruction and two anonymous answers from different models, in an order shuffled per session
-(seeded by the session id, so a reload shows the same next item), and votes A / B / tie / both bad, or skips.
+(seeded by the session token, so a reload shows the same next item), and votes A / B / tie / both bad, or skips.
 Each vote is committed to SQLite in WAL mode before the reply is sent, so killing the server loses nothing.
 Results are win rates and Bradley-Terry (Elo-scale) ratings with bootstrap confidence intervals.
+
+Votes are hard to stuff: sessions are tokens the server issued (kept in the database, so they survive a restart), a
+session votes only on the item it was shown (each item once, in its order), sessions and votes are rate-limited per
+client, bodies are small and bounded, and `--api-key` puts a key in front of the voting API.
 """
 
 from __future__ import annotations
@@ -11,11 +15,10 @@ from __future__ import annotations
 import html
 import itertools
 import random
+import secrets
 import sqlite3
 import time
-import uuid
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from camelid.core.io import CamelidError
@@ -37,7 +40,22 @@ CREATE TABLE IF NOT EXISTS votes (
   tstamp REAL NOT NULL,
   UNIQUE (session, idx)
 );
+CREATE TABLE IF NOT EXISTS sessions (
+  token TEXT PRIMARY KEY,
+  client TEXT NOT NULL,
+  created REAL NOT NULL,
+  shown INTEGER NOT NULL DEFAULT -1
+);
 """
+MAX_TOKEN = 64  # characters in a session token (43 issued)
+
+
+class VoteRefused(CamelidError):
+    """A vote or session request the arena refuses; `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 def connect(db: str | Path) -> sqlite3.Connection:
@@ -108,6 +126,26 @@ class Arena:
         q, m1, m2 = self.items[i]
         return Item(q, *((m2, m1) if swap else (m1, m2)))
 
+    def new_session(self, client: str = "") -> str:
+        """Issue a session token (stored: votes name it, and it outlives a restart)."""
+        token = secrets.token_urlsafe(32)
+        con = connect(self.db)
+        try:
+            con.execute("INSERT INTO sessions (token, client, created) VALUES (?, ?, ?)",
+                        (token, client[:100], time.time()))
+        finally:
+            con.close()
+        return token
+
+    def _known(self, con: sqlite3.Connection, session: object) -> int:
+        """The index last shown to `session`; refuses a token the server never issued."""
+        if not isinstance(session, str) or not 0 < len(session) <= MAX_TOKEN:
+            raise VoteRefused(f"session must be a token of at most {MAX_TOKEN} characters", 400)
+        row = con.execute("SELECT shown FROM sessions WHERE token = ?", (session,)).fetchone()
+        if row is None:
+            raise VoteRefused("unknown session: ask /api/session for one", 404)
+        return row[0]
+
     def progress(self, session: str) -> tuple[int, int]:
         """(next index to show, votes cast) for a session: it resumes where it stopped, even after a restart."""
         con = connect(self.db)
@@ -119,6 +157,14 @@ class Arena:
         return nxt, n
 
     def next(self, session: str) -> dict:
+        """The session's next item (and it is recorded as shown: the only item the session may vote on)."""
+        con = connect(self.db)
+        try:
+            self._known(con, session)
+            con.execute("UPDATE sessions SET shown = (SELECT COALESCE(MAX(idx) + 1, 0) FROM votes WHERE session = ?)"
+                        " WHERE token = ?", (session, session))
+        finally:
+            con.close()
         idx, voted = self.progress(session)
         out = {"idx": idx, "total": len(self.items), "voted": voted, "done": idx >= len(self.items)}
         if out["done"]:
@@ -131,16 +177,29 @@ class Arena:
         return out
 
     def vote(self, session: str, idx: int, vote: str) -> None:
+        """Record a vote on the item shown to the session; anything else is refused (VoteRefused)."""
         if vote not in VOTES:
-            raise ValueError(f"vote must be one of {', '.join(VOTES)}")
-        if not 0 <= idx < len(self.items):
-            raise ValueError(f"idx {idx} is out of range")
-        it = self.item(session, idx)
+            raise VoteRefused(f"vote must be one of {', '.join(VOTES)}")
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(self.items):
+            raise VoteRefused(f"idx must be an item index in [0, {len(self.items)})")
         con = connect(self.db)
-        try:  # autocommit: the row is durable when execute returns; a repeated (session, idx) is ignored
-            con.execute("INSERT OR IGNORE INTO votes (session, idx, question_id, model_a, model_b, vote, tstamp) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (session, idx, str(it.question.question_id), it.model_a, it.model_b, vote, time.time()))
+        try:
+            con.execute("BEGIN IMMEDIATE")  # the check and the insert as one step: two racing votes cannot both pass
+            try:
+                shown = self._known(con, session)
+                nxt = con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM votes WHERE session = ?",
+                                  (session,)).fetchone()[0]
+                if idx != shown or idx != nxt:
+                    raise VoteRefused(f"item {idx} is not the item shown to this session"
+                                      + (f" (item {nxt})" if shown == nxt else ""), 409)
+                it = self.item(session, idx)
+                con.execute("INSERT INTO votes (session, idx, question_id, model_a, model_b, vote, tstamp) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (session, idx, str(it.question.question_id), it.model_a, it.model_b, vote, time.time()))
+                con.execute("COMMIT")  # synchronous=FULL: the vote is on disk when this returns
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         finally:
             con.close()
 
@@ -153,54 +212,9 @@ def results_html(res: dict) -> str:
         f"<td>{m['losses']}</td></tr>" for m in res["models"])
     v = res["votes"]
     return ("<!doctype html><meta charset=utf-8><title>camelid arena results</title>"
-            "<style>body{font-family:system-ui,'Nanum Gothic',sans-serif;margin:2em}td,th{padding:4px 10px;"
-            "border-bottom:1px solid #ddd;text-align:right}td:first-child{text-align:left}</style>"
+            "<link rel=stylesheet href='/static/results.css'>"
             f"<h1>Arena results</h1><p>{res['battles']} battles: {v['a'] + v['b']} decisive, {v['tie']} ties, "
             f"{v['bad']} both bad; {v['skip']} skipped.</p><table id=results><tr><th>model</th><th>Elo (BT)</th>"
             "<th>95% CI</th><th>win rate</th><th>95% CI</th><th>battles</th><th>wins</th><th>ties</th>"
             f"<th>losses</th></tr>{rows}</table><p><a href='/'>back to voting</a></p>")
 
-
-def create_app(arena: Arena):
-    """The FastAPI app: the voting page, its JSON API and the results."""
-    from fastapi import Body, FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse
-
-    app = FastAPI(title="camelid arena", docs_url=None, redoc_url=None, openapi_url=None)
-    page = resources.files("camelid.evaluate").joinpath("static", "arena.html").read_text("utf-8")
-
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return page
-
-    @app.post("/api/session")
-    def new_session() -> dict:
-        return {"session": uuid.uuid4().hex}
-
-    @app.get("/api/next")
-    def next_item(session: str) -> dict:
-        return arena.next(session)
-
-    @app.post("/api/vote")
-    def vote(session: str = Body(...), idx: int = Body(...), vote: str = Body(...)) -> dict:
-        try:
-            arena.vote(session, idx, vote)
-        except ValueError as e:
-            raise HTTPException(422, str(e)) from None
-        return arena.next(session)
-
-    @app.get("/api/results")
-    def api_results() -> dict:
-        return results(arena.db)
-
-    @app.get("/results", response_class=HTMLResponse)
-    def results_page() -> str:
-        return results_html(results(arena.db))
-
-    return app
-
-
-def serve(arena: Arena, host: str = "127.0.0.1", port: int = 8001) -> None:
-    import uvicorn
-
-    uvicorn.run(create_app(arena), host=host, port=port, log_level="warning")

@@ -12,10 +12,11 @@ from rich.table import Table
 from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
                               console)
 from camelid.core.io import CamelidError, write_json
-from camelid.evaluate import arena as ar
+from camelid.evaluate import arena as ar, arena_web
 from camelid.evaluate.answer import answer_questions
 from camelid.evaluate.harness import metrics_table, run_bench, save_results
 from camelid.evaluate.judge import judge_answers, read_judgments
+from camelid.evaluate.judge_prompts import check_prompt_set
 from camelid.evaluate.questions import load_answers, load_questions, reference_answers
 from camelid.evaluate.report import build_report, json_safe
 from camelid.evaluate.stats import pairwise_summary, relative_scores, single_summary
@@ -107,8 +108,12 @@ def judge(
                                       "orders).")] = "single",
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference answers (answer JSONL) for "
                                                       "math/reasoning/coding questions.")] = None,
-    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | zh | auto (from each "
-                                      "question's text).")] = "auto",
+    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | zh | auto (from "
+                                      "each question's text); camelid's prompts only.")] = "auto",
+    prompts: Annotated[str, typer.Option("--prompts", help="Judge prompt set: camelid (its own, English, "
+                                         "Korean and Chinese) | mt-bench (FastChat's MT-bench judge prompts and "
+                                         "verdict parsing, byte for byte: scores comparable with published MT-bench "
+                                         "numbers; English, two turns at most).")] = "camelid",
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model id every other model is compared "
                                                     "with (pairwise) or scored relative to (single). The question "
                                                     "file's reference outputs (AlpacaEval `output`) join as the "
@@ -124,6 +129,7 @@ def judge(
     template: TemplateOpt = None,
 ) -> None:
     """Judge answers with an LLM: single 1-10 grading or pairwise comparison; prints scores / win rates."""
+    check_prompt_set(prompts, lang)  # before loading anything
     qs = load_questions(questions, limit)
     ans = _merge_answers(_answers(answers, more))
     refs = reference_answers(qs)
@@ -140,7 +146,7 @@ def judge(
         ref_answers = next(iter(ref_models.values()), {})
     m = load_model(judge_spec, base_urls=base_url, api_key=api_key, template=template)
     try:
-        with console.status(f"judging with {m.name} ({mode})") as st:
+        with console.status(f"judging with {m.name} ({mode}, {prompts} prompts)") as st:
             n = [0]
 
             def done(row: dict) -> None:
@@ -149,16 +155,19 @@ def judge(
 
             stats = judge_answers(m, qs, ans, output, mode=mode, lang=lang,  # type: ignore[arg-type]
                                   ref_answers=ref_answers, baseline=baseline, max_tokens=max_tokens,
-                                  temperature=temperature, seed=seed, concurrency=concurrency, on_done=done)
+                                  temperature=temperature, seed=seed, concurrency=concurrency, prompts=prompts,
+                                  on_done=done)
     finally:
         m.close()
     console.print(f"{output}: {stats.judged} judged, {stats.cached} cached, {stats.unparsed} without a parseable "
-                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s", soft_wrap=True)
+                  f"verdict (kept, score null), {len(stats.failed)} failed, {stats.seconds:.1f} s; judge prompts: "
+                  f"{prompts}", soft_wrap=True)
     single, pair = read_judgments([output])
     res = _print_summary(single, pair, baseline, seed)
     if summary is not None:
-        write_json(summary, json_safe({"stats": {"judged": stats.judged, "cached": stats.cached,
-                                              "unparsed": stats.unparsed, "failed": stats.failed}, **res}))
+        write_json(summary, json_safe({"judge_prompts": prompts, "stats": {
+            "judged": stats.judged, "cached": stats.cached, "unparsed": stats.unparsed, "failed": stats.failed},
+            **res}))
     if stats.failed:
         raise CamelidError(f"{len(stats.failed)} judgment(s) failed; rerun the same command to retry them")
 
@@ -274,6 +283,13 @@ def arena(
     seed: Annotated[int, typer.Option("--seed", help="Seeds each session's order of items and sides.")] = 0,
     results: Annotated[bool, typer.Option("--results", help="Print win rates and Bradley-Terry ratings from --db "
                                           "and exit.")] = False,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="CAMELID_ARENA_KEY", show_envvar=False,
+        help="Vote key: raters enter it on the page; the voting API requires it (default $CAMELID_ARENA_KEY; "
+        "none: open).")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        "--allow-host", help="Also answer requests whose Host header names this host (repeatable; on a loopback "
+        "bind only loopback names are answered by default).")] = None,
 ) -> None:
     """Blind pairwise human evaluation in the browser (Alpaca's): vote A / B / tie / both bad."""
     if results:
@@ -286,7 +302,9 @@ def arena(
     a = ar.Arena(load_questions(questions), _merge_answers(_answers(answers, more)), db, seed)
     console.print(f"arena: {len(a.items)} items over {len(a.models)} models, votes in {db}; "
                   f"open http://{host}:{port}/ (results at /results)")
-    ar.serve(a, host, port)
+    if api_key is not None and not api_key.strip():
+        raise CamelidError("--api-key is empty")
+    arena_web.serve(a, host, port, api_key=api_key, allowed_hosts=allow_host or ())
 
 
 def _print_arena(res: dict) -> None:

@@ -1,5 +1,7 @@
 """`camelid eval judge`: LLM-as-a-judge, single-answer grading and pairwise comparison (MT-bench's method).
 
+- prompts: camelid's own set (English, Korean, Chinese) or FastChat's MT-bench set byte for byte (`--prompts mt-bench`,
+  comparable with published MT-bench numbers); see judge_prompts and prompts/README.md.
 - single: a 1-10 score per answer (per turn for multi-turn questions), reference-guided for math, reasoning and
   coding when a reference exists. Replies without a parseable `[[rating]]` are kept with `score: null` and counted.
 - pairwise: every pair is judged twice, once in each order (game 1: model_1 is A; game 2: model_2 is A). When the
@@ -11,78 +13,21 @@ finishes, and skipped by a rerun, so a killed run loses nothing that was finishe
 
 from __future__ import annotations
 
-import functools
 import itertools
-import re
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Literal
 
-from camelid.core.io import CamelidError, JsonlAppender, read_jsonl, repair_jsonl_tail, sha256_json
+from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, output_lock, read_jsonl,
+                             repair_jsonl_tail, sha256_json)
+from camelid.core.records import json_type
+from camelid.evaluate.judge_prompts import (check_prompt_set, needs_reference, pair_messages, parse_score,
+                                            parse_verdict, single_messages)
 from camelid.evaluate.questions import Answer, Question
 from camelid.models.base import Model, Sampling
 
-NEED_REF = {"math", "reasoning", "coding"}  # categories graded against a reference answer when one exists
-LABELS = {"en": {"user": "User", "assistant": "Assistant", "reference": "Reference answer"},
-          "ko": {"user": "사용자", "assistant": "어시스턴트", "reference": "모범 답안"},
-          "zh": {"user": "用户", "assistant": "助手", "reference": "参考答案"}}
-
-
-@dataclass(frozen=True)
-class JudgePrompt:
-    name: str  # single | single-ref | single-multi | single-ref-multi | pair | pair-ref | pair-multi | ...
-    lang: str
-    system: str
-    user: str
-
-    def messages(self, **fields: str) -> list[dict]:
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user.format(**fields)}]
-
-
-@functools.lru_cache(maxsize=None)
-def load_prompt(name: str, lang: str = "en") -> JudgePrompt:
-    """A judge prompt shipped in `camelid/evaluate/prompts/{name}.{lang}.txt` ([system] and [user] sections)."""
-    try:
-        text = resources.files("camelid.evaluate").joinpath("prompts", f"{name}.{lang}.txt").read_text("utf-8")
-    except FileNotFoundError:
-        raise CamelidError(f"no judge prompt {name!r} for language {lang!r}") from None
-    m = re.fullmatch(r"\[system\]\n(.*?)\n\[user\]\n(.*)", text, re.S)
-    if not m:
-        raise CamelidError(f"judge prompt {name}.{lang}.txt: expected a [system] and a [user] section")
-    return JudgePrompt(name, lang, m.group(1).strip(), m.group(2).rstrip("\n"))
-
-
-def prompt_name(kind: str, ref: bool, multi: bool) -> str:
-    return kind + ("-ref" if ref else "") + ("-multi" if multi else "")
-
-
-# ---------------------------------------------------------------------------------------------- parsing
-
-_SCORE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?\]\]")
-_SCORE_LOOSE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?\]")
-_VERDICT = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.I)
-
-
-def parse_score(text: str) -> float | None:
-    """The judge's 1-10 rating: the last `[[n]]` (also `[[8.5]]`, `Rating: [[7]]`, `[[7/10]]`), else the last `[n]`;
-    None when there is none or it is out of range."""
-    for pat in (_SCORE, _SCORE_LOOSE):
-        found = pat.findall(text)
-        if found:
-            v = float(found[-1])
-            return v if 1.0 <= v <= 10.0 else None
-    return None
-
-
-def parse_verdict(text: str) -> Literal["A", "B", "C"] | None:
-    """The last `[[A]]` / `[[B]]` / `[[C]]` (or `[[tie]]`) in the judge's reply; None when there is none."""
-    found = _VERDICT.findall(text)
-    if not found:
-        return None
-    v = found[-1].upper()
-    return "C" if v == "TIE" else v  # type: ignore[return-value]
+PROMPTS_DEFAULT = "camelid"
 
 
 def combine(g1_winner: str, g2_winner: str) -> str:
@@ -95,19 +40,8 @@ def combine(g1_winner: str, g2_winner: str) -> str:
 # ---------------------------------------------------------------------------------------------- rendering
 
 
-def conversation(q: Question, turns: list[str], upto: int, lang: str, assistant_label: str | None = None) -> str:
-    """Turns 0..upto as `### User:` / `### Assistant:` blocks (labels in the prompt's language)."""
-    lab = LABELS[lang]
-    name = assistant_label or lab["assistant"]
-    parts = []
-    for t in range(upto + 1):
-        parts.append(f"### {lab['user']}:\n{q.text(t)}")
-        parts.append(f"### {name}:\n{turns[t] if t < len(turns) else ''}")
-    return "\n\n".join(parts)
-
-
-def _reference(q: Question, ref_answers: dict[str, Answer] | None) -> list[str] | None:
-    if q.category.lower() not in NEED_REF:
+def _reference(q: Question, ref_answers: dict[str, Answer] | None, prompts: str) -> list[str] | None:
+    if not needs_reference(prompts, q.category):
         return None
     if q.reference:
         return q.reference
@@ -131,43 +65,35 @@ class JudgeStats:
     seconds: float = 0.0
 
 
-def _lang(q: Question, lang: str) -> str:
+def _lang(q: Question, lang: str, prompts: str) -> str:
+    if prompts == "mt-bench":
+        return "en"  # FastChat's prompts are English whatever the question's language
     return q.lang if lang == "auto" else lang
 
 
 def single_tasks(questions: list[Question], answers: dict[str, dict[str, Answer]], judge_id: str, sampling: Sampling,
-                 lang: str = "auto", ref_answers: dict[str, Answer] | None = None) -> list[_Task]:
+                 lang: str = "auto", ref_answers: dict[str, Answer] | None = None, prompts: str = PROMPTS_DEFAULT
+                 ) -> list[_Task]:
     tasks = []
     for model, q in itertools.product(sorted(answers), questions):
         a = answers[model].get(str(q.question_id))
         if a is None:
             continue
-        lg, ref = _lang(q, lang), _reference(q, ref_answers)
+        lg, ref = _lang(q, lang, prompts), _reference(q, ref_answers, prompts)
         for t in range(min(len(q.turns), len(a.turns))):
-            has_ref = ref is not None and len(ref) > t
-            name = prompt_name("single", has_ref, t > 0)
-            p = load_prompt(name, lg)
-            if t == 0:
-                fields = {"question": q.text(0), "answer": a.turns[0]}
-                if has_ref:
-                    fields["reference"] = ref[0]
-            else:
-                fields = {"conversation": conversation(q, a.turns, t, lg)}
-                if has_ref:
-                    fields["reference_conversation"] = conversation(q, ref, t, lg,
-                                                                    assistant_label=LABELS[lg]["reference"])
-            msgs = p.messages(**fields)
+            name, msgs = single_messages(prompts, q, a.turns, t, lg, ref if ref is not None and len(ref) > t else None)
             key = sha256_json({"judge": judge_id, "messages": msgs, "sampling": sampling.__dict__})[:24]
             tasks.append(_Task(key, [msgs], {
-                "question_id": q.question_id, "model": model, "judge": judge_id, "mode": "single", "prompt": name,
-                "lang": lg, "turn": t + 1, "category": q.category, "answer_chars": len(a.turns[t]),
+                "question_id": q.question_id, "model": model, "judge": judge_id, "mode": "single",
+                "prompts": prompts, "prompt": name, "lang": lg, "turn": t + 1, "category": q.category,
+                "answer_chars": len(a.turns[t]),
                 "answer_tokens": a.completion_tokens[t] if t < len(a.completion_tokens) else None}))
     return tasks
 
 
 def pair_tasks(questions: list[Question], answers: dict[str, dict[str, Answer]], judge_id: str, sampling: Sampling,
-               lang: str = "auto", ref_answers: dict[str, Answer] | None = None, baseline: str | None = None
-               ) -> list[_Task]:
+               lang: str = "auto", ref_answers: dict[str, Answer] | None = None, baseline: str | None = None,
+               prompts: str = PROMPTS_DEFAULT) -> list[_Task]:
     models = sorted(answers)
     if baseline is not None:
         if baseline not in answers:
@@ -182,43 +108,32 @@ def pair_tasks(questions: list[Question], answers: dict[str, dict[str, Answer]],
         a1, a2 = answers[m1].get(str(q.question_id)), answers[m2].get(str(q.question_id))
         if a1 is None or a2 is None:
             continue
-        lg, ref = _lang(q, lang), _reference(q, ref_answers)
-        lab = LABELS[lg]["assistant"]
+        lg, ref = _lang(q, lang, prompts), _reference(q, ref_answers, prompts)
         for t in range(min(len(q.turns), len(a1.turns), len(a2.turns))):
-            has_ref = ref is not None and len(ref) > t
-            name = prompt_name("pair", has_ref, t > 0)
-            p = load_prompt(name, lg)
+            r = ref if ref is not None and len(ref) > t else None
             calls = []
-            for first, second in ((a1, a2), (a2, a1)):
-                if t == 0:
-                    fields = {"question": q.text(0), "answer_a": first.turns[0], "answer_b": second.turns[0]}
-                    if has_ref:
-                        fields["reference"] = ref[0]
-                else:
-                    fields = {"conversation_a": conversation(q, first.turns, t, lg, assistant_label=f"{lab} A"),
-                              "conversation_b": conversation(q, second.turns, t, lg, assistant_label=f"{lab} B")}
-                    if has_ref:
-                        fields["reference_conversation"] = conversation(q, ref, t, lg,
-                                                                        assistant_label=LABELS[lg]["reference"])
-                calls.append(p.messages(**fields))
+            for first, second in ((a1, a2), (a2, a1)):  # game 1: model_1 shown as A; game 2: swapped
+                name, msgs = pair_messages(prompts, q, first.turns, second.turns, t, lg, r)
+                calls.append(msgs)
             key = sha256_json({"judge": judge_id, "messages": calls, "sampling": sampling.__dict__})[:24]
             tasks.append(_Task(key, calls, {
                 "question_id": q.question_id, "model_1": m1, "model_2": m2, "judge": judge_id, "mode": "pairwise",
-                "prompt": name, "lang": lg, "turn": t + 1, "category": q.category,
+                "prompts": prompts, "prompt": name, "lang": lg, "turn": t + 1, "category": q.category,
                 "length_1": len(a1.turns[t]), "length_2": len(a2.turns[t])}))
     return tasks
 
 
 def _finish_single(row: dict, replies: list) -> dict:
     text = replies[0].text
-    return {**row, "score": parse_score(text), "judgment": text, "judge_finish_reason": replies[0].finish_reason}
+    return {**row, "score": parse_score(text, row["prompts"]), "judgment": text,
+            "judge_finish_reason": replies[0].finish_reason}
 
 
 def _finish_pair(row: dict, replies: list) -> dict:
     m1, m2 = row["model_1"], row["model_2"]
     games = {}
     for g, (reply, order) in enumerate(zip(replies, ((m1, m2), (m2, m1))), 1):
-        verdict = parse_verdict(reply.text)
+        verdict = parse_verdict(reply.text, row["prompts"])
         winner_model = {"A": order[0], "B": order[1], "C": "tie"}.get(verdict or "", None)
         winner = {m1: "model_1", m2: "model_2", "tie": "tie"}.get(winner_model or "", "error")
         games[g] = {"A": order[0], "B": order[1], "verdict": verdict, "winner": winner, "judgment": reply.text,
@@ -229,62 +144,77 @@ def _finish_pair(row: dict, replies: list) -> dict:
             "swap_agree": games[1]["winner"] == games[2]["winner"] and result != "error"}
 
 
+def prompt_set(row: dict) -> str:
+    """The prompt set a judgment row was made with (rows written before sets existed used camelid's)."""
+    return row.get("prompts") or PROMPTS_DEFAULT
+
+
 def run_tasks(judge: Model, tasks: list[_Task], out: str | Path, sampling: Sampling, concurrency: int | None = None,
               on_done: Callable[[dict], None] | None = None) -> JudgeStats:
     """Judge every task whose key is not yet in `out`; append each finished judgment at once."""
     out = Path(out)
-    done = set()
-    if out.exists():
-        repair_jsonl_tail(out)
-        done = {r.get("key") for _, r in read_jsonl(out)}
-    seen, todo = set(), []
-    for t in tasks:
-        if t.key not in done and t.key not in seen:
-            todo.append(t)
-            seen.add(t.key)
-    stats = JudgeStats(cached=sum(t.key in done for t in tasks))
-    t0 = time.perf_counter()
+    with output_lock(out):  # one writer per output: a second is refused before it reads or cuts anything
+        done, sets = set(), set()
+        if out.exists():
+            repair_jsonl_tail(out)
+            for line, r in read_jsonl(out):
+                if not isinstance(r, dict):
+                    raise DataError(Problem(str(out), line, None, f"expected a judgment object, got {json_type(r)}"))
+                done.add(r.get("key"))
+                if r.get("mode") in ("single", "pairwise"):
+                    sets.add(prompt_set(r))
+        wanted = {t.row["prompts"] for t in tasks}
+        if sets - wanted:  # a report must never average scores made with two prompt sets
+            raise CamelidError(f"{out} holds judgments made with the {', '.join(sorted(sets))} judge prompts; write "
+                               f"the {', '.join(sorted(wanted))} ones to another file")
+        seen, todo = set(), []
+        for t in tasks:
+            if t.key not in done and t.key not in seen:
+                todo.append(t)
+                seen.add(t.key)
+        stats = JudgeStats(cached=sum(t.key in done for t in tasks))
+        t0 = time.perf_counter()
 
-    def work(task: _Task) -> list:
-        return [judge.chat(msgs, sampling) for msgs in task.calls]
+        def work(task: _Task) -> list:
+            return [judge.chat(msgs, sampling) for msgs in task.calls]
 
-    with JsonlAppender(out) as app:
-        for i, r in judge.map(work, todo, concurrency):
-            task = todo[i]
-            if isinstance(r, BaseException):
-                if not isinstance(r, Exception):
-                    raise r
-                stats.failed.append((task.key, f"{type(r).__name__}: {r}"))
-                continue
-            finish = _finish_single if task.row["mode"] == "single" else _finish_pair
-            row = {"key": task.key, **finish(task.row, r),
-                   "user_prompts": [c[-1]["content"] for c in task.calls], "tstamp": time.time()}
-            unparsed = row.get("score") is None if row["mode"] == "single" else row["winner"] == "error"
-            stats.unparsed += unparsed
-            stats.judged += 1
-            app.write(row)
-            if on_done:
-                on_done(row)
-    stats.seconds = time.perf_counter() - t0
-    if todo and stats.failed and not stats.judged:
-        raise CamelidError(f"every judgment failed; first: {stats.failed[0][1]}")
-    return stats
+        with JsonlAppender(out) as app:
+            for i, r in judge.map(work, todo, concurrency):
+                task = todo[i]
+                if isinstance(r, BaseException):
+                    if not isinstance(r, Exception):
+                        raise r
+                    stats.failed.append((task.key, f"{type(r).__name__}: {r}"))
+                    continue
+                finish = _finish_single if task.row["mode"] == "single" else _finish_pair
+                row = {"key": task.key, **finish(task.row, r),
+                       "user_prompts": [c[-1]["content"] for c in task.calls], "tstamp": time.time()}
+                unparsed = row.get("score") is None if row["mode"] == "single" else row["winner"] == "error"
+                stats.unparsed += unparsed
+                stats.judged += 1
+                app.write(row)
+                if on_done:
+                    on_done(row)
+        stats.seconds = time.perf_counter() - t0
+        if todo and stats.failed and not stats.judged:
+            raise CamelidError(f"every judgment failed; first: {stats.failed[0][1]}")
+        return stats
 
 
 def judge_answers(judge: Model, questions: list[Question], answers: dict[str, dict[str, Answer]], out: str | Path,
                   *, mode: Literal["single", "pairwise"] = "single", judge_id: str | None = None, lang: str = "auto",
                   ref_answers: dict[str, Answer] | None = None, baseline: str | None = None, max_tokens: int = 1024,
                   temperature: float = 0.0, seed: int = 0, concurrency: int | None = None,
-                  on_done: Callable[[dict], None] | None = None) -> JudgeStats:
-    """Judge `answers` ({model_id: {question_id: Answer}}) on `questions` into the append-only JSONL `out`."""
-    if lang not in ("auto", *LABELS):
-        raise CamelidError(f"--lang {lang!r}: expected {', '.join(LABELS)} or auto")
+                  prompts: str = PROMPTS_DEFAULT, on_done: Callable[[dict], None] | None = None) -> JudgeStats:
+    """Judge `answers` ({model_id: {question_id: Answer}}) on `questions` into the append-only JSONL `out`, with the
+    judge prompt set `prompts` (camelid | mt-bench: see judge_prompts)."""
+    check_prompt_set(prompts, lang)
     judge_id = judge_id or judge.name
     sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
     if mode == "single":
-        tasks = single_tasks(questions, answers, judge_id, sampling, lang, ref_answers)
+        tasks = single_tasks(questions, answers, judge_id, sampling, lang, ref_answers, prompts)
     elif mode == "pairwise":
-        tasks = pair_tasks(questions, answers, judge_id, sampling, lang, ref_answers, baseline)
+        tasks = pair_tasks(questions, answers, judge_id, sampling, lang, ref_answers, baseline, prompts)
     else:
         raise CamelidError(f"--mode {mode!r}: expected single or pairwise")
     if not tasks:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camelid.core.io import CamelidError, DataError, Problem, read_records
+from camelid.core.io import DataError, Problem, read_records
+from camelid.core.records import check_input, json_type, read_text
 from camelid.data.lang import detect_language
 
 
@@ -67,7 +68,7 @@ def _str_field(path: Path, line: int | None, i: int, rec: dict, name: str, requi
 
 def _parse(path: Path, line: int | None, i: int, rec: Any) -> Question:
     if not isinstance(rec, dict):
-        raise _problem(path, line, i, None, f"expected an object, got {type(rec).__name__}")
+        raise _problem(path, line, i, None, f"expected an object, got {json_type(rec)}")
     if "turns" in rec:  # Vicuna-bench / MT-bench
         turns = rec["turns"]
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
@@ -99,9 +100,8 @@ def load_questions(path: str | Path, limit: int | None = None) -> list[Question]
     path = Path(path)
     out: list[Question] = []
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise CamelidError(f"{path}: no such file")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        check_input(path)
+        for n, line in enumerate(read_text(path).splitlines(), 1):
             if line.strip():
                 out.append(Question(n, [line.strip()]))
             if limit and len(out) >= limit:

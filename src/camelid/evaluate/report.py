@@ -1,7 +1,8 @@
 """`camelid eval report`: judgments -> one Markdown and one HTML report with tables and PNG charts.
 
-Charts: mean score by category per model, win rates (raw and length-controlled) with 95% bootstrap error bars,
-and answer length against score. The same tables go into both files; the HTML embeds nothing external.
+Charts: mean score by category per model, win/tie/loss shares with the win rate and the length-controlled win rate
+(AlpacaEval's `length_controlled_minimal` GLM) and their 95% bootstrap error bars, and answer length against score.
+The same tables go into both files; the HTML embeds nothing external. Each section names the judge prompt set.
 """
 
 from __future__ import annotations
@@ -12,10 +13,29 @@ from collections import defaultdict
 from pathlib import Path
 
 from camelid.core.io import CamelidError, write_json, write_text
-from camelid.evaluate.judge import read_judgments
+from camelid.evaluate.judge import prompt_set, read_judgments
 from camelid.evaluate.stats import pairwise_summary, relative_scores, single_summary
 
 Table = tuple[list[str], list[list[str]]]
+
+PROMPT_SET_NOTES = {
+    "camelid": "camelid's own judge prompts (not MT-bench's wording: not comparable with published MT-bench numbers)",
+    "mt-bench": "FastChat's MT-bench judge prompts and verdict parsing, byte for byte (comparable with published "
+                "MT-bench numbers made with the same judge model)"}
+LC_NOTE = ("LC: length-controlled win rate, the GLM of AlpacaEval's `length_controlled_minimal` (the preference "
+           "regressed on an intercept and tanh of the standardized length difference, read at zero difference), "
+           "fitted by maximum likelihood where AlpacaEval cross-validates an L1 penalty (the same figure on large "
+           "sets; on small ones AlpacaEval's may shrink toward 50%). Not AlpacaEval 2.0's leaderboard LC "
+           "(`length_controlled_v1`: it adds an instruction-difficulty term and regularizes toward gamed baselines).")
+
+
+def judged_prompt_set(rows: list[dict], what: str) -> str:
+    """The one prompt set `rows` were judged with; averaging over two sets would mix incomparable scales."""
+    sets = sorted({prompt_set(r) for r in rows})
+    if len(sets) > 1:
+        raise CamelidError(f"the {what} judgments were made with different judge prompt sets ({', '.join(sets)}); "
+                           "report each set on its own")
+    return sets[0]
 
 
 def _f(x: float | None, fmt: str = ".2f") -> str:
@@ -74,22 +94,36 @@ def chart_categories(single: list[dict], path: Path) -> bool:
     return True
 
 
+BAR_SEGMENTS = (("win_share", "#4c9a5a", "win"), ("tie_rate", "#c9ccd3", "tie"), ("loss_rate", "#d0605e", "loss"))
+
+
 def chart_win_rates(pair_summ: list[dict], path: Path) -> bool:
-    """One row per pair: a win/tie/loss stacked bar, with the win rate and the length-controlled win rate as
-    points carrying their 95% bootstrap intervals."""
+    import matplotlib.pyplot as plt
+
+    fig = win_rates_figure(pair_summ)
+    if fig is None:
+        return False
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def win_rates_figure(pair_summ: list[dict]):
+    """One row per pair: a win/tie/loss stacked bar of strict shares (summing to 1), with the win rate (a tie half
+    a win) and the length-controlled win rate as points carrying their 95% bootstrap intervals. None when no pair
+    has a parseable verdict."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     pair_summ = [s for s in pair_summ if s["n"]]  # pairs with no parseable verdict have nothing to draw
     if not pair_summ:
-        return False
+        return None
     labels = [f"{s['model_1']}\nvs {s['model_2']}" for s in pair_summ]
     y = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(8, 2.0 + 0.8 * len(labels)), dpi=110)
     left = np.zeros(len(labels))
-    for key, color, name in (("win_rate_", "#4c9a5a", "win"), ("tie_rate_", "#c9ccd3", "tie"),
-                             ("loss_rate_", "#d0605e", "loss")):
-        vals = np.nan_to_num(np.array([s[key[:-1]] for s in pair_summ], float))
+    for key, color, name in BAR_SEGMENTS:
+        vals = np.nan_to_num(np.array([s[key] for s in pair_summ], float))
         ax.barh(y, vals, 0.5, left=left, color=color, label=name)
         left += vals
     for off, key, marker, name in ((-0.12, "win_rate", "o", "win rate (tie = 1/2)"),
@@ -108,9 +142,7 @@ def chart_win_rates(pair_summ: list[dict], path: Path) -> bool:
     handles, names = ax.get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="lower center", ncol=5, frameon=False)
     fig.tight_layout(rect=(0, 0.12 / (1 + 0.5 * len(labels)), 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return fig
 
 
 def chart_length(single: list[dict], path: Path) -> bool:
@@ -163,6 +195,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
     sections: list[tuple[str, str, list[Table | str]]] = []  # (heading, intro, tables and image names)
     summary: dict = {"judgment_files": [str(p) for p in paths]}
 
+    sets = {"single": judged_prompt_set(single, "single") if single else None,
+            "pairwise": judged_prompt_set(pair, "pairwise") if pair else None}
+    summary["judge_prompts"] = {k: v for k, v in sets.items() if v}
     if single:
         ss = single_summary(single, seed=seed)
         summary["single"] = ss
@@ -186,7 +221,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
             items.append("length_vs_score.png")
         judges = sorted({r["judge"] for r in single})
         unparsed = sum(s["unparsed"] for s in ss)
-        sections.append(("Single-answer grading", f"Judge: {', '.join(judges)}. Scores 1-10; {unparsed} of "
+        sections.append(("Single-answer grading", f"Judge: {', '.join(judges)}, with {sets['single']}: "
+                         f"{PROMPT_SET_NOTES[sets['single']]}. Scores 1-10; {unparsed} of "
                          f"{len(single)} judge replies had no parseable [[rating]]: they are kept in the judgment "
                          "file with a null score and left out of the means. Relative score: Vicuna's total score "
                          "of a model over the baseline's, on the turns both were scored.", items))
@@ -201,10 +237,12 @@ def build_report(paths: list[str | Path], out_dir: str | Path, baseline: str | N
         items = [(head, rows)]
         if chart_win_rates(ps, out / "win_rates.png"):
             items.append("win_rates.png")
-        sections.append(("Pairwise comparison", "Every pair was judged in both orders; when the two verdicts "
-                         "disagree the pair is a tie (position bias removed). Win rate counts a tie as half a win. "
-                         "LC: length-controlled win rate (logistic regression of the preference on the length "
-                         "difference, read at equal length). Errors: a verdict could not be parsed.", items))
+        judges = sorted({r["judge"] for r in pair})
+        sections.append(("Pairwise comparison", f"Judge: {', '.join(judges)}, with {sets['pairwise']}: "
+                         f"{PROMPT_SET_NOTES[sets['pairwise']]}. Every pair was judged in both orders; when the two "
+                         "verdicts disagree the pair is a tie (position bias removed). Win, tie and loss are strict "
+                         "shares of the questions (the bar); win rate counts a tie as half a win. " + LC_NOTE
+                         + " Errors: a verdict could not be parsed.", items))
 
     md = [f"# {title}", ""]
     body = [f"<h1>{html.escape(title)}</h1>"]

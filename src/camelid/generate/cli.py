@@ -9,7 +9,14 @@ import typer
 
 from camelid.core.cli import ApiKeyOpt, BaseUrlOpt, console
 from camelid.core.config import cli_options
-from camelid.generate.generator import DEFAULTS, GenerateConfig, Generator, load_config, mode_defaults
+from camelid.core.errors import interrupt_note
+from camelid.generate.generator import (
+    DEFAULTS,
+    GenerateConfig,
+    Generator,
+    load_config,
+    mode_defaults,
+)
 
 app = typer.Typer()
 
@@ -30,14 +37,25 @@ def generate(
     kill -9 at any moment, rerun the same command, and it continues where it stopped.
     """
     cfg = load_config(config, settings)
-    gen = Generator(cfg, show_progress=not quiet)
-    if gen.kept:
-        console.print(f"resuming {cfg.output}: {gen.kept} kept, {sum(gen.reasons.values())} rejected so far")
-    rep = gen.run()
-    rejected = ", ".join(f"{r} {n}" for r, n in rep.rejected.most_common()) or "none"
-    console.print(f"kept {rep.kept}/{rep.target} ({rep.kept - rep.resumed_from} new) in {rep.seconds:.1f} s; "
-                  f"{rep.requests} requests ({rep.failed_requests} failed), {rep.prompt_tokens:,} prompt + "
-                  f"{rep.completion_tokens:,} completion tokens; rejected: {rejected}")
-    console.print(f"wrote {rep.output}, {gen.rejected_path.name}, {gen.requests_path.name}")
-    if rep.stopped:
-        console.print(f"[yellow]stopped short of --num: {rep.stopped}[/]")
+    made: list[Generator] = []
+
+    def note() -> str:
+        return made[0].interrupted_note() if made else f"{cfg.output} is as it was; the same command resumes it"
+
+    with interrupt_note(note):
+        gen = Generator(cfg, show_progress=not quiet)
+        made.append(gen)
+        note_ = gen.resume_note()
+        if note_:
+            console.print(f"resuming {cfg.output}: {note_}")
+        rep = gen.run()
+        rejected = ", ".join(f"{r} {n}" for r, n in rep.rejected.most_common()) or "none"
+        t = rep.totals
+        so_far = (f" ({t.requests} requests, {t.prompt_tokens + t.completion_tokens:,} tokens, "
+                  f"{rep.total_seconds:.1f} s in all runs)" if rep.resumed_from or t.requests != rep.requests else "")
+        console.print(f"kept {rep.kept}/{rep.target} ({rep.kept - rep.resumed_from} new) in {rep.seconds:.1f} s; "
+                      f"{rep.requests} requests ({rep.failed_requests} failed), {rep.prompt_tokens:,} prompt + "
+                      f"{rep.completion_tokens:,} completion tokens{so_far}; rejected: {rejected}")
+        console.print(f"wrote {rep.output}, {gen.rejected_path.name}, {gen.requests_path.name}, {gen.rounds_path.name}")
+        if rep.stopped:
+            console.print(f"[yellow]stopped short of --num: {rep.stopped}[/]")

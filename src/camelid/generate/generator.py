@@ -2,9 +2,11 @@
 
 Nothing is lost and a rerun continues: every kept record is one appended, flushed line of OUT.jsonl (a
 Self-Instruct task's instances are one write), every rejected candidate a line of OUT.rejected.jsonl with its
-`reason`, every model call a line of OUT.requests.jsonl (prompt, raw reply, finish_reason, usage). A rerun
-cuts a torn last line, reloads the kept instructions into the dedup pool (seeds first, then kept, in order:
-Stanford's pool), the rejection counts and the request counter, and continues to the target count.
+`reason`, every model call a line of OUT.requests.jsonl (prompt, raw reply, finish_reason, usage), and
+OUT.rounds.jsonl journals the rounds (`generate.journal`: how a cut round is redone exactly). A rerun cuts a torn
+last line, reloads the kept instructions into the dedup pool (seeds first, then kept, in order: Stanford's pool),
+the rejection counts and the counters, redoes the round that was cut (with the replies already logged) and
+continues to the target count. One process writes an output at a time (a lock beside it).
 
 Requests go out in rounds of `request_batch_size` (at least `concurrency`) through `Model.map`, many in flight
 against a server; results are processed in request order, so a deterministic teacher and the same seed give the
@@ -13,6 +15,7 @@ same prompts and the same data whatever the concurrency. Prompt k is sampled wit
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import threading
@@ -28,11 +31,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from camelid.core.cli import console
 from camelid.core.config import validate
-from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, read_jsonl, read_yaml_mapping,
-                             repair_jsonl_tail)
+from camelid.core.errors import interrupt_note
+from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, output_lock, read_jsonl,
+                             read_yaml_mapping, refuse_overwrite, repair_jsonl_tail)
 from camelid.data.dedup import Deduper
 from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter, filter_instances
+from camelid.generate.journal import (Pending, Totals, check_rejected_row, check_request_row, read_prefix,
+                                      read_rounds, rounds_path)
+from camelid.generate.quality import OutputFilter, QualityConfig
 from camelid.generate.prompts import default_seeds, load_seeds, prompt_file, read_prompt
 from camelid.models import load_model
 from camelid.models.base import Completion, ContextLengthError, Model, ModelError, Sampling
@@ -99,6 +106,8 @@ class GenerateConfig(BaseModel):
                                            "replaces the default list)")
     max_requests: Optional[int] = Field(None, ge=1, description="Stop after this many generation requests even "
                                         "short of --num")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Output-quality filters' thresholds "
+                                   "(numbering/template leaks, repetition, language, length ratio)")
 
     def setting(self, name: str) -> Any:
         """A mode-dependent setting: the value given, else the mode's default."""
@@ -140,6 +149,8 @@ class Report:
     completion_tokens: int = 0
     seconds: float = 0.0
     stopped: str | None = None  # why it stopped short of the target
+    totals: Totals = field(default_factory=Totals)  # every invocation on this output, from its request log
+    total_seconds: float = 0.0  # every invocation's rounds, from the journal
 
 
 class Generator:
@@ -155,50 +166,96 @@ class Generator:
         self.base_prompt = read_prompt(cfg.prompt) if cfg.prompt else prompt_file(f"alpaca_{cfg.lang}")
         self.npi = cfg.setting("num_prompt_instructions")
         self.filter = InstructionFilter(cfg.lang, cfg.blacklist)
+        self.quality = OutputFilter(cfg.quality, cfg.lang)
         self.dedup = Deduper(cfg.threshold, cfg.lang)
         self.dedup.add([t.instruction for t in self.seeds])
         self.rejected_path, self.requests_path = sidecar_paths(cfg.output)
+        self.rounds_path = rounds_path(cfg.output)
+        refuse_overwrite([cfg.seeds, cfg.prompt], cfg.output)
         self._log_lock = threading.Lock()
         self.machine: list[str] = []  # kept instructions, in order
         self.reasons: Counter = Counter()
         self.next_request = 0
+        self.totals = Totals()
         self.tokens = [0, 0]  # prompt, completion (all runs)
-        for path in (Path(cfg.output), self.rejected_path, self.requests_path):
-            repair_jsonl_tail(path)  # a line torn by a crash is cut before anything is read
-        self._reload()
-        self.out = JsonlAppender(cfg.output)
-        self.rejected = JsonlAppender(self.rejected_path)
-        self.requests = JsonlAppender(self.requests_path)
-        self.report = Report(Path(cfg.output), len(self.machine), cfg.num, len(self.machine))
+        self.out_lines = self.rejected_lines = 0  # lines of OUT and OUT.rejected after the finished rounds
+        self._cache: dict[tuple, dict] = {}  # logged replies of the round that was cut, reused when it is redone
+        self._redo: list[int] | None = None  # that round's [first, last] request numbers
+        self._stack = contextlib.ExitStack()
+        try:
+            self._stack.enter_context(output_lock(cfg.output))  # before anything is read or cut
+            for path in (Path(cfg.output), self.rejected_path, self.requests_path, self.rounds_path):
+                repair_jsonl_tail(path)  # a line torn by a crash is cut before anything is read
+            self._reload()
+            self.out = self._stack.enter_context(JsonlAppender(cfg.output))
+            self.rejected = self._stack.enter_context(JsonlAppender(self.rejected_path))
+            self.requests = self._stack.enter_context(JsonlAppender(self.requests_path))
+            self.rounds = self._stack.enter_context(JsonlAppender(self.rounds_path, fsync=True))
+        except BaseException:
+            self._stack.close()
+            raise
+        self.report = Report(Path(cfg.output), len(self.machine), cfg.num, len(self.machine), totals=self.totals,
+                             total_seconds=self._seconds)
 
     # ------------------------------------------------------------------ resume
     def _reload(self) -> None:
+        out = Path(self.cfg.output)
+        journal = read_rounds(self.rounds_path)
+        done = journal.done
+        self._seconds = journal.seconds
         seen: set[str] = set()
         kept: list[str] = []
-        for line, row in _read(self.cfg.output):
+
+        def on_kept(line: int, row: Any) -> None:
             if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
-                raise DataError(Problem(str(self.cfg.output), line, "instruction", "not a generated Alpaca row: "
-                                        "pass a new -o file, or the output of an earlier `camelid generate`"))
+                raise DataError(Problem(str(out), line, "instruction", "not a generated Alpaca row: pass a new -o "
+                                        "file, or the output of an earlier `camelid generate`"))
+            self.out_lines += 1
             if row["instruction"] not in seen:
                 seen.add(row["instruction"])
                 kept.append(row["instruction"])
+
+        def on_rejected(line: int, row: Any) -> None:
+            self.reasons[check_rejected_row(self.rejected_path, line, row)] += 1
+            self.rejected_lines += 1
+
+        # without a journal (a fresh output, or one an older camelid wrote) every line is finished
+        limit = (lambda key: done[key] if done else 0) if journal.exists else (lambda key: None)
+        pending_out = read_prefix(out, limit("kept_lines"), on_kept)
+        pending_rej = read_prefix(self.rejected_path, limit("rejected_lines"), on_rejected)
+        self.pending_out, self.pending_rejected = Pending(out, pending_out), Pending(self.rejected_path, pending_rej)
         self.dedup.add(kept)
         self.machine = kept
-        for _, row in _read(self.rejected_path):
-            self.reasons[row.get("reason", "unknown") if isinstance(row, dict) else "unknown"] += 1
         main = MAIN_STEP[self.cfg.mode]
-        for _, row in _read(self.requests_path):
-            if not isinstance(row, dict):
-                continue
-            if row.get("step") == main and isinstance(row.get("request"), int):
-                self.next_request = max(self.next_request, row["request"] + 1)
-            usage = row.get("usage") or {}
-            self.tokens[0] += usage.get("prompt_tokens", 0)
-            self.tokens[1] += usage.get("completion_tokens", 0)
+        first_open = journal.open[0] if journal.open else (done["requests"][1] + 1 if done else None)
+        for line, row in (read_jsonl(self.requests_path) if self.requests_path.exists() else ()):
+            row = check_request_row(self.requests_path, line, row)
+            self.totals.add(row)
+            if first_open is not None and row["request"] >= first_open:
+                self._cache[(row["step"], row["request"], row.get("instruction"))] = row
+        self.tokens = [self.totals.prompt_tokens, self.totals.completion_tokens]
+        if journal.open:
+            self._redo = journal.open
+            self.next_request = journal.open[0]
+        elif done:
+            self.next_request = done["requests"][1] + 1
+        else:  # an output from before the journal: continue after the last logged generation request
+            self.next_request = self.totals.by_step.get(main, -1) + 1
 
     @property
     def kept(self) -> int:
         return len(self.machine)
+
+    def resume_note(self) -> str | None:
+        """What a rerun found, for the user (None for a fresh output)."""
+        if not (self.out_lines or self.rejected_lines or self._redo or self.pending_out.rows):
+            return None
+        note = f"{self.kept} kept, {sum(self.reasons.values())} rejected so far"
+        if self._redo:
+            cut = len(self.pending_out.rows) + len(self.pending_rejected.rows)
+            note += (f"; redoing requests {self._redo[0]}-{self._redo[1]}, which were cut (their logged replies are "
+                     f"reused{f', and the {cut} rows they had written checked' if cut else ''})")
+        return note
 
     # ------------------------------------------------------------------ requests
     def _sampling(self, seed: int, **overrides: Any) -> Sampling:
@@ -214,7 +271,15 @@ class Generator:
 
     def _request(self, k: int, step: str, prompt: str, sampling: Sampling, **extra: Any) -> Completion:
         """One model call, logged (from the worker thread) as soon as it returns. Like Stanford's openai_utils,
-        a prompt too long for max_tokens retries with 80% of the tokens."""
+        a prompt too long for max_tokens retries with 80% of the tokens. A reply logged before the run was cut
+        (the round being redone) is taken from the log instead of asked again."""
+        logged = self._cache.pop((step, k, extra.get("instruction")), None)
+        if logged is not None and logged["prompt"] == prompt:
+            if "error" in logged:
+                raise ModelError(logged["error"])
+            usage = logged["usage"]
+            return Completion(logged["reply"], logged["finish_reason"], usage.get("prompt_tokens", 0),
+                              usage.get("completion_tokens", 0), str(logged.get("model", "")))
         t0 = time.time()
         while True:
             try:
@@ -241,6 +306,7 @@ class Generator:
     def _log(self, row: dict) -> None:
         with self._log_lock:
             self.requests.write(row)
+            self.totals.add(row)
             self.report.requests += 1
             if "error" in row:
                 self.report.failed_requests += 1
@@ -268,8 +334,11 @@ class Generator:
 
     # ------------------------------------------------------------------ outcomes
     def _reject(self, row: dict, reason: str, k: int, **extra: Any) -> None:
-        self.rejected.write({"instruction": row.get("instruction", ""), "input": row.get("input", ""),
-                             "output": row.get("output", ""), "reason": reason, "request": k, **extra})
+        rej = {"instruction": row.get("instruction", ""), "input": row.get("input", ""),
+               "output": row.get("output", ""), "reason": reason, "request": k, **extra}
+        if self.pending_rejected.take([rej]):  # not already written by the round that was cut
+            self.rejected.write(rej)
+        self.rejected_lines += 1
         self.reasons[reason] += 1
         self._refresh()
 
@@ -277,6 +346,8 @@ class Generator:
         """Instruction filters (Stanford's order; then an empty output), then ROUGE-L against the seeds and the
         kept instructions. Returns Stanford's similarity fields when it passes (with add: and pools it)."""
         reason = self.filter.reason(inst) or ("empty_output" if need_output and not row.get("output") else None)
+        if not reason and need_output:
+            reason = self.quality.reason(inst, row.get("input", ""), row["output"])
         if reason:
             self._reject(row, reason, k)
             return None
@@ -287,10 +358,12 @@ class Generator:
         return v.fields()
 
     def _keep(self, rows: list[dict]) -> None:
-        if len(rows) == 1:
-            self.out.write(rows[0])
-        else:
-            self.out.write_many(rows)
+        fresh = self.pending_out.take(rows)  # those the round that was cut had not written yet
+        if len(fresh) == 1:
+            self.out.write(fresh[0])
+        elif fresh:
+            self.out.write_many(fresh)
+        self.out_lines += len(rows)
         self.machine.append(rows[0]["instruction"])
         self._refresh()
 
@@ -375,6 +448,9 @@ class Generator:
             is_clf, comp = res
             parsed = self_instruct.parse_instances(comp.text, is_clf, comp.finish_reason)
             good, bad = filter_instances(parsed)
+            verdicts = [(x, self.quality.reason(inst, x["input"], x["output"])) for x in good]
+            bad += [(x, r) for x, r in verdicts if r]
+            good = [x for x, r in verdicts if not r]
             for x, reason in bad:
                 self._reject({"instruction": inst, **x}, reason, k)
             good = good[: self.cfg.max_instances]
@@ -394,39 +470,64 @@ class Generator:
         t0 = time.perf_counter()
         own_model = self.model is None
         try:
-            if self.kept < cfg.num and own_model:
-                self.model = load_model(cfg.model, base_urls=cfg.base_url, api_key=cfg.api_key,
-                                        concurrency=cfg.concurrency or 8)
-            with self._progress():
-                failed_rounds = 0
-                made = 0
-                while self.kept < cfg.num:
-                    if cfg.max_requests is not None and made >= cfg.max_requests:
-                        self.report.stopped = f"--max-requests {cfg.max_requests} reached"
-                        break
-                    size = max(cfg.request_batch_size, cfg.concurrency or self.model.max_concurrency)
-                    if cfg.max_requests is not None:
-                        size = min(size, cfg.max_requests - made)
-                    ks = list(range(self.next_request, self.next_request + size))
-                    self.next_request += size
-                    made += size
-                    round_fn = self._alpaca_round if cfg.mode == "alpaca" else self._self_instruct_round
-                    if round_fn(ks) == 0:
-                        failed_rounds += 1
-                        if failed_rounds >= 3:
-                            raise CamelidError(f"every request of 3 rounds in a row failed; see "
-                                               f"{self.requests_path} for the errors")
-                    else:
-                        failed_rounds = 0
+            with interrupt_note(self.interrupted_note):
+                if self.kept < cfg.num and own_model:
+                    self.model = load_model(cfg.model, base_urls=cfg.base_url, api_key=cfg.api_key,
+                                            concurrency=cfg.concurrency or 8)
+                with self._progress():
+                    self._loop()
         finally:
-            for f in (self.out, self.rejected, self.requests):
-                f.close()
+            self._stack.close()  # the files, then the lock
             if own_model and self.model is not None:
                 self.model.close()
         self.report.kept = self.kept
         self.report.rejected = Counter(self.reasons)
         self.report.seconds = time.perf_counter() - t0
         return self.report
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        failed_rounds = 0
+        while self.kept < cfg.num:
+            if self._redo is not None:  # the round a kill cut short: the same requests again
+                first, last = self._redo
+                self._redo = None
+            else:
+                if cfg.max_requests is not None and self.next_request >= cfg.max_requests:
+                    self.report.stopped = f"--max-requests {cfg.max_requests} reached"
+                    break
+                size = max(cfg.request_batch_size, cfg.concurrency or self.model.max_concurrency)
+                first = self.next_request
+                last = first + size - 1
+                if cfg.max_requests is not None:
+                    last = min(last, cfg.max_requests - 1)
+                self.rounds.write({"step": "round", "requests": [first, last]})
+            self.next_request = last + 1
+            t = time.perf_counter()
+            round_fn = self._alpaca_round if cfg.mode == "alpaca" else self._self_instruct_round
+            ok = round_fn(list(range(first, last + 1)))
+            self.pending_out.check_done(first, last)
+            self.pending_rejected.check_done(first, last)
+            self._cache.clear()
+            seconds = round(time.perf_counter() - t, 3)
+            self.report.total_seconds += seconds
+            self.rounds.write({"step": "done", "requests": [first, last], "kept_lines": self.out_lines,
+                               "rejected_lines": self.rejected_lines, "seconds": seconds})
+            if ok == 0:
+                failed_rounds += 1
+                if failed_rounds >= 3:
+                    raise CamelidError(f"every request of 3 rounds in a row failed; see {self.requests_path} for "
+                                       "the errors")
+            else:
+                failed_rounds = 0
+
+    def interrupted_note(self) -> str:
+        return (f"kept {self.kept} instructions in {self.cfg.output} ({self.out_lines} rows); replies that were in "
+                f"flight are logged in {self.requests_path.name} and used when the same command runs again")
+
+    def close(self) -> None:
+        """Release the output (files and lock) without running: `run()` does this itself."""
+        self._stack.close()
 
     # ------------------------------------------------------------------ progress (stderr)
     def _progress(self):

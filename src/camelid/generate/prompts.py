@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from camelid.core.io import CamelidError, DataError, Problem, read_records
+from camelid.core.records import check_input, json_type, read_text
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_DIR = HERE / "prompts"
@@ -47,11 +48,12 @@ def load_seeds(path: str | Path) -> list[SeedTask]:
             problems.append(Problem(str(path), line, fld, msg, record=idx))
 
         if not isinstance(rec, dict):
-            bad(None, f"expected an object, got {type(rec).__name__}")
+            bad(None, f"expected an object, got {json_type(rec)}")
             continue
         inst = rec.get("instruction")
         if not isinstance(inst, str) or not inst.strip():
-            bad("instruction", "missing or empty" if not isinstance(inst, str) or not inst else "blank")
+            bad("instruction", "missing" if "instruction" not in rec else f"expected a string, got {json_type(inst)}"
+                if not isinstance(inst, str) else "empty" if not inst else "blank")
             continue
         if "instances" in rec:
             instances = rec["instances"]
@@ -88,10 +90,8 @@ def prompt_file(name: str) -> str:
 
 
 def read_prompt(path: str | Path) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise CamelidError(f"{path}: no such prompt file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(Problem(str(path), None, None, f"not valid UTF-8 ({e.reason})")) from None
+    check_input(path)
+    text = read_text(path)
+    if not text.strip():
+        raise CamelidError(f"{path}: the prompt file is empty")
+    return text

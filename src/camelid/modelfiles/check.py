@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from camelid.core.io import CamelidError, atomic_dir, read_json, write_json
 from camelid.core.templates import TEMPLATES, Template, TemplateError, get_template, jinja_renderer
-from camelid.models.checkpoint import load_tokenizer, resolve, template_name
+from camelid.models.checkpoint import load_tokenizer, resolve, template_name, write_legacy_keys
 from camelid.models.spec import embedded_gguf, parse_spec
 
 # llama.cpp treats these token texts as end-of-generation even when no EOS/EOT id names them (llama-vocab.cpp)
@@ -334,6 +334,7 @@ def fix_model(spec: str, out: str | Path, template: str | None = None, force: bo
             cfg = read_json(tmp / "config.json")
             cfg.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             write_json(tmp / "config.json", cfg)
+        write_legacy_keys(tmp)  # transformers 4.x reads the fixed copy too
     return before, check_hf(str(out), template)
 
 

@@ -38,17 +38,24 @@ def export(
                                        "beside it.")] = False,
     out: Annotated[Optional[Path], typer.Option("-o", "--output", help="--merge: output directory (default "
                                                 "RUN-merged); --gguf: FILE.gguf (default inside the run).")] = None,
-    outtype: Annotated[str, typer.Option("--outtype", help="GGUF tensor type: f16, f32 or q8_0.")] = "f16",
+    outtype: Annotated[Optional[str], typer.Option("--outtype", help="GGUF tensor type: f16 (default), f32 or "
+                                                   "q8_0.")] = None,
     template: TemplateOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Export a trained run: merged checkpoint (--merge) or GGUF + Modelfile (--gguf). Prints the output path."""
+    # every argument is checked before any weights are read (a merge takes minutes on a large model)
     if merge == gguf:
         raise CamelidError("choose one of --merge or --gguf")
     if merge:
+        for given, option in ((outtype, "--outtype"), (template, "--template")):
+            if given is not None:
+                raise CamelidError(f"{option} applies to --gguf only (--merge keeps the run's weights dtype and "
+                                   "its trained template)")
         path = merge_adapter(run_dir, out, force=force)
     else:
-        path = export_gguf(run_dir, out, outtype, template=template, force=force)  # type: ignore[arg-type]
+        path = export_gguf(run_dir, out, "f16" if outtype is None else outtype,  # type: ignore[arg-type]
+                           template=template, force=force)
         console.print(f"Ollama: ollama create NAME -f {path.with_suffix('.Modelfile')}")
     print(path)
 

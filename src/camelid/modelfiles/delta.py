@@ -33,6 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from camelid.core.cli import console
 from camelid.core.io import CamelidError, DataError, Problem, atomic_dir, parse_size, read_json, write_json
 from camelid.models.checkpoint import base_checkpoint
 
@@ -40,7 +41,13 @@ DELTA_FILE = "delta.json"
 FORMAT = "camelid-delta"
 DEFAULT_SHARD = "5GB"  # transformers' usual max_shard_size
 LOW_MEMORY_SHARD = "1GB"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+# weights in any format stay out of a delta (it must never hold the tuned model): by name, and by content for a
+# renamed file (GGUF, torch zip/pickle, numpy, HDF5, safetensors headers)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".ggjt", ".h5", ".msgpack",
+                   ".onnx", ".npz", ".npy", ".pkl", ".pickle", ".tflite", ".mlmodel", ".llamafile", ".exl2", ".awq")
+WEIGHT_MAGICS = (b"GGUF", b"ggjt", b"ggml", b"lmgg", b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04",
+                 b"\x80\x05", b"\x93NUMPY", b"\x89HDF\r\n")
+SIDE_FILE_MAX = 64 << 20  # config, tokenizer and run files are far smaller; anything bigger is left out, said so
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -157,11 +164,33 @@ class Checkpoint:
         return sum(f.stat().st_size for f in self.files)
 
 
-def side_files(src: Path) -> list[Path]:
-    """Config, generation config, tokenizer and run files: everything at the top level but the weights."""
-    skip = {DELTA_FILE}
-    return [p for p in sorted(src.iterdir()) if p.is_file() and not p.name.startswith(".") and p.name not in skip
-            and not p.name.endswith(WEIGHT_SUFFIXES) and not p.name.endswith(".safetensors.index.json")]
+def _looks_like_weights(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(WEIGHT_MAGICS):
+        return True
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    n = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    return head[8:9] == b"{" and 0 < n < path.stat().st_size
+
+
+def side_files(src: Path, encoded: frozenset[str] = frozenset()) -> tuple[list[Path], list[str]]:
+    """(files to copy, files left out with why): config, generation config, tokenizer and run files at the top
+    level; never weights in any format (by suffix or content), nor anything over SIDE_FILE_MAX. `encoded`: the
+    checkpoint's own weight files and index, which the delta encodes (not left out)."""
+    keep, left_out = [], []
+    for p in sorted(src.iterdir()):
+        if not p.is_file() or p.name.startswith(".") or p.name == DELTA_FILE or p.name in encoded:
+            continue
+        if p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".safetensors.index.json") or ".gguf" in p.name:
+            left_out.append(f"{p.name} (weights)")
+        elif p.stat().st_size > SIDE_FILE_MAX:
+            left_out.append(f"{p.name} (over {SIDE_FILE_MAX >> 20} MiB: not a config or tokenizer file)")
+        elif _looks_like_weights(p):
+            left_out.append(f"{p.name} (weights, by content)")
+        else:
+            keep.append(p)
+    return keep, left_out
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -243,12 +272,17 @@ def diff_weights(base: str | os.PathLike, tuned: str | os.PathLike, out: str | o
             del t, bits
         for name, file in writer.finish().items():
             records[name]["file"] = file
-        for f in side_files(tuned_dir):
+        encoded = frozenset([*(f.name for f in T.files), "model.safetensors.index.json"])
+        copied, left_out = side_files(tuned_dir, encoded)
+        for f in copied:
             shutil.copy2(f, tmp / f.name)
+        for line in left_out:
+            console.print(f"[yellow]not copied into the delta:[/] {tuned_dir / line}", soft_wrap=True)
         write_json(tmp / DELTA_FILE, {
             "format": FORMAT, "version": 1, "encoding": "xor",
             "base": {"path": str(base_dir), "tensors": len(B.names()),
                      "sha256": _digest({k: r["base_sha256"] for k, r in records.items()})},
+            "left_out": left_out,  # never the tuned weights in any format
             "target": {"path": str(tuned_dir), "tensors": len(records),
                        "sha256": _digest({k: r["sha256"] for k, r in records.items()})},
             "tensors": records})
@@ -316,7 +350,7 @@ def apply_delta(base: str | os.PathLike, delta: str | os.PathLike, out: str | os
             writer.add(name, t)
             del bits, t
         writer.finish()
-        for f in side_files(Path(delta)):
+        for f in side_files(Path(delta))[0]:
             shutil.copy2(f, tmp / f.name)
     return Path(out)
 

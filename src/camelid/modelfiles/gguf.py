@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from camelid.core.cli import console
-from camelid.core.io import CamelidError, read_json, write_text
+from camelid.core.io import CamelidError, clean_stale_temps, file_mode, read_json, write_text
 from camelid.core.templates import Template, TemplateError, get_template
 from camelid.core.tokenize import special_prefix
 from camelid.modelfiles.delta import Checkpoint
@@ -53,8 +53,9 @@ def modelfile(gguf_name: str, template: Template | None, bos: str, eos: str) -> 
             lines.append("# TEMPLATE left out: Ollama reads the GGUF's tokenizer.chat_template")
         else:
             lines.append(f'TEMPLATE """{go}"""')
-        if template.system:
-            lines.append(f'SYSTEM """{template.system}"""')
+        system = template.default_system()  # a tokenizer's Jinja may inject one (SmolLM's): Ollama must too
+        if system:
+            lines.append(f'SYSTEM """{system}"""')
         lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in template.stop_strings(eos)]
     return "\n".join(lines) + "\n"
 
@@ -239,6 +240,29 @@ def _llama3_rope_factors(cfg: dict, rope: dict, theta: float, dim: int):
     return np.array(out, dtype=np.float32)
 
 
+def check_outtype(outtype: str) -> None:
+    if outtype not in OUTTYPES:
+        hint = " (k-quants: export f16, then llama.cpp's llama-quantize)" if outtype.lower().startswith("q") else ""
+        raise CamelidError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}{hint}")
+
+
+def check_exportable(ckpt: Path, outtype: str) -> tuple[dict, float, dict, str]:
+    """Refuse what GGUF export cannot write, from config.json alone (an adapter's base has the same one), before
+    any expensive step: an unknown --outtype, an architecture or rope scaling this converter does not handle.
+    Returns (config, rope theta, rope parameters, rope type)."""
+    check_outtype(outtype)
+    cfg = read_json(ckpt / "config.json")
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        raise CamelidError(f"{ckpt}: architecture {arch} is not supported for GGUF export (only "
+                           f"{', '.join(ARCHITECTURES)}); use llama.cpp's convert_hf_to_gguf.py")
+    theta, rope = _rope(cfg)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise CamelidError(f"{ckpt}: rope scaling {rope_type!r} is not supported for GGUF export")
+    return cfg, theta, rope, rope_type
+
+
 def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Template | None = None,
                tok_dir: Path | None = None, base_dirs: list[Path] | None = None, name: str | None = None,
                tokenizer=None) -> Path:
@@ -247,20 +271,10 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     import numpy as np
     import torch
 
-    if outtype not in OUTTYPES:
-        raise CamelidError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    cfg = read_json(ckpt / "config.json")
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in ARCHITECTURES:
-        raise CamelidError(f"{ckpt}: architecture {arch} is not supported for GGUF export (only "
-                           f"{', '.join(ARCHITECTURES)}); use llama.cpp's convert_hf_to_gguf.py")
+    cfg, theta, rope, rope_type = check_exportable(ckpt, outtype)
     n_head, n_layer, hidden = cfg["num_attention_heads"], cfg["num_hidden_layers"], cfg["hidden_size"]
     n_kv = cfg.get("num_key_value_heads") or n_head
     head_dim = cfg.get("head_dim") or hidden // n_head
-    theta, rope = _rope(cfg)
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "linear", "llama3"):
-        raise CamelidError(f"{ckpt}: rope scaling {rope_type!r} is not supported for GGUF export")
     ckpt_tensors = Checkpoint(ckpt)
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
     qtypes = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
@@ -282,7 +296,11 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     if not any(dst == "output.weight" for _, dst, _, _ in plan) and not cfg.get("tie_word_embeddings"):
         raise CamelidError(f"{ckpt}: no lm_head.weight and tie_word_embeddings is false")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")[1])
+    clean_stale_temps(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp")
+    os.fchmod(fd, file_mode(out))  # mkstemp's 0600 would hide the GGUF from Ollama or a container
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         w.add_type("model")
@@ -365,7 +383,9 @@ def export_gguf(source: str | os.PathLike, out: str | os.PathLike | None = None,
 
     Adapters are merged first (into a temp directory that is removed afterwards). The chat template is
     `template` when given, else the run's (camelid.json), else the tokenizer's own chat_template."""
+    check_outtype(outtype)  # before resolving (the embedded base may be built) and before any merge
     ckpt = resolve(source)
+    check_exportable(ckpt.base, outtype)
     name = ckpt.name
     if out is None:  # inside a camelid run directory, else the working directory
         out = (ckpt.own if ckpt.run is not None else Path.cwd()) / f"{name}.{outtype}.gguf"

@@ -22,6 +22,24 @@ class ContextLengthError(ModelError):
     pass
 
 
+class BadInputError(ModelError):
+    """The request itself cannot be run (empty prompt, token id out of the vocabulary, a schema the backend cannot
+    compile); `param` names the request field to fix."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class UpstreamError(ModelError):
+    """The upstream server failed (not the request): `status` is what a front server should answer — 502 for an
+    error or unreadable answer, 503 when it refused the connection or was busy, 504 when it timed out."""
+
+    def __init__(self, message: str, status: int = 502):
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class Sampling:
     temperature: float = 0.7
@@ -29,6 +47,11 @@ class Sampling:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # OpenAI's options; a backend lists those it honours in Model.sampling_options (the server refuses the rest)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    response_format: dict[str, Any] | None = None  # {"type": "json_object"} or {"type": "json_schema", ...}
 
     def with_stop(self, extra: Iterable[str]) -> "Sampling":
         return replace(self, stop=list(dict.fromkeys([*self.stop, *extra])))
@@ -66,6 +89,8 @@ class Model:
     bos_token: str | None = None
     context_length: int | None = 2048  # tokens of context; None when only the backend's server knows
     max_concurrency: int = 1  # how many requests `map` keeps in flight
+    # Sampling fields beyond temperature/top_p/max_tokens/stop/seed that this backend honours
+    sampling_options: frozenset[str] = frozenset()
 
     # ---- what a backend provides
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:

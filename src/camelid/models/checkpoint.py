@@ -14,6 +14,7 @@ render, tokenizer) asks this module, so a spec means the same thing everywhere:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -25,9 +26,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from camelid.core.config import validation_message
-from camelid.core.io import CamelidError, write_json
+from camelid.core.io import CamelidError, dir_mode, write_json
+from camelid.core.templates import TEMPLATES
 from camelid.models.base import ModelError
-from camelid.models.spec import EMBEDDED_NAME, embedded_gguf, local_path, parse_spec
+from camelid.models.spec import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_gguf, local_path, parse_spec
 
 RUN_FILE = "camelid.json"
 ADAPTER_FILE = "adapter_config.json"
@@ -95,6 +97,39 @@ class RunInfo(BaseModel):
         write_json(Path(directory) / RUN_FILE, self.to_dict())
 
 
+# ---------------------------------------------------------------------------------------------- transformers 4.x
+
+
+LEGACY_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # tokenizer.json as it is, in transformers 4.x and 5.x alike
+
+
+def write_legacy_keys(directory: str | os.PathLike) -> None:
+    """Add the keys transformers 4.x (and vLLM's transformers-4 path) reads to a checkpoint transformers 5 saved:
+    `rope_theta` (and `rope_scaling`) at the top level of config.json beside 5.x's `rope_parameters` (4.x falls
+    back to rope_theta 10000 without an error), `torch_dtype` beside `dtype`, and a tokenizer_class 4.x knows
+    instead of `TokenizersBackend` (which 4.x cannot load)."""
+    d = Path(directory)
+    cfg_path = d / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        before = dict(cfg)
+        for c in [cfg, *(v for v in cfg.values() if isinstance(v, dict) and "rope_parameters" in v)]:
+            rope = c.get("rope_parameters")
+            if isinstance(rope, dict) and "rope_theta" in rope:
+                c.setdefault("rope_theta", rope["rope_theta"])
+                if rope.get("rope_type", "default") != "default":
+                    c.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+        if "dtype" in cfg:
+            cfg.setdefault("torch_dtype", cfg["dtype"])
+        if cfg != before:
+            write_json(cfg_path, cfg)
+    tok_path = d / "tokenizer_config.json"
+    if tok_path.is_file():
+        conf = json.loads(tok_path.read_text(encoding="utf-8"))
+        if conf.get("tokenizer_class") == "TokenizersBackend":
+            write_json(tok_path, {**conf, "tokenizer_class": LEGACY_TOKENIZER_CLASS})
+
+
 # ---------------------------------------------------------------------------------------------- embedded
 
 
@@ -109,6 +144,7 @@ def embedded_hf_dir() -> Path:
     quantizer and save a plain checkpoint first."""
     out = cache_dir() / f"{EMBEDDED_NAME}-hf"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        write_legacy_keys(out)  # a copy made by an older camelid
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,9 +158,11 @@ def embedded_hf_dir() -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".embedded-"))
+    os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; the renamed directory must read like any other
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        write_legacy_keys(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -168,6 +206,31 @@ class LocalCheckpoint:
         return [self.base, *base_of(self.run)]
 
 
+def portable_base(spec: str, base: Path) -> str:
+    """What an adapter records as `base_model_name_or_path`: the embedded model's hub id (so plain PEFT and other
+    machines find it), else the checkpoint directory the user named."""
+    return EMBEDDED_HUB_ID if (spec or "embedded").strip() == "embedded" else str(base)
+
+
+def adapter_base(base: str, where: Path) -> Path:
+    """An adapter's base directory at load time: the embedded model for its hub id (or the old `embedded`), a
+    checkpoint directory, or a hub id found in the local Hugging Face cache."""
+    if base in ("embedded", EMBEDDED_HUB_ID):
+        return embedded_hf_dir()
+    if (Path(base) / "config.json").is_file():
+        return Path(base)
+    if not Path(base).is_absolute() and base.count("/") == 1:
+        from transformers.utils import cached_file
+
+        try:
+            cached = cached_file(base, "config.json", local_files_only=True)
+        except OSError:
+            cached = None
+        if cached:
+            return Path(cached).parent
+    raise ModelError(f"{where}: base model {base!r} not found (no config.json there, nor in the Hugging Face cache)")
+
+
 def resolve(spec: str | os.PathLike) -> LocalCheckpoint:
     """`embedded`, `hf:PATH` or a directory (checkpoint, adapter or camelid run) -> its directories."""
     path_text = local_path(str(spec))
@@ -182,10 +245,7 @@ def resolve(spec: str | os.PathLike) -> LocalCheckpoint:
         base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
         if not base:
             raise ModelError(f"{adapter}: field 'base_model_name_or_path' is missing")
-        base_dir = embedded_hf_dir() if base == "embedded" else Path(base)
-        if not (base_dir / "config.json").is_file():
-            raise ModelError(f"{adapter}: base model {base!r} not found (no config.json there)")
-        return LocalCheckpoint(path_text, base_dir, path, run)
+        return LocalCheckpoint(path_text, adapter_base(base, adapter), path, run)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a transformers checkpoint, adapter or camelid run (no config.json, "
                          "adapter_config.json or camelid.json)")
@@ -253,6 +313,22 @@ def load_tokenizer(path: str | os.PathLike, require_eos: bool = False):
     if require_eos and tok.eos_token_id is None:
         raise CamelidError(f"{path}: the tokenizer has no EOS token, so a trained model could never stop "
                            "(set eos_token in tokenizer_config.json)")
+    return tok
+
+
+def trained_tokenizer(tokenizer, template: str | None):
+    """A copy of `tokenizer` as a run saves it: its chat_template is the template the run was trained with (the
+    Jinja form each shipped template declares; a `tokenizer` run keeps its own), so `apply_chat_template`,
+    pipelines and servers prompt the model as training did; and its pad token is not an end token when the
+    tokenizer has a spare one (Llama's choice: unk), so collators that mask pad ids never mask the EOS.
+    What `camelid model check --fix` repairs, done when the files are first written."""
+    tok = copy.deepcopy(tokenizer)
+    if template in TEMPLATES:
+        tok.chat_template = TEMPLATES[template].jinja_chat_template()
+    end = TEMPLATES[template].end_token if template in TEMPLATES else None
+    ends = {tok.eos_token, end} - {None}
+    if (tok.pad_token is None or tok.pad_token in ends) and tok.unk_token is not None and tok.unk_token not in ends:
+        tok.pad_token = tok.unk_token
     return tok
 
 

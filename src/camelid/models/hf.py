@@ -12,11 +12,13 @@ from typing import Any, Iterator
 
 from camelid.core.templates import get_template
 from camelid.core.tokenize import encode, special_prefix
-from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
+from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
 from camelid.models.checkpoint import load_tokenizer, resolve, template_name
 
 
 class HFModel(Model):
+    sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias"})
+
     def __init__(self, path: str | Path, template: str | None = None, device: str | None = None,
                  num_gpus: int | None = None, load_8bit: bool = False, load_4bit: bool = False):
         try:
@@ -95,6 +97,9 @@ class HFModel(Model):
             max_new_tokens=max(1, min(s.max_tokens, self.context_length - len(ids))), eos_token_id=stop_ids,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0],
             streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]), return_dict_in_generate=True)
+        processors = openai_logits_processors(s, ids, len(self.tokenizer))
+        if processors:
+            gen_kw["logits_processor"] = processors
         if s.temperature > 0:
             gen_kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
         else:
@@ -138,5 +143,38 @@ class HFModel(Model):
             if not stopped and len(text) > sent:
                 yield Chunk(text[sent:])
             seq = result["out"].sequences[0][len(ids):].tolist()
-            ended = stopped or (bool(seq) and seq[-1] in stop_ids)
-            yield Chunk("", "stop" if ended else "length", len(ids), len(seq))
+            eos = bool(seq) and seq[-1] in stop_ids
+            ended = stopped or eos
+            # OpenAI's completion_tokens leaves out the end-of-sequence token
+            yield Chunk("", "stop" if ended else "length", len(ids), len(seq) - (1 if eos and not stopped else 0))
+
+
+def openai_logits_processors(s: Sampling, prompt_ids: list[int], vocab: int) -> list:
+    """OpenAI's presence/frequency penalties and logit_bias as a transformers logits processor: each generated
+    token's logit drops by presence_penalty once plus frequency_penalty per occurrence (OpenAI's formula);
+    logit_bias is added as is."""
+    if not (s.presence_penalty or s.frequency_penalty or s.logit_bias):
+        return []
+    import torch
+    from transformers import LogitsProcessor
+
+    bias = dict(s.logit_bias or {})
+    bad = [t for t in bias if not 0 <= t < vocab]
+    if bad:
+        raise BadInputError(f"logit_bias names token {bad[0]}, beyond the vocabulary of {vocab}", param="logit_bias")
+    start = len(prompt_ids)
+
+    class OpenAIPenalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            if s.presence_penalty or s.frequency_penalty:
+                for row, seq in enumerate(input_ids[:, start:]):
+                    if seq.numel():
+                        counts = torch.bincount(seq, minlength=scores.shape[-1])[: scores.shape[-1]].to(scores.dtype)
+                        scores[row] -= counts * s.frequency_penalty + (counts > 0).to(scores.dtype) * s.presence_penalty
+            for token, b in bias.items():
+                if token < scores.shape[-1]:
+                    scores[:, token] += b
+            return scores
+
+    return [OpenAIPenalties()]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from camelid.core.templates import Template, get_template
-from camelid.models.base import Chunk, ContextLengthError, Model, ModelError, Sampling
+from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
 
 # llama.cpp's OpenMP workers spin between steps by default; on a busy machine a call from the main thread then ran
 # 15-20x slower here (6 chat answers: 36-45 s vs 2.4 s). OpenMP reads this once, when llama_cpp is first loaded.
@@ -22,7 +24,26 @@ def default_threads() -> int:
     return int(os.environ.get("CAMELID_THREADS") or max(1, (os.cpu_count() or 2) // 2))
 
 
+NUL = r"(\x00|\\x00|\\u0000|\\U00000000)"
+
+
+def needs_nul(grammar: str) -> bool:
+    """Whether a GBNF grammar requires a NUL somewhere: a literal holding one, or a class of NUL alone. llama.cpp keeps
+    token texts as C strings, so no token matches a NUL, and sampling aborts the process when the grammar requires
+    one. (A NUL inside a wider class, as in `[^\\x00-\\x1f]`, is harmless.)"""
+    # literals and classes in one left-to-right scan: a class may hold a quote, a literal a bracket
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"|\[((?:[^\]\\]|\\.)*)\]', grammar):
+        literal, cls = m.groups()
+        if literal is not None and re.search(NUL, literal):
+            return True
+        if cls is not None and re.fullmatch(f"{NUL}(-{NUL})?", cls):
+            return True
+    return False
+
+
 class LlamaCppModel(Model):
+    sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "response_format"})
+
     def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
                  template: Template | None = None, name: str | None = None):
         try:
@@ -65,26 +86,85 @@ class LlamaCppModel(Model):
 
     def _stream(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         n_prompt = self.count_tokens(prompt)
+        if n_prompt == 0:
+            raise BadInputError(f"{self.name}: the prompt is empty", param="prompt")
         if n_prompt >= self.context_length:
             raise ContextLengthError(f"{self.name}: prompt is {n_prompt} tokens, the context holds "
                                      f"{self.context_length}")
         max_tokens = max(1, min(sampling.max_tokens, self.context_length - n_prompt))
+        options = self._options(sampling)
         with self._lock:
-            finish = None
+            # stop strings are cut here, not by llama.cpp: then llama.cpp ends only at EOS or max_tokens, and the
+            # token count below is exact (llama.cpp's own stop could end on the EOS or on a stop string alike)
+            finish, text, sent, stopped = None, "", 0, False
+            hold = max((len(x) for x in sampling.stop), default=1) - 1
             stream = self.llm.create_completion(
                 prompt, max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                stop=sampling.stop or None, seed=sampling.seed if sampling.seed is not None else -1, stream=True)
+                seed=sampling.seed % 2 ** 32 if sampling.seed is not None else -1, stream=True, **options)
             try:
                 for ev in stream:
                     choice = ev["choices"][0]
                     finish = choice.get("finish_reason") or finish
-                    if choice["text"]:
-                        yield Chunk(choice["text"])
+                    text += choice["text"]
+                    cut, stopped = cut_at_stop(text, sampling.stop)
+                    if stopped:
+                        if len(cut) > sent:
+                            yield Chunk(cut[sent:])
+                        break
+                    if len(text) - hold > sent:
+                        yield Chunk(text[sent:len(text) - hold])
+                        sent = len(text) - hold
             finally:
                 stream.close()
-            # the context holds every generated token but the last sampled one (never evaluated)
-            n_out = min(max_tokens, max(0, self.llm.n_tokens - n_prompt + 1))
-            yield Chunk("", finish or "stop", n_prompt, n_out)
+            if not stopped and len(text) > sent:
+                yield Chunk(text[sent:])
+            # the context holds every generated token but the last sampled one; at EOS that one is the EOS, which
+            # OpenAI does not count
+            n_eval = max(0, self.llm.n_tokens - n_prompt)
+            n_out = n_eval if finish == "stop" and not stopped else min(max_tokens, n_eval + 1)
+            yield Chunk("", "stop" if stopped else finish or "stop", n_prompt, n_out)
+
+    def _options(self, s: Sampling) -> dict:
+        """llama.cpp's arguments for OpenAI's penalties, logit_bias and response_format (JSON by grammar)."""
+        out: dict = {"presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+                     "repeat_penalty": 1.0}
+        if s.logit_bias:
+            n_vocab = self.llm.n_vocab()
+            bad = [t for t in s.logit_bias if not 0 <= t < n_vocab]
+            if bad:
+                raise BadInputError(f"{self.name}: logit_bias names token {bad[0]}, beyond the vocabulary of "
+                                    f"{n_vocab}", param="logit_bias")
+            out["logit_bias"] = dict(s.logit_bias)
+        fmt = s.response_format
+        if fmt and fmt.get("type") in ("json_object", "json_schema"):
+            from llama_cpp import LlamaGrammar
+            from llama_cpp.llama_grammar import JSON_GBNF
+
+            try:
+                if fmt["type"] == "json_object":
+                    out["grammar"] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+                else:
+                    schema = fmt.get("json_schema", {}).get("schema") or {}
+                    out["grammar"] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                    if needs_nul(out["grammar"]._grammar):
+                        raise ValueError("the schema asks for a NUL character, which no token can produce")
+            except Exception as e:  # the converter raises ValueError, KeyError, RecursionError... on odd schemas
+                raise BadInputError(f"{self.name}: cannot turn the JSON schema into a grammar "
+                                    f"({type(e).__name__}: {str(e)[:200]})", param="response_format") from None
+            self._check_grammar(out["grammar"])
+        return out
+
+    def _check_grammar(self, grammar) -> None:
+        """Parse the grammar as llama.cpp will: llama-cpp-python hands its sampler chain a NULL on a grammar llama.cpp
+        cannot parse (an empty rule from `{"enum": []}`, left recursion), which crashes the process."""
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, grammar._grammar.encode("utf-8"),
+                                                       grammar._root.encode("utf-8"))
+        if not sampler:
+            raise BadInputError(f"{self.name}: the JSON schema gives a grammar llama.cpp cannot use (an empty enum, "
+                                "a type nothing satisfies, ...)", param="response_format")
+        llama_cpp.llama_sampler_free(sampler)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

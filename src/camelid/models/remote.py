@@ -14,10 +14,14 @@ import time
 from typing import Any, Callable, Iterator
 
 from camelid.core.templates import user_text
-from camelid.models.base import Chunk, Completion, ContextLengthError, Model, ModelError, Sampling
+from camelid.models.base import (BadInputError, Chunk, Completion, ContextLengthError, Model, ModelError, Sampling,
+                                 UpstreamError)
 
 
 class RemoteModel(Model):
+    # passed to the upstream unchanged: it honours them or refuses them itself
+    sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "response_format"})
+
     def __init__(self, name: str, base_urls: list[str], api_key: str | None = None, timeout: float = 120.0,
                  max_retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0, concurrency: int = 8):
         import openai
@@ -44,7 +48,7 @@ class RemoteModel(Model):
     def _call(self, fn: Callable[[Any], Any]) -> Any:
         import openai
 
-        last = ""
+        last, status = "", 502
         for attempt in range(self.max_retries + 1):
             url, client = self._pick()
             wait = None
@@ -54,23 +58,25 @@ class RemoteModel(Model):
                 msg = _error_message(e)
                 if e.status_code == 400 and "context" in msg.lower():
                     raise ContextLengthError(f"{url}: {msg}") from None
+                if e.status_code in (400, 404, 413, 422):  # the request was wrong: the client should know why
+                    raise BadInputError(f"{url}: HTTP {e.status_code}: {msg}") from None
                 if e.status_code != 429 and e.status_code < 500:
-                    raise ModelError(f"{url}: HTTP {e.status_code}: {msg}") from None
-                last = f"HTTP {e.status_code}: {msg}"
+                    raise UpstreamError(f"{url}: HTTP {e.status_code}: {msg}", 502) from None
+                last, status = f"HTTP {e.status_code}: {msg}", 503 if e.status_code in (429, 503) else 502
                 wait = _retry_after(e.response)
             except openai.APITimeoutError:
-                last = "timed out"
+                last, status = "timed out", 504
             except openai.APIConnectionError as e:
-                last = f"connection failed ({e.__cause__ or e})"
+                last, status = f"connection failed ({e.__cause__ or e})", 503
             except (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError) as e:
-                last = f"unreadable response ({type(e).__name__}: {e})"
+                last, status = f"unreadable response ({type(e).__name__}: {e})", 502
             if attempt == self.max_retries:
                 break
             self.retries += 1
             delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.5)
             time.sleep(min(self.max_backoff, wait) if wait is not None else delay)
-        raise ModelError(f"openai:{self.name} at {', '.join(self.base_urls)}: gave up after "
-                         f"{self.max_retries + 1} tries; last error: {last}")
+        raise UpstreamError(f"openai:{self.name} at {', '.join(self.base_urls)}: gave up after "
+                            f"{self.max_retries + 1} tries; last error: {last}", status)
 
     @staticmethod
     def _params(s: Sampling) -> dict[str, Any]:
@@ -79,6 +85,14 @@ class RemoteModel(Model):
             p["stop"] = s.stop[:4]  # the OpenAI API takes at most 4
         if s.seed is not None:
             p["seed"] = s.seed
+        if s.presence_penalty:
+            p["presence_penalty"] = s.presence_penalty
+        if s.frequency_penalty:
+            p["frequency_penalty"] = s.frequency_penalty
+        if s.logit_bias:
+            p["logit_bias"] = {str(k): v for k, v in s.logit_bias.items()}
+        if s.response_format:
+            p["response_format"] = s.response_format
         return p
 
     # ------------------------------------------------------------------ completion and chat
@@ -99,11 +113,13 @@ class RemoteModel(Model):
                                                stream_options={"include_usage": True}, **self._params(s))
             it = iter(stream)
             first = next(it, None)  # surface connection/HTTP errors inside the retry loop
+            if first is None:  # a 200 whose body held no event: not an answer (an empty one has a finish event)
+                raise ValueError("the stream held no events")
             return first, it
 
         first, it = self._call(open_stream)
         finish, usage, events = None, None, 0
-        for ev in itertools.chain([first] if first is not None else [], it):
+        for ev in itertools.chain([first], it):
             if ev.usage:
                 usage = _usage(ev)
             for ch in ev.choices:

@@ -11,6 +11,7 @@ from camelid.models.base import ModelError
 
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what adapters trained on the embedded model name as base
 
 
 @dataclass

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
+from camelid.data.checks import Check
+from camelid.generate.distill import DistillConfig
 from camelid.generate.generator import GenerateConfig
 from camelid.train.config import TrainConfig
 from camelid.train.multistage import StagedRun, StagedTrain, apply_stage_overrides, staged_run
@@ -32,7 +34,8 @@ class EvalSection(BaseModel):
     heldout_seed: int = Field(0, description="seed of the held-out split, apart from the run's seed: runs that differ "
                               "only by seed (a sweep's error bars) are evaluated on the same questions")
     questions: Optional[str] = Field(None, description="an eval file instead of held-out seeds (any eval shape)")
-    judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME")
+    judge: str = Field("embedded", description="pairwise judge: embedded | gguf:PATH | openai:NAME | none (no judge: "
+                       "loss, ROUGE-L, self-stops and the check carry the signal)")
     judge_base_url: list[str] = Field(default_factory=list, description="servers for an openai: judge")
     max_tokens: int = Field(128, ge=1, description="answer budget: an answer that needs all of it did not stop "
                             "by itself")
@@ -41,6 +44,12 @@ class EvalSection(BaseModel):
     single: bool = Field(False, description="also grade each after-training answer 1-10 (one more judge call per "
                          "question)")
     lang: Literal["auto", "en", "ko", "zh"] = "auto"
+    prompts: Literal["camelid", "mt-bench"] = Field("camelid", description="judge prompt set: camelid's own "
+                                                    "(English, Korean, Chinese) or FastChat's MT-bench prompts byte "
+                                                    "for byte")
+    check: Optional[Check] = Field(None, description="a programmatic check of each answer (contains, starts_with, "
+                                   "ends_with, regex, bullets, lang), its pass rate measured before and after; "
+                                   "default: the distill section's")
 
 
 class ServeSection(BaseModel):
@@ -65,6 +74,9 @@ class Recipe(BaseModel):
                             "stage is skipped (e.g. ShareGPT conversations for a Vicuna recipe)")
     generate: Optional[GenerateConfig] = Field(None, description="`camelid generate` settings (model, num, lang, "
                                                "mode, ...)")
+    distill: Optional[dict[str, Any]] = Field(None, description="context distillation instead of generate: the "
+                                              "teacher answers the seed instructions under a system prompt the "
+                                              "student never sees (camelid.generate.distill.DistillConfig)")
     train: Union[TrainConfig, StagedTrain] = Field(
         default_factory=TrainConfig, description="a `camelid train` config (data and output_dir are filled in by the "
         "run), or a staged one (`tokenizer:` + `stages:`, as `camelid train kollama2_two_stage`): each stage "
@@ -107,7 +119,8 @@ class Recipe(BaseModel):
         return value.model_dump(mode="json", exclude_unset=True) if value is not None else {}
 
     def enabled(self, stage: str) -> bool:
-        return {"generate": self.generate is not None and not self.data, "train": True,
+        return {"generate": (self.generate is not None or self.distill is not None) and not self.data,
+                "train": True,
                 "eval": self.eval is not None, "serve": self.serve.enabled}[stage]
 
 
@@ -139,6 +152,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for key in ("data", "output_dir"):
         if not staged and key in recipe.train.model_fields_set:
             raise CamelidError(f"{p}: train.{key} is set by the run (use the recipe's top-level data / run_dir)")
+    if recipe.distill is not None:
+        if recipe.generate is not None:
+            raise CamelidError(f"{p}: give generate or distill, not both")
+        validate(DistillConfig, {"output": "x.jsonl", **recipe.distill}, p, prefix="distill.")
     return recipe
 
 

@@ -10,17 +10,50 @@ from rich.table import Table
 
 from camelid.core.cli import console
 from camelid.core.io import read_jsonl, write_json, write_text
+from camelid.generate.filters import INSTANCE_REASONS, INSTRUCTION_REASONS
+from camelid.generate.quality import OUTPUT_REASONS
 from camelid.pipeline.recipe import Recipe
+
+NOT_MEASURED = "not measured"
+JUDGE_HINT = ("for a judged comparison use a real judge: eval.judge: openai:NAME with eval.judge_base_url in the "
+              "recipe, or `camelid eval judge --judge openai:NAME --base-url URL`")
 
 
 def _fmt(x, spec: str = ".3f") -> str:
     if x is None:
-        return "–"
+        return NOT_MEASURED
     return format(x, spec) if isinstance(x, float) else str(x)
 
 
-def _ci(ci) -> str:
-    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and None not in ci else ""
+def _ci(ci, spec: str = ".3f") -> str:
+    return f" [{format(ci[0], spec)}, {format(ci[1], spec)}]" if ci and None not in ci else ""
+
+
+def _signed(x, spec: str = "+.3f") -> str:
+    return NOT_MEASURED if x is None else format(x, spec)
+
+
+def _prop(p: dict | None) -> str:
+    """'8/16 (50%) [25%, 75%]' from a signal.proportion dict."""
+    if not p or not p.get("n"):
+        return "no answers"
+    return f"{p['k']}/{p['n']} ({p['rate']:.0%}){_ci(p.get('ci'), '.0%')}"
+
+
+def _points(change, ci) -> str:
+    if change is None:
+        return NOT_MEASURED
+    out = f"{100 * change:+.0f} points"
+    return out + (f" [{100 * ci[0]:+.0f}, {100 * ci[1]:+.0f}]" if ci and None not in ci else "")
+
+
+def _reason_text(reason: str) -> str:
+
+    known = {**INSTRUCTION_REASONS, **INSTANCE_REASONS, **OUTPUT_REASONS,
+             "check_failed": "the teacher's answer failed the behaviour check",
+             "truncated": "cut off by the token limit", "malformed": "not in the expected task format",
+             "empty_output": "the output is empty"}
+    return f"rejected: {reason}" + (f" ({known[reason]})" if reason in known else "")
 
 
 def summary_rows(s: dict) -> list[tuple[str, str, str]]:
@@ -29,8 +62,15 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
     g = s.get("generate")
     if g:
         rows.append(("generate", "kept / candidates", f"{g.get('kept')} / {g.get('candidates')}"))
+        if not g.get("rejected"):
+            rows.append(("generate", "rejected", "none"))
         for reason, n in sorted((g.get("rejected") or {}).items(), key=lambda kv: -kv[1]):
-            rows.append(("generate", f"rejected: {reason}", str(n)))
+            rows.append(("generate", _reason_text(reason), str(n)))
+        rows += [("generate", "failed teacher request", err) for err in g.get("errors") or []]
+        tc = g.get("teacher_check")
+        if tc:
+            rows.append(("generate", f"teacher answers that pass the check ({tc['check']})",
+                         f"{tc['k']}/{tc['n']}" + (f" ({tc['k'] / tc['n']:.0%})" if tc["n"] else "")))
         rows.append(("generate", "teacher tokens", _fmt(g.get("tokens"))))
         rows.append(("generate", "time", f"{g.get('seconds')} s"))
     t = s.get("train")
@@ -42,7 +82,7 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
                  ("train", "tokens seen", str(t.get("tokens_seen"))),
                  ("train", "peak memory", f"{t.get('peak_memory_mb')} MB"),
                  ("train", "trainable parameters", f"{t.get('trainable_params'):,}" if t.get("trainable_params")
-                  else "–")]
+                  else NOT_MEASURED)]
         rows += [("train", "note", p) for p in t.get("problems") or []]
         tok = t.get("tokenizer")
         if tok:
@@ -54,27 +94,67 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
                          f"{st.get('train_time_s')} s"))
     e = s.get("eval")
     if e:
-        b, a = e.get("before", {}), e.get("after", {})
-        rows += [("eval", "held-out response loss per token (before → after, 95% CI)",
-                  f"{_fmt(b.get('response_loss'))}{_ci(b.get('response_loss_ci'))} → "
-                  f"{_fmt(a.get('response_loss'))}{_ci(a.get('response_loss_ci'))}")]
-        if a.get("response_loss_per_char") is not None:  # comparable when the tokenizers differ
-            rows += [("eval", "held-out response loss per character (before → after, 95% CI)",
-                      f"{_fmt(b.get('response_loss_per_char'))}{_ci(b.get('response_loss_per_char_ci'))} → "
-                      f"{_fmt(a.get('response_loss_per_char'))}{_ci(a.get('response_loss_per_char_ci'))}"),
-                     ("eval", "tokens per character of the held-out answers (before → after)",
-                      f"{_fmt(b.get('tokens_per_char'), '.2f')} → {_fmt(a.get('tokens_per_char'), '.2f')}")]
-        rows += [("eval", "answers that stop by themselves", f"{_fmt(b.get('self_stop_rate'), '.0%')} → "
-                  f"{_fmt(a.get('self_stop_rate'), '.0%')}"),
-                 ("eval", "mean answer words", f"{_fmt(b.get('mean_answer_words'), '.0f')} → "
-                  f"{_fmt(a.get('mean_answer_words'), '.0f')}")]
-        p = e.get("pairwise")
-        if p:
-            ci = p.get("after_win_rate_ci") or [None, None]
-            rows += [("eval", "judge: after vs before (win/tie/loss)", f"{p['win']}/{p['tie']}/{p['loss']}"
-                      + (f" ({p['errors']} unparsed)" if p.get("errors") else "")),
-                     ("eval", "after win rate (95% CI)", f"{_fmt(p.get('after_win_rate'), '.0%')} "
-                      f"({_fmt(ci[0], '.0%')}–{_fmt(ci[1], '.0%')})")]
+        rows += eval_rows(e)
+    return rows
+
+
+def eval_rows(e: dict) -> list[tuple[str, str, str]]:
+    """Before -> after with 95% bootstrap intervals (paired for the changes); the judge's verdicts, or in words
+    why there are none."""
+    b, a = e.get("before", {}), e.get("after", {})
+    n = e.get("questions")
+    rows = [("eval", "held-out questions", str(n))]
+    chk = e.get("check")
+    if chk:
+        rows += [("eval", f"behaviour check: answer {chk['check']} (before → after)",
+                  f"{_prop(chk.get('before'))} → {_prop(chk.get('after'))}"),
+                 ("eval", "behaviour check: change (paired 95% CI)", _points(chk.get("change"), chk.get("change_ci")))]
+    rows.append(("eval", "held-out response loss, 95% CI (before → after)",
+                 f"{_fmt(b.get('response_loss'))}{_ci(b.get('response_loss_ci'))} → "
+                 f"{_fmt(a.get('response_loss'))}{_ci(a.get('response_loss_ci'))}"))
+    lc = e.get("response_loss_change")
+    if lc:
+        rows.append(("eval", "response loss change (paired 95% CI; lower is better)",
+                     f"{_signed(lc.get('change'))}{_ci(lc.get('ci'), '+.3f')}"))
+    if a.get("response_loss_per_char") is not None:  # comparable when the tokenizers differ; per token is not
+        rows.append(("eval", "held-out response loss per character, 95% CI (before → after)",
+                     f"{_fmt(b.get('response_loss_per_char'))}{_ci(b.get('response_loss_per_char_ci'))} → "
+                     f"{_fmt(a.get('response_loss_per_char'))}{_ci(a.get('response_loss_per_char_ci'))}"))
+        cc = e.get("response_loss_per_char_change")
+        if cc:
+            rows.append(("eval", "response loss per character change (paired 95% CI; lower is better)",
+                         f"{_signed(cc.get('change'))}{_ci(cc.get('ci'), '+.3f')}"))
+        rows.append(("eval", "tokens per character of the held-out answers (before → after)",
+                     f"{_fmt(b.get('tokens_per_char'), '.2f')} → {_fmt(a.get('tokens_per_char'), '.2f')}"))
+    rl = e.get("rouge_l")
+    if rl and rl.get("n"):
+        rows += [("eval", f"ROUGE-L F1 vs references, 95% CI (before → after, {rl['n']} answers)",
+                  f"{_fmt(rl.get('before'))}{_ci(rl.get('before_ci'))} → {_fmt(rl.get('after'))}"
+                  f"{_ci(rl.get('after_ci'))}"),
+                 ("eval", "ROUGE-L change (paired 95% CI)", f"{_signed(rl.get('change'))}"
+                  f"{_ci(rl.get('change_ci'), '+.3f')}")]
+    st = e.get("self_stop")
+    if st:
+        rows.append(("eval", "answers that stop by themselves (before → after)",
+                     f"{_prop(st.get('before'))} → {_prop(st.get('after'))}"))
+    else:
+        rows.append(("eval", "answers that stop by themselves (before → after)",
+                     f"{_fmt(b.get('self_stop_rate'), '.0%')} → {_fmt(a.get('self_stop_rate'), '.0%')}"))
+    rows.append(("eval", "mean answer words (before → after)",
+                 f"{_fmt(b.get('mean_answer_words'), '.0f')} → {_fmt(a.get('mean_answer_words'), '.0f')}"))
+    p = e.get("pairwise")
+    if not p:
+        rows.append(("eval", "judge", "not run (eval.judge: none); " + JUDGE_HINT))
+    elif not p.get("n"):
+        rows.append(("eval", "judge", f"{p.get('judge', 'the judge')} gave no parseable verdict"
+                     f" ({p.get('errors', 0)} replies unreadable), so there is no win rate; " + JUDGE_HINT))
+    else:
+        ci = p.get("after_win_rate_ci")
+        lang = f", {p['judge_lang']}" if p.get("judge_lang") else ""
+        rows += [("eval", f"judge ({p.get('judge_prompts') or 'camelid'} prompts{lang}): after vs before "
+                  "(win/tie/loss)", f"{p['win']}/{p['tie']}/{p['loss']}"
+                  + (f" ({p['errors']} unparsed)" if p.get("errors") else "")),
+                 ("eval", "after win rate (95% CI)", f"{_fmt(p.get('after_win_rate'), '.0%')}{_ci(ci, '.0%')}")]
     return rows
 
 
@@ -115,7 +195,8 @@ def _charts(recipe: Recipe, run_dir: Path, s: dict, out: Path) -> list[tuple[str
             charts.append(("train_loss.png", "Training loss"))
     e = s.get("eval")
     if e:
-        fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+        chk = e.get("check")
+        fig, axes = plt.subplots(1, 4 if chk else 3, figsize=(13 if chk else 10, 3.2))
         for ax, key, title in ((axes[0], "response_loss", "held-out response loss"),
                                (axes[1], "self_stop_rate", "answers that stop")):
             vals = [e.get(m, {}).get(key) for m in ("before", "after")]
@@ -126,6 +207,14 @@ def _charts(recipe: Recipe, run_dir: Path, s: dict, out: Path) -> list[tuple[str
             axes[2].bar(["after wins", "tie", "before wins"], [p["win"], p["tie"], p["loss"]],
                         color=["#2a7", "#bbb", "#999"])
             axes[2].set_title("judge verdicts (swap-checked)")
+        else:
+            axes[2].text(0.5, 0.5, "no judge verdicts", ha="center", va="center")
+            axes[2].set_axis_off()
+        if chk:
+            rates = [(chk.get(m) or {}).get("rate") or 0 for m in ("before", "after")]
+            axes[3].bar(["before", "after"], rates, color=["#999", "#2a7"])
+            axes[3].set_ylim(0, 1)
+            axes[3].set_title(f"answers that {chk['check']}"[:40])
         fig.tight_layout()
         fig.savefig(out / "eval.png", dpi=110)
         plt.close(fig)

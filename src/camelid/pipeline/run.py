@@ -19,6 +19,7 @@ from typing import Any, Callable
 from camelid.core.cli import console
 from camelid.core.io import CamelidError, read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 from camelid.data.examples import DataStats
+from camelid.generate.distill import DistillConfig, distill
 from camelid.generate.generator import GenerateConfig, generate
 from camelid.generate.prompts import default_seeds
 from camelid.models import load_model
@@ -102,7 +103,7 @@ def run_recipe(recipe: Recipe, *, from_stage: str | None = None, only: str | Non
         stages.put(stage, {"status": "running", "inputs": key, "started": time.time()})
         t0 = time.perf_counter()
         summary, outputs = runner(out_dir)
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        summary.setdefault("seconds", round(time.perf_counter() - t0, 1))  # a stage may count its resumes too
         upstream[stage] = digest(outputs)
         stages.put(stage, {"status": "done", "inputs": key, "outputs": upstream[stage], "summary": summary,
                            "finished": time.time()})
@@ -143,6 +144,9 @@ Runner = Callable[[Path], tuple[dict, list[Path]]]
 
 
 def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    if recipe.distill is not None:
+        return distill_stage(recipe, run_dir, upstream)
+
     seeds = run_dir / "prepare" / "seeds.jsonl"
     settings = {"seed": recipe.seed, "lang": recipe.lang, **recipe.settings("generate")}
     inputs = {"settings": settings, "seeds": sha256_file(seeds)}
@@ -153,8 +157,33 @@ def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runne
         if r.kept == 0:
             raise CamelidError(f"generate kept no instruction ({r.stopped or 'see ' + str(out)}); nothing to train on")
         summary = {"kept": r.kept, "target": r.target, "candidates": r.kept + sum(r.rejected.values()),
+                   "rejected": dict(r.rejected), "stopped": r.stopped,
+                   # every invocation of this stage (resumes included), from the durable logs
+                   "requests": r.totals.requests, "failed_requests": r.totals.failed,
+                   "tokens": r.totals.prompt_tokens + r.totals.completion_tokens,
+                   "seconds": round(max(r.total_seconds, r.seconds), 1)}
+        return summary, [out / "data.jsonl"]
+
+    return run, inputs
+
+
+def distill_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    """The generate stage of a context-distillation recipe: the teacher answers the (non-held-out) seed
+    instructions under the hidden context; the answers are the training data."""
+    seeds = run_dir / "prepare" / "seeds.jsonl"
+    settings = {"seed": recipe.seed, "lang": recipe.lang, **(recipe.distill or {})}
+    inputs = {"settings": settings, "seeds": sha256_file(seeds), "mode": "distill"}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        cfg = DistillConfig(**{**settings, "seeds": str(seeds), "output": str(out / "data.jsonl")})
+        r = distill(cfg)
+        if r.kept == 0:
+            raise CamelidError(f"distill kept no answer (rejected: {dict(r.rejected)}); see {out}")
+        summary = {"mode": "distill", "kept": r.kept, "target": r.candidates, "candidates": r.candidates,
                    "rejected": dict(r.rejected), "requests": r.requests, "failed_requests": r.failed_requests,
-                   "tokens": r.prompt_tokens + r.completion_tokens, "stopped": r.stopped}
+                   "tokens": r.prompt_tokens + r.completion_tokens, "stopped": None, "errors": r.errors}
+        if cfg.check is not None:
+            summary["teacher_check"] = {"check": cfg.check.describe(), "k": r.teacher_passes, "n": r.candidates}
         return summary, [out / "data.jsonl"]
 
     return run, inputs

@@ -59,8 +59,13 @@ def serve(
         "--api-key", envvar="CAMELID_API_KEY", show_envvar=False,
         help="Require 'Authorization: Bearer KEY' on /v1 (default $CAMELID_API_KEY; none: open).")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
-        "--cors-origin", help="Allow browser calls from this origin (repeatable; '*' for any). Default: none.")
-    ] = None,
+        "--cors-origin", help="Allow browser calls from this origin (repeatable; '*' for any). Default: none "
+        "(cross-origin requests are refused).")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        "--allow-host", help="Also answer requests whose Host header names this host (repeatable). Bound to a "
+        "loopback address the server answers only loopback names by default (DNS rebinding protection).")] = None,
+    max_body_mib: Annotated[float, typer.Option("--max-body-mib", min=0.001, help="Largest request body, in MiB "
+                                                "(413 beyond).")] = 8.0,
     max_queue: Annotated[int, typer.Option("--max-queue", min=0, help="Requests that may wait for the model "
                                            "beyond those running; the next get 429 + Retry-After.")] = 16,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Name in /v1/models and responses "
@@ -83,11 +88,14 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # an upstream is tried once more (the next --base-url, if any) and then its failure is answered with a
+    # 502/503/504 at once: the client decides whether to retry, not a backoff hidden in the server
     m = load_model(model, base_urls=base_url, api_key=upstream_api_key or os.environ.get("OPENAI_API_KEY"),
                    template=template, n_ctx=n_ctx, device=device, num_gpus=num_gpus, load_8bit=load_8bit,
-                   load_4bit=load_4bit)
+                   load_4bit=load_4bit, max_retries=1)
     app_ = create_app(m, model_name=model_name, api_key=api_key, cors_origins=cors_origin, max_queue=max_queue,
-                      default_max_tokens=default_max_tokens)
+                      default_max_tokens=default_max_tokens, allowed_hosts=allow_host or (),
+                      max_body=int(max_body_mib * 1024 * 1024))
     console.print(f"serving {app_.state.served_name} on http://{host}:{port} (chat page at /, API at /v1)",
                   soft_wrap=True)
     try:

@@ -1,35 +1,38 @@
 """An OpenAI-compatible HTTP server over any camelid model, with the chat page at `/`.
 
 `create_app(model)` returns a FastAPI app (tests, `camelid eval` and arena code reuse it); `serve()` runs it with
-uvicorn and `BackgroundServer` runs it in a thread on a free loopback port.
+uvicorn and `BackgroundServer` runs it in a thread on a free loopback port. The gate (gate.py) bounds the
+generations running and waiting.
 
-Generations are synchronous generators (llama.cpp holds a lock: one at a time), so each request that gets a model slot
-runs its generator in its own worker thread and hands chunks to the event loop through an asyncio queue. A bounded
-gate sits in front: at most `concurrency` generations run and `max_queue` more wait; the next one gets 429 with
-Retry-After. A client that disconnects (queued or streaming) sets a cancel flag; the worker closes the generator at
-the next token, which ends llama.cpp's token loop and releases its lock, and only then frees the slot.
+Whatever a client sends, a bad request gets a 4xx with OpenAI's error body and the connection stays usable: bodies are
+read with a size limit and decoded with bounded depth and valid strings (camelid.core.http), options are validated
+strictly (protocol.py) and failures the input caused are mapped to 4xx (`backend_error`). Safe in a browser by
+default: a loopback server answers only to loopback Host names, cross-origin requests are refused unless their origin
+is allowed (--cors-origin), and JSON endpoints take only `application/json` bodies.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
-import math
 import threading
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable, Iterable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from camelid.core.http import MAX_BODY, Guard, HTTPProblem, is_loopback_host, read_json
 from camelid.core.io import CamelidError
-from camelid.models.base import Chunk, ContextLengthError, Model, ModelError
+from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, UpstreamError
+from camelid.serve.gate import ClientGone, Gate, generate, until_disconnect
+from camelid.serve.middleware import AccessLog, BearerAuth
+from camelid.serve.openapi import describe
 from camelid.serve.protocol import (SSE_DONE, APIError, ChatCompletionRequest, CompletionRequest, chat_chunk,
-                                    chat_response, completion_chunk, completion_response, new_id, parse_request, sse)
+                                    chat_response, completion_chunk, completion_response, error_response, new_id,
+                                    parse_request, sse)
 from camelid.serve.protocol import usage as usage_body
 
 log = logging.getLogger("camelid.serve")
@@ -37,160 +40,27 @@ STATIC = Path(__file__).parent / "static"
 # the page loads nothing but its own files and talks only to this server
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
             "font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-_END = object()
-
-
-class ClientGone(Exception):
-    pass
-
-
-# ------------------------------------------------------------------------------------------------- the gate
-
-
-class Gate:
-    """At most `concurrency` generations run and `max_queue` wait; slots are freed by the worker thread itself."""
-
-    def __init__(self, concurrency: int, max_queue: int):
-        self.concurrency, self.max_queue = max(1, concurrency), max(0, max_queue)
-        self.admitted = 0  # waiting + running
-        self.running = 0
-        self.total = 0  # requests admitted since start
-        self._sem: asyncio.Semaphore | None = None
-        self._latency = 2.0  # moving average of a generation's seconds, for Retry-After
-        self.workers: dict[threading.Thread, threading.Event] = {}  # live generations and their cancel flags
-
-    @property
-    def sem(self) -> asyncio.Semaphore:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.concurrency)
-        return self._sem
-
-    def admit(self) -> None:
-        if self.admitted >= self.concurrency + self.max_queue:
-            wait = self._latency * (self.admitted - self.concurrency + 1) / self.concurrency
-            raise APIError(429, f"the server is busy ({self.admitted} requests running or queued); retry shortly",
-                           type="rate_limit_exceeded", code="rate_limit_exceeded",
-                           headers={"Retry-After": str(min(60, max(1, math.ceil(wait))))})
-        self.admitted += 1
-        self.total += 1
-
-    def leave(self, seconds: float | None = None) -> None:
-        self.admitted -= 1
-        if seconds is not None:
-            self._latency = 0.8 * self._latency + 0.2 * seconds
-
-    def drain(self, timeout: float = 30.0) -> bool:
-        """Cancel every generation and wait for the workers (call before closing the model at shutdown)."""
-        for cancel in list(self.workers.values()):
-            cancel.set()
-        deadline = time.monotonic() + timeout
-        for thread in list(self.workers):
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in list(self.workers))
-
-    def stats(self) -> dict[str, int]:
-        return {"running": self.running, "queued": self.admitted - self.running, "concurrency": self.concurrency,
-                "max_queue": self.max_queue, "requests": self.total}
-
-
-async def generate(gate: Gate, start: Callable[[], Iterator[Chunk]]) -> AsyncIterator[Chunk]:
-    """Admit, wait for a slot, run `start()`'s generator in a worker thread, yield its chunks on the event loop.
-
-    Closing or cancelling this generator (client gone) stops the worker at its next chunk; the slot is freed when the
-    worker has closed the backend's generator, so the next request never waits on a lock still held."""
-    gate.admit()
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancel = threading.Event()
-    started = False
-    t0 = time.perf_counter()
-
-    def post(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # loop closed: the server is shutting down
-            cancel.set()
-
-    def finished() -> None:
-        gate.running -= 1
-        gate.sem.release()
-        gate.leave(time.perf_counter() - t0)
-
-    def work() -> None:
-        try:
-            chunks = start()
-            try:
-                for c in chunks:
-                    if cancel.is_set():
-                        break
-                    post(c)
-            finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
-        except BaseException as e:  # delivered to the request; the server stays up
-            post(e)
-        finally:
-            gate.workers.pop(threading.current_thread(), None)
-            post(_END)
-            try:
-                loop.call_soon_threadsafe(finished)
-            except RuntimeError:
-                pass
-
-    acquired = False
-    try:
-        await gate.sem.acquire()
-        acquired = True
-        gate.running += 1
-        worker = threading.Thread(target=work, name="camelid-generate", daemon=True)
-        gate.workers[worker] = cancel
-        worker.start()
-        started = True
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:  # no awaits here: this may run inside a cancelled scope when the client went away
-        cancel.set()
-        if not started:
-            if acquired:
-                gate.running -= 1
-                gate.sem.release()
-            gate.leave()
-
-
-async def until_disconnect(request: Request, aw, poll: float = 0.2):
-    """Await `aw`, cancelling it if the HTTP client disconnects meanwhile."""
-    task = asyncio.ensure_future(aw)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                raise ClientGone()
-    finally:
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except BaseException:
-                pass
+UPSTREAM_CODES = {502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
 
 
 def backend_error(e: BaseException, param: str) -> APIError:
-    """Map a failure from the model to the status a client should see."""
+    """Map a failure from the model to the status a client should see: what the input caused is a 4xx, a failed
+    upstream a 502/503/504, anything else a 500 (details in the log)."""
     if isinstance(e, APIError):
         return e
+    if isinstance(e, HTTPProblem):
+        return problem_error(e)
     if isinstance(e, ContextLengthError):
         return APIError(400, str(e), param=param, code="context_length_exceeded")
+    if isinstance(e, BadInputError):
+        return APIError(400, str(e), param=e.param or param, code="invalid_value")
+    if isinstance(e, UpstreamError):
+        log.error("upstream failed: %s", e)
+        return APIError(e.status, f"the upstream server failed: {str(e).splitlines()[0][:500]}",
+                        type="server_error", code=UPSTREAM_CODES.get(e.status, "upstream_error"))
     if isinstance(e, CamelidError) and not isinstance(e, ModelError):  # TemplateError: roles out of order, ...
         return APIError(400, str(e), param=param)
-    if isinstance(e, ModelError):  # the backend's own account (upstream gave up, ...), meant for users
+    if isinstance(e, ModelError):  # the backend's own account, meant for users
         log.error("generation failed: %s", e)
         return APIError(500, f"the model failed: {e}", type="server_error", code="backend_error")
     log.error("generation failed", exc_info=e)  # a bug: details go to the log, not to the client
@@ -198,82 +68,63 @@ def backend_error(e: BaseException, param: str) -> APIError:
                     code="backend_error")
 
 
-def error_response(e: APIError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-
-# ------------------------------------------------------------------------------------------------- middleware
-
-
-class AccessLog:
-    """One line per request: method, path, status, prompt/completion tokens, latency (ms)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [0]
-        state = scope.setdefault("state", {})
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            p, c = state.get("usage", (0, 0))
-            log.info("%s %s %d prompt_tokens=%d completion_tokens=%d latency_ms=%.0f%s", scope["method"],
-                     scope["path"], status[0] or 500, p, c, (time.perf_counter() - t0) * 1000,
-                     " (client disconnected)" if state.get("disconnected") else "")
-
-
-class BearerAuth:
-    """`Authorization: Bearer KEY` on /v1/*; the page, its files and /health stay open (they hold no data)."""
-
-    def __init__(self, app, api_key: str):
-        self.app, self.key = app, api_key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
-            headers = dict(scope["headers"])
-            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
-                err = APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
-                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                return await error_response(err)(scope, receive, send)
-        await self.app(scope, receive, send)
+def problem_error(e: HTTPProblem) -> APIError:
+    return APIError(e.status, e.message, type="invalid_request_error", param=e.param, code=e.code, headers=e.headers)
 
 
 # ------------------------------------------------------------------------------------------------- the app
 
 
 def create_app(model: Model, *, model_name: str | None = None, api_key: str | None = None,
-               cors_origins: list[str] | None = None, max_queue: int = 16, concurrency: int | None = None,
-               default_max_tokens: int = 1024, page: bool = True) -> FastAPI:
+               cors_origins: list[str] | None = None, allowed_hosts: Iterable[str] | None = (), max_queue: int = 16,
+               concurrency: int | None = None, default_max_tokens: int = 1024, page: bool = True,
+               max_body: int = MAX_BODY) -> FastAPI:
     """An OpenAI-compatible app over `model`: /v1/models, /v1/chat/completions, /v1/completions, /health and the
-    chat page at `/`. `concurrency` defaults to the model's `max_concurrency` (1 for local backends)."""
+    chat page at `/`. `concurrency` defaults to the model's `max_concurrency` (1 for local backends).
+
+    `allowed_hosts`: Host names accepted besides loopback ones. While the server is bound to a loopback address
+    (or its bind address is unknown) only those are answered; bound elsewhere, any Host is unless names are given.
+    None: any Host, always. `cors_origins`: origins allowed to call it from a browser ("*": any)."""
     served = model_name or model.name
     names = {served, model.name}
     gate = Gate(concurrency or model.max_concurrency, max_queue)
     created = int(time.time())
     # max_tokens beyond the model's context can never be honoured (None: a remote server checks it itself)
     max_tokens_limit = model.context_length
+    extra_hosts = None if allowed_hosts is None else list(allowed_hosts)
 
     app = FastAPI(title="camelid", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.model, app.state.gate, app.state.served_name = model, gate, served
+    app.state.bind_host = None  # set by serve() / BackgroundServer
+
+    def host_names() -> list[str] | None:
+        if extra_hosts is None:
+            return None
+        bound = app.state.bind_host
+        if bound is not None and not is_loopback_host(bound) and not extra_hosts:
+            return None
+        return extra_hosts
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
         return error_response(e)
 
+    @app.exception_handler(HTTPProblem)
+    async def _problem(request: Request, e: HTTPProblem):
+        return error_response(problem_error(e))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return error_response(APIError(e.status_code, str(e.detail), code=code))
+        message = {404: f"no such path: {request.url.path[:200]}",
+                   405: f"{request.method[:20]} is not allowed on {request.url.path[:200]}"}.get(e.status_code,
+                                                                                                 str(e.detail))
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # Starlette names the methods of one matching route: name them all
+            path = request.url.path
+            headers["Allow"] = ", ".join(sorted({m for r in app.routes if getattr(r, "path_regex", None)
+                                                 and r.path_regex.match(path) for m in getattr(r, "methods", ())}))
+        return error_response(APIError(e.status_code, message, code=code, headers=headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):
@@ -282,12 +133,17 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
 
     def check(req) -> None:
         if req.model and req.model not in names:
-            raise APIError(404, f"the model '{req.model}' does not exist; this server serves '{served}'",
+            raise APIError(404, f"the model '{req.model[:200]}' does not exist; this server serves '{served}'",
                            param="model", code="model_not_found")
         limit = getattr(req, "max_completion_tokens", None) or req.max_tokens
         if max_tokens_limit and limit and limit > max_tokens_limit:
-            raise APIError(400, f"max_tokens is {limit}, but the model's context holds {max_tokens_limit} tokens",
-                           param="max_tokens", code="invalid_value")
+            param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+            raise APIError(400, f"{param} is {limit}, but the model's context holds {max_tokens_limit} tokens",
+                           param=param, code="invalid_value")
+        for option in req.options_used():
+            if option not in model.sampling_options:
+                raise APIError(400, f"'{option}' is not supported by this model's backend ({type(model).__name__})",
+                               param=option, code="unsupported_parameter")
 
     async def run(request: Request, req, start: Callable[[], Iterator[Chunk]], kind: str) -> Response:
         """Start the generation; errors before the first chunk become proper statuses, then stream or collect."""
@@ -363,8 +219,10 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/health")
+    @app.head("/health", include_in_schema=False)
     async def health():
-        return {"status": "ok", "model": served, "auth": api_key is not None, **gate.stats()}
+        return {"status": "ok", "model": served, "auth": api_key is not None, "max_tokens": max_tokens_limit,
+                **gate.stats()}
 
     @app.get("/v1/models")
     async def list_models():
@@ -374,12 +232,12 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
     @app.get("/v1/models/{name:path}")
     async def get_model(name: str):
         if name not in names:
-            raise APIError(404, f"the model '{name}' does not exist", param="model", code="model_not_found")
+            raise APIError(404, f"the model '{name[:200]}' does not exist", param="model", code="model_not_found")
         return {"id": served, "object": "model", "created": created, "owned_by": "camelid"}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req = parse_request(await request.body(), ChatCompletionRequest)
+        req = parse_request(await read_json(request, max_body), ChatCompletionRequest)
         check(req)
         sampling = req.sampling(default_max_tokens)
         if req.max_completion_tokens:
@@ -389,14 +247,14 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        req = parse_request(await request.body(), CompletionRequest)
+        req = parse_request(await read_json(request, max_body), CompletionRequest)
         check(req)
         sampling = req.sampling(16)  # the OpenAI default for completions
         prompt = req.prompt
         return await run(request, req, lambda: model.stream(prompt, sampling), "completion")
 
     if page:
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def index():
             return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
                                                                 "Cache-Control": "no-cache"})
@@ -409,16 +267,14 @@ def create_app(model: Model, *, model_name: str | None = None, api_key: str | No
         async def static(name: str):
             path = STATIC / name
             if "/" in name or name.startswith(".") or not path.is_file():
-                raise APIError(404, f"no such file: {name}", code="not_found")
+                raise APIError(404, f"no such file: {name[:100]}", code="not_found")
             return FileResponse(path, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
+    describe(app)
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key)
-    if cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(Guard, allowed_hosts=host_names, cors_origins=cors_origins or (),
+                       problem=lambda e: error_response(problem_error(e)))
     app.add_middleware(AccessLog)
     return app
 
@@ -466,6 +322,7 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: st
     """Run the app with uvicorn until Ctrl-C (uvicorn's own access log is off: AccessLog writes one line)."""
     import uvicorn
 
+    app.state.bind_host = host
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
     finally:
@@ -478,6 +335,7 @@ class BackgroundServer(AbstractContextManager):
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
         import uvicorn
 
+        app.state.bind_host = host
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                      timeout_graceful_shutdown=2, lifespan="off")
         self.server = uvicorn.Server(self.config)

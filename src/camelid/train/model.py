@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from camelid.core.io import CamelidError
-from camelid.models.checkpoint import base_checkpoint, load_tokenizer, tokenizer_dir
+from camelid.models.checkpoint import (base_checkpoint, load_tokenizer, portable_base, tokenizer_dir,
+                                      trained_tokenizer, write_legacy_keys)
 from camelid.train.config import TrainConfig
 from camelid.train.vocab import (EXTENSION_FILE, lora_embedding_kwargs, module_name, resize_embeddings,
                                  ties_embeddings, train_only_embeddings)
@@ -128,8 +129,10 @@ def save_trained(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, stop
     model.safetensors) and the tokenizer (with its vocab_extension.json, when extended) into `out`; return the file
     names written."""
     out.mkdir(parents=True, exist_ok=True)
+    tokenizer = trained_tokenizer(tokenizer, cfg.template)
     if cfg.method == "full":
         model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+        model.generation_config.pad_token_id = model.config.pad_token_id = tokenizer.pad_token_id
         model.config.use_cache = True
         model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     else:
@@ -141,10 +144,11 @@ def save_trained(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, stop
                               save_embedding_layers=False if trained else "auto")
         ac = out / "adapter_config.json"
         conf = json.loads(ac.read_text(encoding="utf-8"))
-        conf["base_model_name_or_path"] = str(base)  # absolute: the run directory loads from anywhere
+        conf["base_model_name_or_path"] = portable_base(cfg.model, base)  # the hub id, never this machine's cache
         ac.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         check_adapter(out)
-    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # the trained chat_template, a pad that is not an end token
+    write_legacy_keys(out)  # transformers 4.x reads the same model
     ext = tokenizer_source(cfg, base) / EXTENSION_FILE
     if ext.is_file():  # the run's tokenizer is an extended one: chat loads it, a next stage knows it (auto)
         shutil.copyfile(ext, out / EXTENSION_FILE)

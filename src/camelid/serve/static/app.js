@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { messages: [], model: null, apiKey: "", controller: null };
+const state = { messages: [], model: null, apiKey: "", controller: null, maxTokens: null };
+const NOTES = { length: "cut off: the answer reached max tokens", stopped: "stopped before the end" };
 
 function setBusy(busy) {
   document.body.dataset.state = busy ? "streaming" : "idle";
@@ -58,6 +59,39 @@ async function errorText(resp) {
   return `HTTP ${resp.status}`;
 }
 
+// The largest max_tokens the server accepts (its model's context), from /health.
+async function loadLimits() {
+  try {
+    const resp = await fetch("/health");
+    const body = await resp.json();
+    if (Number.isInteger(body.max_tokens) && body.max_tokens > 0) {
+      state.maxTokens = body.max_tokens;
+      $("max-tokens").max = String(body.max_tokens);
+      maxTokens();
+    }
+  } catch (e) { /* the model line says the server is unreachable */ }
+}
+
+// The max-tokens box as a whole number the server accepts (clamped into [1, the server's limit]).
+function maxTokens() {
+  const box = $("max-tokens");
+  let n = Math.round(Number(box.value));
+  if (!Number.isFinite(n) || n < 1) n = 1;
+  if (state.maxTokens && n > state.maxTokens) n = state.maxTokens;
+  if (String(n) !== box.value) box.value = String(n);
+  return n;
+}
+
+// A visible note on an answer that did not end on its own: cut at max tokens, or stopped by the user.
+function mark(el, reason) {
+  el.dataset.finish = reason;
+  const note = document.createElement("span");
+  note.className = "note";
+  note.dataset.testid = "finish-note";
+  note.textContent = NOTES[reason];
+  el.appendChild(note);
+}
+
 async function loadModel() {
   try {
     const resp = await fetch("/v1/models", { headers: headers() });
@@ -98,7 +132,7 @@ async function* sseEvents(resp) {
 async function send(text) {
   if (!state.model) await loadModel();
   state.messages.push({ role: "user", content: text });
-  bubble("user", text);
+  const userEl = bubble("user", text);
   const el = bubble("assistant", "");
   el.classList.add("streaming");
   const controller = new AbortController();
@@ -107,6 +141,7 @@ async function send(text) {
   status("");
   let answer = "";
   let failed = null;
+  let finish = null;
   const t0 = performance.now();
   try {
     const body = {
@@ -115,7 +150,7 @@ async function send(text) {
       stream: true,
       stream_options: { include_usage: true },
       temperature: Number($("temperature").value),
-      max_tokens: Number($("max-tokens").value),
+      max_tokens: maxTokens(),
     };
     const resp = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
@@ -125,6 +160,7 @@ async function send(text) {
     for await (const chunk of sseEvents(resp)) {
       if (chunk.error) throw new Error(chunk.error.message || "the server reported an error");
       const choice = chunk.choices && chunk.choices[0];
+      if (choice && choice.finish_reason) finish = choice.finish_reason;
       if (choice && choice.delta && typeof choice.delta.content === "string" && choice.delta.content) {
         answer += choice.delta.content;
         render(el, answer);
@@ -144,11 +180,17 @@ async function send(text) {
   }
   if (controller.signal.aborted && !state.messages.length) return;  // reset while streaming
   if (failed && !answer) {
+    // the turn did not happen: its message leaves the screen as it left the conversation, and goes back into
+    // the input box to be sent again
     el.remove();
+    userEl.remove();
+    state.messages.pop();
+    if (!$("input").value) $("input").value = text;
     bubble("error", failed);
-    state.messages.pop();  // the turn did not happen; the user can send it again
     return;
   }
+  if (controller.signal.aborted) mark(el, "stopped");
+  else if (finish === "length") mark(el, "length");
   if (failed) bubble("error", failed);
   state.messages.push({ role: "assistant", content: answer });
 }
@@ -164,6 +206,8 @@ function reset() {
 document.addEventListener("DOMContentLoaded", () => {
   setBusy(false);
   loadModel();
+  loadLimits();
+  $("max-tokens").addEventListener("change", maxTokens);
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = $("input").value;
