@@ -87,8 +87,12 @@ def _value_name(v: Any) -> str:
 
 
 def cell_overrides(sweep: Sweep, cell: dict[str, Any]) -> list[str]:
-    over = [f"{k}={'null' if v is None else v if not isinstance(v, (list, dict)) else yaml.safe_dump(v, default_flow_style=True).strip()}"
-            for k, v in cell.items()]
+    def text(v: Any) -> str:
+        if v is None:  # `train.tokenizer=null`: the cell without vocabulary extension
+            return "null"
+        return yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, dict)) else str(v)
+
+    over = [f"{k}={text(v)}" for k, v in cell.items()]
     return over + [f"run_dir={sweep.directory / cell_name(cell)}", f"name={cell_name(cell)}"]
 
 
@@ -220,8 +224,8 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
         if len(base) == 1:
             md += [f"The untrained base model's held-out response loss: {_fmt(base.pop(), '.3f')}.", ""]
     if mixed_tokenizers(results):
-        md += ["The cells use different tokenizers (vocabulary sizes "
-               f"{', '.join(f'{v:,}' for v in sorted({r['after_vocab_size'] for r in results if r.get('after_vocab_size')}))}"
+        sizes = sorted({r["after_vocab_size"] for r in results if r.get("after_vocab_size")})
+        md += [f"The cells use different tokenizers (vocabulary sizes {', '.join(f'{v:,}' for v in sizes)}"
                "): loss per token is not comparable between them (an extended vocabulary makes fewer, harder "
                "tokens for the same text); compare the loss per character. The charts use it.", ""]
     missing = [m[1] for m in METRICS if m[0].startswith("after_") and m not in cols]
