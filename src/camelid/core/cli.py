@@ -30,8 +30,8 @@ BaseUrlOpt = Annotated[Optional[list[str]], typer.Option(
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", show_envvar=False,
                                                   help="API key for openai: specs (default $OPENAI_API_KEY).")]
 TemplateOpt = Annotated[Optional[str], typer.Option(
-    "--template", help="Prompt template (alpaca, alpaca_ko, vicuna_v1.1, llama-2, chatml, self-instruct, tokenizer); default: "
-    "the run's camelid.json, else the tokenizer's chat_template.")]
+    "--template", help="Prompt template (alpaca, alpaca_ko, chinese_alpaca, vicuna_v1.1, llama-2, chatml, "
+    "self-instruct, tokenizer); default: the run's camelid.json, else the tokenizer's chat_template.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | mps (transformers and GGUF "
                                                   "offload); default: cuda when available.")]
 NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="Spread layers over N GPUs (device_map).")]

@@ -111,11 +111,11 @@ def judge(
                                       "orders).")] = "single",
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference answers (answer JSONL) for "
                                                       "math/reasoning/coding questions.")] = None,
-    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | auto (from each "
-                                      "question's text); camelid's prompts only.")] = "auto",
-    prompts: Annotated[str, typer.Option("--prompts", help="Judge prompt set: camelid (its own, English and "
-                                         "Korean) | mt-bench (FastChat's MT-bench judge prompts and verdict "
-                                         "parsing, byte for byte: scores comparable with published MT-bench "
+    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | zh | auto (from "
+                                      "each question's text); camelid's prompts only.")] = "auto",
+    prompts: Annotated[str, typer.Option("--prompts", help="Judge prompt set: camelid (its own, English, "
+                                         "Korean and Chinese) | mt-bench (FastChat's MT-bench judge prompts and "
+                                         "verdict parsing, byte for byte: scores comparable with published MT-bench "
                                          "numbers; English, two turns at most).")] = "camelid",
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model id every other model is compared "
                                                     "with (pairwise) or scored relative to (single). The question "

@@ -9,9 +9,9 @@ with `accelerate launch` / `torchrun` on GPUs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
@@ -20,6 +20,7 @@ from camelid.data.checks import Check
 from camelid.generate.distill import DistillConfig
 from camelid.generate.generator import GenerateConfig
 from camelid.train.config import TrainConfig
+from camelid.train.multistage import StagedRun, StagedTrain, apply_stage_overrides, staged_run
 
 STAGES = ("generate", "train", "eval", "serve")
 
@@ -43,9 +44,10 @@ class EvalSection(BaseModel):
     judge_max_tokens: int = Field(256, ge=16)
     single: bool = Field(False, description="also grade each after-training answer 1-10 (one more judge call per "
                          "question)")
-    lang: Literal["auto", "en", "ko"] = "auto"
+    lang: Literal["auto", "en", "ko", "zh"] = "auto"
     prompts: Literal["camelid", "mt-bench"] = Field("camelid", description="judge prompt set: camelid's own "
-                                                    "(English, Korean) or FastChat's MT-bench prompts byte for byte")
+                                                    "(English, Korean, Chinese) or FastChat's MT-bench prompts byte "
+                                                    "for byte")
     check: Optional[Check] = Field(None, description="a programmatic check of each answer (contains, starts_with, "
                                    "ends_with, regex, bullets, lang), its pass rate measured before and after; "
                                    "default: the distill section's")
@@ -79,14 +81,41 @@ class Recipe(BaseModel):
     distill: Optional[dict[str, Any]] = Field(None, description="context distillation instead of generate: the "
                                               "teacher answers the seed instructions under a system prompt the "
                                               "student never sees (camelid.generate.distill.DistillConfig)")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="a `camelid train` config (data and "
-                               "output_dir are filled in by the run)")
+    train: Union[TrainConfig, StagedTrain] = Field(
+        default_factory=TrainConfig, description="a `camelid train` config (data and output_dir are filled in by the "
+        "run), or a staged one (`tokenizer:` + `stages:`, as `camelid train kollama2_two_stage`): each stage "
+        "writes RUN_DIR/train/NAME, a stage without data trains on the run's data")
     eval: Optional[EvalSection] = None
     serve: ServeSection = Field(default_factory=ServeSection)
+    _base: Path = PrivateAttr(default_factory=Path.cwd)  # the recipe file's directory: stage inputs resolve there
+    _source: str = PrivateAttr("recipe")
 
     @property
     def directory(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
+
+    def train_data(self) -> list[str]:
+        """What the (last) training stage trains on: the recipe's data or the generated file."""
+        return self.data or [str(self.directory / "generate" / "data.jsonl")]
+
+    def staged(self) -> Optional[StagedRun]:
+        """The staged train section with the run's paths filled in (None for a one-run train section)."""
+        if not isinstance(self.train, StagedTrain):
+            return None
+        return staged_run(self.train.model_dump(), self._source, self._base, self.directory / "train",
+                          self.train_data())
+
+    @property
+    def base_model(self) -> str:
+        """The model training starts from: the untrained side of the before/after comparison."""
+        run = self.staged()
+        return run.stages[0].config.model if run else self.train.model
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the trained model ends up."""
+        run = self.staged()
+        return Path(run.stages[-1].config.output_dir) if run else self.directory / "train"
 
     def settings(self, section: str) -> dict[str, Any]:
         """The settings a section gives (not its defaults), as the YAML wrote them: what the run hashes and passes on."""
@@ -103,9 +132,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply `section.key=value` overrides, validate every section against its command."""
     p = Path(path)
     raw = read_yaml_mapping(p, "generate/train/eval sections", kind="recipe")
-    raw = apply_overrides(raw, list(overrides or []))
-    recipe = validate(Recipe, raw, p)
+    train_raw = raw.get("train")
+    staged = isinstance(train_raw, dict) and "stages" in train_raw
+    # a staged train section routes its overrides as `camelid train` does: train.STAGE.key, train.tokenizer.key
+    train_over = [o[len("train."):] for o in overrides or [] if staged and o.startswith("train.")]
+    raw = apply_overrides(raw, [o for o in overrides or [] if not (staged and o.startswith("train."))])
+    if staged:
+        raw["train"] = apply_stage_overrides(raw["train"], train_over, p)
+    if not isinstance(raw.get("train") or {}, dict):
+        raise CamelidError(f"{p}: train must be a mapping of `camelid train` settings (or tokenizer + stages)")
+    recipe = validate(Recipe, {**raw, "train": {}}, p)  # the train section alone, with its own schema's errors
+    recipe.train = validate(StagedTrain if staged else TrainConfig, raw.get("train") or {}, p, prefix="train.")
     base = p.resolve().parent
+    recipe._base, recipe._source = base, str(p)
+    if staged:
+        recipe.staged()  # every stage validated now, before anything runs
     # relative data paths in a recipe are relative to the recipe file, like a Makefile's
     recipe.data = [str(_resolve(base, d)) for d in recipe.data]
     if recipe.seeds:
@@ -113,7 +154,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if recipe.eval and recipe.eval.questions:
         recipe.eval.questions = str(_resolve(base, recipe.eval.questions))
     for key in ("data", "output_dir"):
-        if key in recipe.train.model_fields_set:
+        if not staged and key in recipe.train.model_fields_set:
             raise CamelidError(f"{p}: train.{key} is set by the run (use the recipe's top-level data / run_dir)")
     if recipe.distill is not None:
         if recipe.generate is not None:

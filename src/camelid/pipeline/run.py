@@ -32,7 +32,9 @@ from camelid.pipeline.recipe import STAGES, Recipe
 from camelid.pipeline.report import write_report
 from camelid.serve.server import create_app, serve
 from camelid.train.config import load_config
+from camelid.train.multistage import run_stages
 from camelid.train.sft import train
+from camelid.train.vocab import EXTENSION_FILE
 
 
 # ----------------------------------------------------------------------------------------------- stage state
@@ -193,8 +195,60 @@ def distill_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner
     return run, inputs
 
 
+def _train_summary(res: dict, stats: DataStats, method: str, template: str) -> dict:
+    summary = {k: res[k] for k in ("steps", "final_loss", "eval_loss", "tokens_seen", "trainable_params")}
+    summary.update(train_time_s=round(res["train_time_s"], 1), peak_memory_mb=round(res["peak_memory_mb"]),
+                   records=stats.records, kept=stats.kept, problems=stats.problems(), method=method,
+                   template=template)
+    return summary
+
+
+def staged_train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    """A staged train section: train/multistage.py's tokenizer step and stages, each in RUN_DIR/train/NAME (a
+    finished stage is skipped, an interrupted one resumes from its checkpoints)."""
+    staged = recipe.staged()
+    assert staged is not None
+    own = set(recipe.train_data())
+    files = sorted({f for s in staged.stages for f in s.config.data if f not in own}
+                   | set(staged.tokenizer.corpus if staged.tokenizer else []))
+    inputs = {"settings": {"seed": recipe.seed, **recipe.settings("train")},
+              "files": {f: sha256_file(Path(f)) for f in files if Path(f).is_file()},
+              "data": recipe.data and [data_sha256(d) for d in recipe.data] or upstream.get("generate")}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        for stage in staged.stages:
+            if "seed" not in stage.config.model_fields_set:  # the recipe's seed, as for a one-run train section
+                stage.config.seed = recipe.seed
+            if stage.config.save_steps is None:  # an interrupted quick run should still resume
+                stage.config.save_steps = 10
+        results = run_stages(staged, console)
+        rows = []
+        for stage, r in zip(staged.stages, results):
+            if r is None:  # finished in an earlier, interrupted run of this stage
+                meta = RunInfo.read(Path(stage.config.output_dir))
+                assert meta is not None
+                res, stats = meta.to_dict(), DataStats(**(meta.data_stats or {}))
+            else:
+                res, stats = vars(r), r.stats
+            rows.append({"name": stage.name, **_train_summary(res, stats, stage.config.method,
+                                                                stage.config.template)})
+        summary = dict(rows[-1])  # the last stage made the model; time, tokens and memory cover every stage
+        summary.update(train_time_s=round(sum(r["train_time_s"] for r in rows), 1),
+                       tokens_seen=sum(r["tokens_seen"] or 0 for r in rows),
+                       peak_memory_mb=max(r["peak_memory_mb"] for r in rows), stages=rows)
+        if staged.tokenizer is not None:
+            ext = read_json(Path(staged.tokenizer.output) / EXTENSION_FILE)
+            summary["tokenizer"] = {"base_vocab_size": ext["base_vocab_size"], "vocab_size": ext["vocab_size"],
+                                    "added": ext["vocab_size"] - ext["base_vocab_size"]}
+        return summary, [out]
+
+    return run, inputs
+
+
 def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
-    data = recipe.data or [str(run_dir / "generate" / "data.jsonl")]
+    if recipe.staged() is not None:
+        return staged_train_stage(recipe, run_dir, upstream)
+    data = recipe.train_data()
     settings = {"seed": recipe.seed, **recipe.settings("train")}
     if recipe.data and recipe.columns and "columns" not in settings:  # the recipe's mapping, for its own data
         settings["columns"] = recipe.columns
@@ -217,11 +271,7 @@ def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, 
         else:
             r = train(cfg, console=console)  # camelid.json is the main process's alone: use the result
             res, stats = vars(r), r.stats
-        summary = {k: res[k] for k in ("steps", "final_loss", "eval_loss", "tokens_seen", "trainable_params")}
-        summary.update(train_time_s=round(res["train_time_s"], 1), peak_memory_mb=round(res["peak_memory_mb"]),
-                       records=stats.records, kept=stats.kept, problems=stats.problems(), method=cfg.method,
-                       template=cfg.template)
-        return summary, [out]
+        return _train_summary(res, stats, cfg.method, cfg.template), [out]
 
     return run, inputs
 
@@ -231,10 +281,11 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
     assert ev is not None
     questions = Path(ev.questions) if ev.questions else run_dir / "prepare" / "heldout.jsonl"
     inputs = {"settings": ev.model_dump(), "questions": data_sha256(questions), "model": upstream.get("train"),
-              "base": recipe.train.model, "seed": recipe.seed}
+              "base": recipe.base_model, "seed": recipe.seed}
 
     def run(out: Path) -> tuple[dict, list[Path]]:
-        summary = before_after(recipe, questions, run_dir / "train", out)
+        summary = before_after(recipe, questions, recipe.model_dir, out,
+                               base=recipe.base_model if recipe.staged() else None)
         summary["questions_sha256"] = inputs["questions"]  # runs are comparable only on the same questions
         return summary, [out / "metrics.json"]
 
@@ -243,8 +294,8 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
 
 def serve_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
     def run(out: Path) -> tuple[dict, list[Path]]:
-        model = load_model(f"hf:{run_dir / 'train'}")
-        console.print(f"serving {run_dir / 'train'} on http://{recipe.serve.host}:{recipe.serve.port} (Ctrl-C ends)")
+        model = load_model(f"hf:{recipe.model_dir}")
+        console.print(f"serving {recipe.model_dir} on http://{recipe.serve.host}:{recipe.serve.port} (Ctrl-C ends)")
         serve(create_app(model), recipe.serve.host, recipe.serve.port)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "served.json", {"host": recipe.serve.host, "port": recipe.serve.port})
