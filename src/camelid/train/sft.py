@@ -37,6 +37,7 @@ from camelid.models.checkpoint import RUN_FILE, RunInfo
 from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
+from camelid.train.loss import head_returns_loss, output_head
 from camelid.train.model import load_for_training, save_trained, trainable_params
 from camelid.train.plot import plot_losses
 from camelid.train.tracking import TrainLog, check_report_to
@@ -66,8 +67,9 @@ def _log(console, msg: str, is_main: bool) -> None:
         console.print(msg, highlight=False)
 
 
-def token_loss_sum(model, batch: dict, device) -> Any:
-    """Sum of cross-entropy over trained tokens of one micro-batch (logits only where a token is trained)."""
+def token_loss_sum(model, batch: dict, device, chunked: bool = True) -> Any:
+    """Sum of cross-entropy over trained tokens of one micro-batch. Only trained positions reach the LM head, and
+    (`chunked`) their loss is taken chunk by chunk without the full-vocabulary logits (train/loss.py)."""
     import torch.nn.functional as F
 
     targets = batch["targets"].to(device)
@@ -77,6 +79,10 @@ def token_loss_sum(model, batch: dict, device) -> Any:
         kw["position_ids"] = batch["position_ids"].to(device)
     else:
         kw["attention_mask"] = batch["attention_mask"].to(device)
+    head = output_head(model) if chunked else None
+    if head is not None:
+        with head_returns_loss(head, targets[keep]):
+            return model(**kw).logits.reshape(())
     logits = model(**kw).logits  # (n_trained, vocab)
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
