@@ -10,7 +10,9 @@ replies. Each run happens in a fresh process whose PYTHONPATH is either this tre
    and with it the cost of each candidate: Stanford's fields score every kept row against the whole pool).
 2. Simulated teacher of 3,200 and 16,000 tokens/s (one server: a lock held tokens/rate seconds per reply, whatever
    the concurrency), resuming the instant run's output cut to 48K kept rows and generating 1,500 more: overhead =
-   wall time / the teacher's busy time - 1 (0% when the teacher never waits for camelid).
+   wall time / the teacher time of the replies the data needs - 1 (those up to the reply holding the last kept
+   task; the same replies in both trees). 0% would be a teacher that never waits for camelid; replies asked past
+   the target (in flight when it is met) are teacher time spent but not needed, shown as `busy`.
 
 Both trees must write the same records: the kept rows and the rejected rows of the instant runs are compared byte
 for byte.
@@ -54,6 +56,7 @@ def teacher_class():
             self.busy = 0.0
             self.lock = threading.Lock()
             self.k_of_seed: dict[int, int] = {}
+            self.asked: list[int] = []
 
         def reply(self, k: int) -> str:
             parts = []
@@ -68,7 +71,9 @@ def teacher_class():
 
         def complete(self, prompt: str, sampling=None) -> Completion:
             # the request number, read back from generate's per-request seed (a hash of "seed:k")
-            text = self.reply(self.k_of_seed[sampling.seed])
+            k = self.k_of_seed[sampling.seed]
+            self.asked.append(k)
+            text = self.reply(k)
             tokens = len(text) // 4
             if self.rate:
                 with self.lock:
@@ -103,8 +108,14 @@ def run_one(args: argparse.Namespace) -> dict:
     c0 = time.process_time()
     rep = gen.run()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    # the teacher time the data needs: the replies from this run's first request to the one holding the last kept task
+    last = json.loads(Path(args.out).read_text(encoding="utf-8").splitlines()[-1])["instruction"]
+    first = min(teacher.asked)
+    k_last = next(k for k in sorted(set(teacher.asked)) if f" {last}\n" in teacher.reply(k))
+    needed = sum(len(teacher.reply(k)) // 4 for k in range(first, k_last + 1)) / args.rate if args.rate else 0.0
     return {"camelid": camelid.__file__, "kept": rep.kept, "resumed_from": rep.resumed_from, "wall": wall,
-            "cpu": time.process_time() - c0, "busy": teacher.busy, "milestones": times,
+            "cpu": cpu, "busy": teacher.busy, "needed": needed, "milestones": times,
             "rejected": dict(rep.rejected), "requests": rep.requests}
 
 
@@ -118,13 +129,16 @@ def spawn(src: Path, **kw) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def cut(src: Path, dst: Path, rows: int) -> None:
-    """The first `rows` kept rows and the request log (no journal: generate continues after the last logged
-    request), for a resume with a big pool."""
+def cut(src: Path, dst: Path, rows: int, k_of: dict[str, int]) -> None:
+    """The first `rows` kept rows and the request log up to the reply holding the last of them (no journal:
+    generate continues after the last logged request), for a resume with a big pool: both trees resume at the
+    same request whatever they asked past their target."""
     lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]
     dst.write_text("".join(lines), encoding="utf-8")
+    k_last = k_of[json.loads(lines[-1])["instruction"]]
     suffix = ".requests.jsonl"
-    dst.with_suffix(suffix).write_text(src.with_suffix(suffix).read_text(encoding="utf-8"), encoding="utf-8")
+    log = src.with_suffix(suffix).read_text(encoding="utf-8").splitlines(keepends=True)
+    dst.with_suffix(suffix).write_text("".join(x for x in log if json.loads(x)["request"] <= k_last), encoding="utf-8")
 
 
 def main() -> None:
@@ -182,15 +196,22 @@ def main() -> None:
             sys.exit("the trees wrote different records")
 
         pool = min(args.sim_pool, args.num)
+        sys.path.insert(0, str(ROOT / "bench"))
+        from dedup import synthetic
+
+        k_of: dict[str, int] = {}
+        for i, text in enumerate(synthetic(texts, seed=1)):  # the teacher's tasks, TASKS_PER_REPLY per request
+            k_of.setdefault(text, i // TASKS_PER_REPLY)
         print(f"simulated teacher, resuming at {pool:,} kept, +{args.sim_extra:,} records:")
-        print(f"  {'':<24}{'tok/s':>8}{'wall s':>9}{'busy s':>9}{'overhead':>10}")
+        print(f"  {'':<24}{'tok/s':>8}{'wall s':>9}{'needed s':>10}{'busy s':>9}{'overhead':>10}")
         for rate in (3200, 16000):
             for i, (name, src) in enumerate(trees.items()):
                 out = tmp / f"sim{i}-{rate}.jsonl"
-                cut(inst[name]["out"], out, pool)
+                cut(inst[name]["out"], out, pool, k_of)
                 r = spawn(src, out=out, num=pool + args.sim_extra, texts=texts, rate=rate)
-                r["overhead"] = r["wall"] / r["busy"] - 1
-                print(f"  {name:<24}{rate:>8,}{r['wall']:>9.1f}{r['busy']:>9.1f}{r['overhead']:>9.1%}")
+                r["overhead"] = r["wall"] / r["needed"] - 1
+                print(f"  {name:<24}{rate:>8,}{r['wall']:>9.1f}{r['needed']:>10.1f}{r['busy']:>9.1f}"
+                      f"{r['overhead']:>10.1%}")
                 report["simulated"][f"{name} @ {rate}"] = r
     report["load_after"] = os.getloadavg()
     if args.json:

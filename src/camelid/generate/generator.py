@@ -166,6 +166,7 @@ class Round:
     last: int
     t0: float  # when it was sent
     ok: int = 0  # requests that got a reply
+    taken: int = 0  # results processed
 
 
 class Generator:
@@ -198,6 +199,7 @@ class Generator:
         self._redo: list[int] | None = None  # that round's [first, last] request numbers
         self._last_done = 0.0  # when the last round was written
         self._failed_rounds = 0  # rounds in a row without a reply
+        self._replies = 0  # generation results processed by this run
         self._stack = contextlib.ExitStack()
         try:
             self._stack.enter_context(output_lock(cfg.output))  # before anything is read or cut
@@ -430,7 +432,7 @@ class Generator:
         stop = list(dict.fromkeys(alpaca.STOP))
         call = self._alpaca_call
         while self.kept < self.cfg.num:
-            while len(rounds) < 2:  # this round and the next in flight
+            while len(rounds) < 2 and not self._enough_asked(rounds):  # this round and the next in flight
                 rnd = self._open_round()
                 if rnd is None:
                     break
@@ -446,10 +448,20 @@ class Generator:
             replies = [flight.next()]  # the next reply, and every later one of the round already back
             while replies[-1][0] < rnd.last and flight.ready():
                 replies.append(flight.next())
+            rnd.taken += len(replies)
             self._alpaca_replies(rnd, replies)
+            self._replies += len(replies)
             if replies[-1][0] == rnd.last or self.kept >= self.cfg.num:
                 self._close_round(rounds.popleft())
         flight.cancel()  # requests of a round after the target: a later run with a higher --num uses their replies
+
+    def _enough_asked(self, rounds: deque[Round]) -> bool:
+        """Whether the replies asked and not processed yet are expected (at this run's kept tasks per reply) to
+        meet the target: the next round then waits, rather than have the teacher write replies past the target."""
+        if not rounds or not self._replies:
+            return False
+        waiting = sum(r.last - r.first + 1 - r.taken for r in rounds)
+        return waiting * (self.kept - self.report.resumed_from) >= (self.cfg.num - self.kept) * self._replies
 
     def _alpaca_call(self, item: tuple[int, str, Sampling]) -> Completion:
         k, prompt, sampling = item
