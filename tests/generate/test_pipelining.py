@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from camelid.generate import alpaca
+from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter
 from camelid.generate.generator import GenerateConfig, generate, sidecar_paths
 from camelid.generate.journal import read_rounds, rounds_path
@@ -127,6 +127,48 @@ def test_the_next_rounds_requests_are_sent_while_a_reply_of_this_round_is_outsta
     # the journal: round 1 is sent before round 0 is written; every round is written, in order
     assert steps.index(("round", [2, 3])) < steps.index(("done", [0, 1]))
     assert [r for s, r in steps if s == "done"] == [[0, 1], [2, 3], [4, 5]]
+
+
+class SelfInstructTeacher(TeacherServer):
+    """Self-Instruct replies (a bootstrap list, `No`, one input-first example); holds bootstrap request 1 until a
+    classification or instance request has arrived (or 20 s have passed)."""
+
+    def __init__(self, bootstrap: dict[str, int]):
+        self.bootstrap = bootstrap
+        self.instance_arrived = threading.Event()
+        self.held_until_instances: bool | None = None
+        super().__init__(max_delay=0.0)
+
+    def reply(self, prompt: str) -> str:
+        k = self.bootstrap.get(prompt)
+        if k is None:
+            self.instance_arrived.set()
+            if prompt.rstrip().endswith("Is it classification?"):
+                return " No"
+            return ("Example 1\nInput: a small coastal town in early spring\nOutput: The town wakes slowly, "
+                    "fishing boats return at noon and the market fills with fresh bread and talk.\n")
+        if k == 1:
+            self.held_until_instances = self.instance_arrived.wait(20)
+        place = ["harbour", "orchard", "glacier", "bazaar"][k % 4]
+        return (f" Describe a morning at the {place} from the point of view of a visiting child.\n"
+                f"10. Explain how the {place} changes between summer and the first weeks of winter.\n")
+
+
+def test_self_instruct_sends_a_candidates_instance_requests_before_the_rounds_last_bootstrap_reply(tmp_path):
+    """Bootstrap prompts sample kept instructions, so rounds stay one after the other; within a round, the instance
+    requests of bootstrap reply 0's candidates go out while bootstrap reply 1 is still awaited."""
+    seeds = load_seeds(default_seeds("en"))
+    prompts = {self_instruct.sample_bootstrap(seeds, [], random.Random(f"4:{k}")): k for k in range(2)}
+    server = SelfInstructTeacher(prompts)
+    try:
+        out = tmp_path / "out.jsonl"
+        rep = generate(GenerateConfig(output=out, mode="self-instruct", model="openai:teacher", base_url=[server.url],
+                                      concurrency=2, request_batch_size=2, seed=4, num=10_000, max_requests=2),
+                       show_progress=False)
+    finally:
+        server.close()
+    assert server.held_until_instances is True
+    assert rep.failed_requests == 0 and rep.kept >= 1
 
 
 @pytest.mark.parametrize("lines, open_round", [
