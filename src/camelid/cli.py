@@ -119,13 +119,17 @@ def _interrupted(e: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors, OS errors (disk full, a directory for a file, a read-only disk) and interruptions
     print one line and exit non-zero; no tracebacks for what the user can fix."""
+    args = sys.argv[1:] if argv is None else argv
+    command = _command(args)
+    # the commands are imported before camelid's own Ctrl-C handling: an interruption now is one "while starting"
+    tree = build_app(command) if command else __getattr__("app")
     old_term = old_int = None
     if threading.current_thread() is threading.main_thread():
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
         if signal.getsignal(signal.SIGINT) in (_interrupted_while_starting, signal.default_int_handler):
             old_int = signal.signal(signal.SIGINT, _on_sigint)  # KeyboardInterrupt as ever, and noted
     try:
-        code = _run(argv)
+        code = _run(tree, args)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is _interrupted_while_starting else old_term)
@@ -136,12 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(tree: typer.Typer, args: list[str]) -> int:
     _signalled.clear()
     try:
-        args = sys.argv[1:] if argv is None else argv
-        command = _command(args)
-        tree = build_app(command) if command else __getattr__("app")
         rv = tree(args=args, prog_name="camelid", standalone_mode=False)
         if rv == 130 and _signalled:  # typer returns Exit(130) for a KeyboardInterrupt in non-standalone mode
             print(interrupted_line(), file=sys.stderr)
