@@ -98,6 +98,14 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _before_after(before, before_ci, after, after_ci) -> str:
+    return f"{_fmt(before)}{_ci(before_ci)} → {_fmt(after)}{_ci(after_ci)}"
+
+
+def _change(change, ci) -> str:
+    return f"{_signed(change)}{_ci(ci, '+.3f')}"
+
+
 def eval_rows(e: dict) -> list[tuple[str, str, str]]:
     """Before -> after with 95% bootstrap intervals (paired for the changes); the judge's verdicts, or in words
     why there are none."""
@@ -110,29 +118,27 @@ def eval_rows(e: dict) -> list[tuple[str, str, str]]:
                   f"{_prop(chk.get('before'))} → {_prop(chk.get('after'))}"),
                  ("eval", "behaviour check: change (paired 95% CI)", _points(chk.get("change"), chk.get("change_ci")))]
     rows.append(("eval", "held-out response loss, 95% CI (before → after)",
-                 f"{_fmt(b.get('response_loss'))}{_ci(b.get('response_loss_ci'))} → "
-                 f"{_fmt(a.get('response_loss'))}{_ci(a.get('response_loss_ci'))}"))
+                 _before_after(b.get("response_loss"), b.get("response_loss_ci"), a.get("response_loss"),
+                               a.get("response_loss_ci"))))
     lc = e.get("response_loss_change")
     if lc:
         rows.append(("eval", "response loss change (paired 95% CI; lower is better)",
-                     f"{_signed(lc.get('change'))}{_ci(lc.get('ci'), '+.3f')}"))
+                     _change(lc.get("change"), lc.get("ci"))))
     if a.get("response_loss_per_char") is not None:  # comparable when the tokenizers differ; per token is not
         rows.append(("eval", "held-out response loss per character, 95% CI (before → after)",
-                     f"{_fmt(b.get('response_loss_per_char'))}{_ci(b.get('response_loss_per_char_ci'))} → "
-                     f"{_fmt(a.get('response_loss_per_char'))}{_ci(a.get('response_loss_per_char_ci'))}"))
+                     _before_after(b.get("response_loss_per_char"), b.get("response_loss_per_char_ci"),
+                                   a.get("response_loss_per_char"), a.get("response_loss_per_char_ci"))))
         cc = e.get("response_loss_per_char_change")
         if cc:
             rows.append(("eval", "response loss per character change (paired 95% CI; lower is better)",
-                         f"{_signed(cc.get('change'))}{_ci(cc.get('ci'), '+.3f')}"))
+                         _change(cc.get("change"), cc.get("ci"))))
         rows.append(("eval", "tokens per character of the held-out answers (before → after)",
                      f"{_fmt(b.get('tokens_per_char'), '.2f')} → {_fmt(a.get('tokens_per_char'), '.2f')}"))
     rl = e.get("rouge_l")
     if rl and rl.get("n"):
         rows += [("eval", f"ROUGE-L F1 vs references, 95% CI (before → after, {rl['n']} answers)",
-                  f"{_fmt(rl.get('before'))}{_ci(rl.get('before_ci'))} → {_fmt(rl.get('after'))}"
-                  f"{_ci(rl.get('after_ci'))}"),
-                 ("eval", "ROUGE-L change (paired 95% CI)", f"{_signed(rl.get('change'))}"
-                  f"{_ci(rl.get('change_ci'), '+.3f')}")]
+                  _before_after(rl.get("before"), rl.get("before_ci"), rl.get("after"), rl.get("after_ci"))),
+                 ("eval", "ROUGE-L change (paired 95% CI)", _change(rl.get("change"), rl.get("change_ci")))]
     st = e.get("self_stop")
     if st:
         rows.append(("eval", "answers that stop by themselves (before → after)",
