@@ -13,7 +13,7 @@ import click
 import typer
 
 from camelid import _interrupted_while_starting
-from camelid.core.errors import CamelidError, interrupted_line, os_error_line
+from camelid.core.errors import CamelidError, forget_notes, interrupted_line, os_error_line
 
 HELP = "Generate instruction data, fine-tune, chat, serve and evaluate: the Alpaca / Self-Instruct / Vicuna loop."
 # Each stage's commands: (module, attribute, the top-level names it gives, add_typer options; None: one command).
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(tree: typer.Typer, args: list[str]) -> int:
     _signalled.clear()
+    forget_notes()
     try:
         rv = tree(args=args, prog_name="camelid", standalone_mode=False)
         if rv == 130 and _signalled:  # typer returns Exit(130) for a KeyboardInterrupt in non-standalone mode

@@ -53,7 +53,7 @@ def os_error_line(e: OSError) -> str:
 
 
 _notes: list[Callable[[], str]] = []
-_said: list[str] = []  # the note of the command an interruption unwound
+_said: list[str] = []  # the note of the command an interruption unwound, or that just finished
 
 
 def _note(note: Callable[[], str]) -> str:
@@ -72,8 +72,15 @@ def interrupt_note(note: Callable[[], str]) -> Iterator[None]:
     except KeyboardInterrupt:
         _said[:] = [_note(note)]  # taken now: the command's state is gone once the interruption has unwound it
         raise
+    else:  # a signal while the finished command unwinds still says what it kept
+        _said[:] = [_note(note)]
     finally:
         _notes.remove(note)
+
+
+def forget_notes() -> None:
+    """A new command starts: the notes of an earlier one (in the same process) no longer apply."""
+    _said.clear()
 
 
 def interrupted_line() -> str:
