@@ -17,6 +17,7 @@ from camelid.cli import main
 from camelid.core.io import CamelidError, read_json
 from camelid.pipeline.recipe import load_recipe
 from camelid.pipeline.sweep import cell_name, cell_overrides, load_sweep, cells
+from tests.models.servers import TeacherServer
 from tests.train.conftest import embedded_dir, tiny_model, tokenizer  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +27,8 @@ DATA = REPO / "src" / "camelid" / "train" / "data"
 
 def shrunk(run_dir: Path, model: Path, data: Path | None = None, steps: int = 2) -> list[str]:
     """Overrides that make a shipped staged recipe run in a minute on the tiny model (generation skipped: data)."""
-    return [f"run_dir={run_dir}", f"data=[{data or DATA / 'ko_instructions.jsonl'}]", "train.tokenizer.add=200",
+    return [f"run_dir={run_dir}", f"data=[{data or DATA / 'ko_instructions.jsonl'}]", "train.instructions.data=[generated]",
+            "train.tokenizer.add=200",
             "train.tokenizer.charsets=[]", f"train.embeddings.model=hf:{model}", "train.embeddings.max_length=64",
             f"train.max_steps={steps}", "train.micro_batch_size=4", "train.global_batch_size=8",
             "train.precision=fp32", "train.lr=1.0e-2", "train.instructions.lora.dropout=0", "eval.heldout=2",
@@ -41,15 +43,16 @@ def test_a_staged_train_section_places_every_output_in_the_run_and_routes_overri
     first, second = run.stages
     assert (first.name, first.config.output_dir) == ("embeddings", str(tmp_path / "train" / "embeddings"))
     assert first.config.tokenizer == run.tokenizer.output and first.config.data == [str(DATA / "ko_corpus.txt")]
-    assert second.config.model == first.config.output_dir and second.config.data == [str(tmp_path / "generate" /
-                                                                                           "data.jsonl")]
+    assert second.config.model == first.config.output_dir
+    assert second.config.data == [str(tmp_path / "generate" / "data.jsonl"), str(DATA / "ko_instructions.jsonl")]
     assert (first.config.max_steps, second.config.max_steps) == (None, 3)
     assert first.config.lr == second.config.lr == 1e-3
     assert r.model_dir == tmp_path / "train" / "instructions" and r.base_model == "embedded"
     for off in ("train.tokenizer=null", "train.tokenizer.add=0"):  # the run without vocabulary extension
         plain = load_recipe(RECIPES / "kollama2.yaml", [off]).staged()
         assert plain.tokenizer is None and plain.stages[0].config.tokenizer is None
-    zh = load_recipe(RECIPES / "chinese_alpaca.yaml").staged()
+    zh = load_recipe(RECIPES / "chinese_alpaca.yaml", [f"run_dir={tmp_path}"]).staged()
+    assert zh.stages[1].config.data == [str(tmp_path / "generate" / "data.jsonl"), str(DATA / "zh_instructions.jsonl")]
     assert zh.stages[1].config.template == "chinese_alpaca" and zh.tokenizer.charsets == ["hanzi"]
     assert zh.stages[1].config.lora.modules_to_save == "auto"
 
@@ -84,6 +87,41 @@ def test_the_vocabulary_sweep_is_a_grid_of_valid_staged_recipes():
     for c in cells(sweep):
         run = load_recipe(base, cell_overrides(sweep, c)).staged()
         assert (run.tokenizer is None) == (c["train.tokenizer.add"] == 0)
+
+
+class GibberishTeacher(TeacherServer):
+    """A teacher whose every reply fails to parse, as the embedded 135M model's Korean does."""
+
+    def reply(self, prompt: str) -> str:
+        return " 실마, 번호에 중어났까\n7. 입력:\n고줄써직고\n"
+
+
+@pytest.mark.parametrize("beside", [True, False], ids=["beside-written-data", "alone"])
+def test_a_generation_that_keeps_nothing_stops_the_run_only_when_a_stage_had_nothing_else(tiny_model, tmp_path,
+                                                                                           capsys, beside):
+    teacher = GibberishTeacher()
+    try:
+        run = tmp_path / "run"
+        data = ["generated", str(DATA / "ko_instructions.jsonl")] if beside else ["generated"]
+        # the shipped recipe with generation kept (no `data=`), on the tiny model, without a judge
+        overrides = [o for o in shrunk(run, tiny_model) if not o.startswith(("data=", "train.instructions.data="))]
+        rc = main(["run", str(RECIPES / "kollama2.yaml"), *overrides, f"train.instructions.data=[{','.join(data)}]",
+                   "generate.model=openai:teacher", f"generate.base_url=[{teacher.url}]", "generate.num=4",
+                   "generate.max_requests=2", "generate.request_batch_size=2", "generate.max_tokens=64",
+                   "eval.judge=none"])
+    finally:
+        teacher.close()
+    err = capsys.readouterr().err
+    gen = read_json(run / ".stages" / "generate.json")
+    assert gen["summary"]["kept"] == 0 if beside else gen["status"] == "running"
+    if beside:
+        assert rc == 0, err
+        assert "generate kept no instruction" in " ".join(err.split()) and "training goes on" in err
+        stages = read_json(run / ".stages" / "train.json")["summary"]["stages"]
+        assert stages[1]["records"] == 24  # the written Korean set, without the empty generated file
+    else:
+        assert rc == 1 and "generate kept no instruction" in err and "nothing to train on" in err
+        assert not (run / ".stages" / "train.json").exists()
 
 
 @pytest.mark.slow

@@ -84,7 +84,8 @@ class Recipe(BaseModel):
     train: Union[TrainConfig, StagedTrain] = Field(
         default_factory=TrainConfig, description="a `camelid train` config (data and output_dir are filled in by the "
         "run), or a staged one (`tokenizer:` + `stages:`, as `camelid train kollama2_two_stage`): each stage "
-        "writes RUN_DIR/train/NAME, a stage without data trains on the run's data")
+        "writes RUN_DIR/train/NAME, a stage without data trains on the run's data (`generated` in a stage's data "
+        "list stands for it beside other files)")
     eval: Optional[EvalSection] = None
     serve: ServeSection = Field(default_factory=ServeSection)
     _base: Path = PrivateAttr(default_factory=Path.cwd)  # the recipe file's directory: stage inputs resolve there
@@ -97,6 +98,15 @@ class Recipe(BaseModel):
     def train_data(self) -> list[str]:
         """What the (last) training stage trains on: the recipe's data or the generated file."""
         return self.data or [str(self.directory / "generate" / "data.jsonl")]
+
+    def trains_on_generated_alone(self) -> bool:
+        """Whether a training stage has nothing but the generated file (a generation that kept nothing is then an
+        error; beside other files, e.g. `data: [generated, curated.jsonl]`, training goes on without it)."""
+        if self.data:
+            return False
+        run = self.staged()
+        gen = Path(self.train_data()[0]).resolve()
+        return run is None or any([Path(f).resolve() for f in s.config.data] == [gen] for s in run.stages)
 
     def staged(self) -> Optional[StagedRun]:
         """The staged train section with the run's paths filled in (None for a one-run train section)."""

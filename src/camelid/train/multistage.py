@@ -54,6 +54,9 @@ class TokenizerSection(BaseModel):
     output: str = Field(..., description="directory of the extended tokenizer")
 
 
+GENERATED = "generated"  # in a recipe stage's data list: the run's data (RUN_DIR/generate/data.jsonl)
+
+
 class StagedTrain(BaseModel):
     """A recipe's staged `train:` section: a staged config's `tokenizer:` and `stages:` (validated by `staged_run`
     once the run has placed the outputs)."""
@@ -159,7 +162,8 @@ def staged_run(raw: dict, where: str | Path, base: Path, run_dir: Path | None = 
     """Validate staged settings (overrides already applied). Inputs not found resolve against `base`.
 
     Inside a recipe (`run_dir` given) the run places the outputs: the tokenizer in RUN_DIR/tokenizer, each stage in
-    RUN_DIR/NAME; a stage without `data` trains on the run's `data`; a later stage without `model` (or naming an
+    RUN_DIR/NAME; a stage without `data` trains on the run's `data` (and `generated` in a stage's list stands for
+    it, beside other files); a later stage without `model` (or naming an
     earlier stage) starts from that stage's output, and the first stage trains with the extended tokenizer."""
     stages_raw = [dict(s) for s in raw["stages"]]
     names = stage_names(stages_raw)
@@ -178,6 +182,8 @@ def staged_run(raw: dict, where: str | Path, base: Path, run_dir: Path | None = 
             s["output_dir"] = outs[n]
             if not s.get("data"):
                 s["data"] = list(data or [])
+            elif GENERATED in (listed := s["data"] if isinstance(s["data"], list) else [s["data"]]):
+                s["data"] = [f for d in listed for f in ((data or []) if d == GENERATED else [d])]  # beside others
             if i and (s.get("model") is None or s.get("model") in names[:i]):
                 s["model"] = outs[s.get("model") or names[i - 1]]
             if i == 0 and section is not None and s.get("tokenizer") is None:
