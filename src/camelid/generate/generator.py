@@ -611,8 +611,12 @@ class Generator:
         flight = Flight(self.concurrency)
         try:
             (self._alpaca_loop if self.cfg.mode == "alpaca" else self._self_instruct_loop)(flight)
+        except BaseException:  # Ctrl-C or an error: requests not sent never will be; a local model stops at once
+            flight.cancel()
+            self.model.interrupt()
+            raise
         finally:
-            flight.close()  # requests still running finish and are logged before the files close
+            flight.close()  # remote replies still in flight arrive and are logged before the files close
 
     def interrupted_note(self) -> str:
         return (f"kept {self.kept} instructions in {self.cfg.output} ({self.out_lines} rows); replies that were in "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +30,11 @@ class BadInputError(ModelError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class Cancelled(Exception):
+    """The command stopped this generation (Ctrl-C, an error elsewhere): not a failed request, nothing to log; a
+    rerun asks it again."""
 
 
 class UpstreamError(ModelError):
@@ -133,10 +139,35 @@ class Model:
             ) -> Iterator[tuple[int, R | BaseException]]:
         """Run `fn` over items with bounded concurrency; yield (index, result or exception) as each finishes,
         so a caller can persist finished work at once (a slow or failing request never holds back the rest)."""
-        return bounded_map(fn, items, concurrency or self.max_concurrency)
+        return bounded_map(fn, items, concurrency or self.max_concurrency, on_abort=self.interrupt)
+
+    def interrupt(self) -> None:
+        """Stop the generations running now at their next token (they raise Cancelled); later ones run as usual.
+        A remote backend lets replies in flight arrive (a rerun uses the logged ones)."""
 
     def close(self) -> None:
         pass
+
+
+class Interruptible:
+    """For in-process backends: `interrupt()` ends every generation started before it, at its next token, and
+    `close()` frees the weights only once the generation holding `_lock` has left (freeing them under a running
+    decode crashes the process)."""
+
+    _lock: threading.Lock
+    _epoch: int = 0
+
+    def interrupt(self) -> None:
+        self._epoch += 1
+
+    def _check(self, epoch: int) -> None:
+        if self._epoch != epoch:
+            raise Cancelled(f"{getattr(self, 'name', 'model')}: generation stopped")
+
+    def _quiesce(self, timeout: float = 30.0) -> bool:
+        """Stop what runs and wait for the generation lock (True when taken: release it after freeing)."""
+        self.interrupt()
+        return self._lock.acquire(timeout=timeout)
 
 
 def collect(chunks: Iterator[Chunk], model: str) -> Completion:
@@ -149,8 +180,10 @@ def collect(chunks: Iterator[Chunk], model: str) -> Completion:
                       model, time.perf_counter() - t0)
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int
-                ) -> Iterator[tuple[int, R | BaseException]]:
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int,
+                on_abort: Callable[[], None] | None = None) -> Iterator[tuple[int, R | BaseException]]:
+    """`Model.map`'s loop. When the consumer stops early (Ctrl-C, an error, a break), requests not started are
+    dropped and `on_abort` stops the running ones, so the way out does not wait for whole generations."""
     it = iter(enumerate(items))
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         pending: dict[Future, int] = {}
@@ -163,14 +196,21 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int
                     return
                 pending[pool.submit(fn, item)] = i
 
-        fill()
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                i = pending.pop(fut)
-                err = fut.exception()
-                yield i, (err if err is not None else fut.result())
+        try:
             fill()
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    err = fut.exception()
+                    yield i, (err if err is not None else fut.result())
+                fill()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            if on_abort is not None:
+                on_abort()
+            raise
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

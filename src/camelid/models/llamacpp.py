@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Iterator
 
 from camelid.core.templates import Template, get_template
-from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
+from camelid.models.base import (BadInputError, Chunk, ContextLengthError, Interruptible, Model, ModelError, Sampling,
+                                 cut_at_stop)
 
 # llama.cpp's OpenMP workers spin between steps by default; on a busy machine a call from the main thread then ran
 # 15-20x slower here (6 chat answers: 36-45 s vs 2.4 s). OpenMP reads this once, when llama_cpp is first loaded.
@@ -41,7 +42,7 @@ def needs_nul(grammar: str) -> bool:
     return False
 
 
-class LlamaCppModel(Model):
+class LlamaCppModel(Interruptible, Model):
     sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "response_format"})
 
     def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
@@ -93,7 +94,9 @@ class LlamaCppModel(Model):
                                      f"{self.context_length}")
         max_tokens = max(1, min(sampling.max_tokens, self.context_length - n_prompt))
         options = self._options(sampling)
+        epoch = self._epoch
         with self._lock:
+            self._check(epoch)  # stopped while it waited for the context
             # stop strings are cut here, not by llama.cpp: then llama.cpp ends only at EOS or max_tokens, and the
             # token count below is exact (llama.cpp's own stop could end on the EOS or on a stop string alike)
             finish, text, sent, stopped = None, "", 0, False
@@ -103,6 +106,7 @@ class LlamaCppModel(Model):
                 seed=sampling.seed % 2 ** 32 if sampling.seed is not None else -1, stream=True, **options)
             try:
                 for ev in stream:
+                    self._check(epoch)
                     choice = ev["choices"][0]
                     finish = choice.get("finish_reason") or finish
                     text += choice["text"]
@@ -167,6 +171,13 @@ class LlamaCppModel(Model):
         llama_cpp.llama_sampler_free(sampler)
 
     def close(self) -> None:
-        llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        taken = self._quiesce()
+        try:
+            self.llm = None
             llm.close()
+        finally:
+            if taken:
+                self._lock.release()

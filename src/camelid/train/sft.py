@@ -269,7 +269,7 @@ def _train(cfg: TrainConfig, console=None) -> TrainResult:
     model, tokenizer, base = load_for_training(cfg, accelerator.device, accelerator.mixed_precision == "bf16", vocab)
     if vocab["embedding_rows_added"]:
         _log(console, f"tokenizer {vocab['tokenizer']}: {vocab['embedding_rows_added']:,} embedding rows added "
-             f"({vocab['embedding_rows']:,}), initialised to the mean of the old rows", is_main)
+             f"({vocab['embedding_rows']:,}), each the mean of the rows of its base-tokenizer pieces", is_main)
     template = get_template(cfg.template, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
     stop_ids = sorted({end_token_id(tokenizer, template), tokenizer.eos_token_id})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -519,7 +519,7 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
         "eval_data": data_files_info(cfg.eval_data),
         "config": cfg.model_dump(),
         "data_stats": result.stats.to_dict(),
-        "vocab": vocab,  # tokenizer used, rows added (mean-initialised), what trained besides an adapter
+        "vocab": vocab,  # tokenizer used, rows added (initialised from base pieces), what trained besides an adapter
         "curriculum": order,  # rule, field, stages (size, first/last id), first trained ids; null = shuffled
         "steps": result.steps,
         "final_loss": result.final_loss,
