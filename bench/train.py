@@ -65,7 +65,11 @@ def camelid_examples(args, tok) -> dict[int, object]:
     return {int(e.id): e for e in build_examples(convs, tok, t, max_length=args.max_length)[0]}
 
 
-def trl_trainer(args, out: Path, steps: int, checkpointing: bool):
+TRL_SETTINGS = {  # contender -> (gradient checkpointing, packing with bfd + padding_free)
+    "trl": (True, False), "trl-no-gc": (False, False), "trl-packed": (True, True), "trl-packed-no-gc": (False, True)}
+
+
+def trl_trainer(args, out: Path, steps: int, name: str):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -81,10 +85,14 @@ def trl_trainer(args, out: Path, steps: int, checkpointing: bool):
     t = get_template("alpaca")
     rows = [{"prompt": t.render(c["messages"][:1], add_generation_prompt=True),  # trl appends the EOS
              "completion": c["messages"][1]["content"], "idx": i} for i, c in enumerate(read_conversations(args.data))]
+    checkpointing, packed = TRL_SETTINGS[name]
+    # trl's fastest settings: packing (best-fit decreasing) into padding-free rows with position_ids
+    extra = {"packing": True, "packing_strategy": "bfd", "padding_free": True} if packed else {}
     conf = SFTConfig(output_dir=str(out), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
                      max_steps=steps, learning_rate=3e-4, lr_scheduler_type="cosine", warmup_steps=0,
                      max_length=args.max_length, logging_steps=1, save_strategy="no", report_to=[], seed=0,
-                     bf16=False, use_cpu=True, dataloader_num_workers=0, gradient_checkpointing=checkpointing)
+                     bf16=False, use_cpu=True, dataloader_num_workers=0, gradient_checkpointing=checkpointing,
+                     **extra)
     peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -93,6 +101,11 @@ def trl_trainer(args, out: Path, steps: int, checkpointing: bool):
 
 
 # ------------------------------------------------------------------------------------------------ 1. speed
+
+
+def real_tokens(inputs: dict) -> int:
+    """Non-padding tokens of a trl batch (padding-free batches have no attention_mask and no padding)."""
+    return int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel())
 
 
 def speed(args) -> dict:
@@ -106,14 +119,18 @@ def speed(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     cam_model, tok, _ = load_for_training(camelid_config(args, tmp / "c", 1), "cpu", False)
     cam = camelid_examples(args, tok)
-    trainers = {name: trl_trainer(args, tmp / name, 1, checkpointing=name == "trl")[0]
-                for name in args.contenders.split(",") if name != "camelid"}
-    trl_rows = {row["idx"]: row for row in next(iter(trainers.values())).train_dataset}
+    trainers = {name: trl_trainer(args, tmp / name, 1, name)[0]
+                for name in args.contenders.split(",") if name.startswith("trl")}
+    # packed contenders get the same records as everyone, through their own padding-free collator (one row with
+    # position_ids per batch); their bfd packing only regroups records, which the memory runs include
+    ref = next((tr for n, tr in trainers.items() if not TRL_SETTINGS[n][1]), None) or trl_trainer(
+        args, tmp / "ref", 1, "trl")[0]
+    trl_rows = {row["idx"]: row for row in ref.train_dataset}
     common = sorted(set(cam) & set(trl_rows))
     random.Random(0).shuffle(common)
     batches = [common[i:i + args.batch] for i in range(0, args.batch * args.batches, args.batch)]
 
-    loss = same_batch_loss(args, cam_model, cam, trainers, batches[0], tok)  # before training: lora_B = 0 in both
+    loss = same_batch_loss(args, cam_model, cam, {"ref": ref, **trainers}, batches[0], tok)  # before training: lora_B = 0 in both
     opts = {"camelid": torch.optim.AdamW([p for p in cam_model.parameters() if p.requires_grad], lr=3e-4)}
     for name, tr in trainers.items():
         tr.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop, which we drive step by step
@@ -134,14 +151,14 @@ def speed(args) -> dict:
             real = sum(len(e.input_ids) for e in exs)
         else:
             tr = trainers[name]
-            inputs = tr.data_collator([tr.train_dataset[trl_pos[i]] for i in idx])
-            real = int(inputs["attention_mask"].sum())
+            inputs = tr.data_collator([ref.train_dataset[trl_pos[i]] for i in idx])
+            real = real_tokens(inputs)
             tr.training_step(tr.model, inputs)
         opts[name].step()
         opts[name].zero_grad(set_to_none=True)
         return real, time.perf_counter() - t0
 
-    trl_pos = {row["idx"]: k for k, row in enumerate(next(iter(trainers.values())).train_dataset)}
+    trl_pos = {row["idx"]: k for k, row in enumerate(ref.train_dataset)}
     names = ["camelid", *trainers]
     step("camelid", batches[0])  # warm-up, untimed
     for n in trainers:
@@ -202,17 +219,61 @@ def worker(args) -> None:
         r = train(camelid_config(args, out / "run", args.memory_steps))
         tokens = r.tokens_seen
     else:
-        tr, _ = trl_trainer(args, out / "trl", args.memory_steps, checkpointing=args.worker == "trl")
+        tr, _ = trl_trainer(args, out / "trl", args.memory_steps, args.worker)
         n = []
         collate = tr.data_collator
-        tr.data_collator = lambda feats: (lambda b: (n.append(int(b["attention_mask"].sum())), b)[1])(collate(feats))
+        tr.data_collator = lambda feats: (lambda b: (n.append(real_tokens(b)), b)[1])(collate(feats))
         tr.train()
         tokens = sum(n[:args.memory_steps])
     print("RESULT " + json.dumps({"tokens": tokens, "seconds": time.perf_counter() - t0}), flush=True)
     shutil.rmtree(out, ignore_errors=True)
 
 
-def memory(name: str, args) -> dict:
+def breakdown(args) -> None:
+    """Where camelid's peak comes from: the high-water mark of each phase of one step, in its own process."""
+    def rss() -> tuple[float, float]:
+        with open("/proc/self/status") as f:
+            v = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in f if ln.startswith(("VmRSS", "VmHWM"))}
+        return v["VmRSS"], v["VmHWM"]
+
+    def reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    import torch  # noqa: F401
+
+    from camelid.data.examples import collate
+    from camelid.train.model import load_for_training
+    from camelid.train.sft import token_loss_sum
+
+    phases = {"runtime (python, torch, transformers)": rss()[0]}
+    reset()
+    model, tok, _ = load_for_training(camelid_config(args, Path(tempfile.mkdtemp()), 1), "cpu", False)
+    now, peak = rss()
+    phases["weights resident after loading"] = now - phases["runtime (python, torch, transformers)"]
+    phases["loading transient (peak above resident)"] = peak - now
+    exs = list(camelid_examples(args, tok).values())[:args.batch]
+    batch = collate(exs, True, 0)
+    model.train()
+    for chunked in (False, True):
+        base = rss()[0]
+        reset()
+        loss = token_loss_sum(model, batch, "cpu", chunked=chunked)
+        after_fwd, fwd_peak = rss()
+        loss.backward()
+        bwd_peak = rss()[1]
+        label = "chunked loss" if chunked else "full-vocabulary logits"
+        phases[f"forward: kept for backward ({label})"] = after_fwd - base
+        phases[f"forward peak above start ({label})"] = fwd_peak - base
+        phases[f"backward peak above start ({label})"] = bwd_peak - base
+        del loss
+        model.zero_grad(set_to_none=True)
+    phases["tokens in the step"] = batch["tokens"]
+    print("RESULT " + json.dumps(phases), flush=True)
+
+
+def run_worker(name: str, args) -> tuple[dict, float]:
+    """(the worker's RESULT, its peak RSS in MB)."""
     cmd = [sys.executable, __file__, "--worker", name, "--memory-steps", str(args.memory_steps), "--batch",
            str(args.batch), "--max-length", str(args.max_length), "--data", str(args.data)]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -225,11 +286,18 @@ def memory(name: str, args) -> dict:
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode or not lines:
         raise SystemExit(f"{name} failed (exit {p.returncode}):\n{stderr[-4000:]}")
-    res = json.loads(lines[-1][7:])
-    return {"peak_rss_mb": usage.ru_maxrss / 1024, "end_to_end_tokens_per_s": res["tokens"] / res["seconds"]}
+    return json.loads(lines[-1][7:]), usage.ru_maxrss / 1024
+
+
+def memory(name: str, args) -> dict:
+    res, peak = run_worker(name, args)
+    return {"peak_rss_mb": peak, "end_to_end_tokens_per_s": res["tokens"] / res["seconds"]}
 
 
 # ------------------------------------------------------------------------------------------------ driver
+
+
+LOAD0 = os.getloadavg()  # the machine is shared: the load is part of the figures
 
 
 def main() -> None:
@@ -239,13 +307,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--memory-steps", type=int, default=6, help="steps of each real run for peak memory (0: skip)")
-    ap.add_argument("--contenders", default="camelid,trl,trl-no-gc")
+    ap.add_argument("--contenders", default="camelid,trl,trl-no-gc,trl-packed,trl-packed-no-gc")
+    ap.add_argument("--breakdown", action="store_true", help="also show where camelid's peak comes from")
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.data = args.data or seeds_path()
     os.environ.update(ENV)
+    if args.worker == "camelid-breakdown":
+        return breakdown(args)
     if args.worker:
         return worker(args)
 
@@ -258,6 +329,12 @@ def main() -> None:
             mem[n] = memory(n, args)
             print(f"  {n:>10}: {mem[n]['peak_rss_mb']:7.0f} MB  (end-to-end incl. loading: "
                   f"{mem[n]['end_to_end_tokens_per_s']:.1f} tokens/s)", flush=True)
+        if args.breakdown:
+            phases, _ = run_worker("camelid-breakdown", args)
+            mem["camelid_breakdown_mb"] = phases
+            print("\nwhere camelid's peak comes from (MB, one step of the same batch size, own process):")
+            for k, v in phases.items():
+                print(f"  {k:<55} {v:8.0f}")
     s = speed(args)
     print(f"\nspeed, side by side on the same {args.batches} x {args.rounds} batches (real tokens/s):")
     for n in args.contenders.split(","):
@@ -268,8 +345,18 @@ def main() -> None:
     print(f"\nloss on the same first batch: camelid {loss['camelid']:.5f}, trl's loss code "
           f"{loss['trl_on_camelid_tokens']:.5f}; trl tokenizes {loss['trl_records_tokenized_differently']} of its "
           f"{loss['trl_records']} records differently from the prompt served at inference", flush=True)
+    if "camelid" in mem:
+        print("\ncamelid against each trl setting (goal: peak <= 0.60x at >= 2x real tokens/s):")
+        for n in args.contenders.split(","):
+            if n in mem and n != "camelid" and n in s:
+                m_ratio = mem["camelid"]["peak_rss_mb"] / mem[n]["peak_rss_mb"]
+                v_ratio = s["camelid"]["tokens_per_s"] / s[n]["tokens_per_s"]
+                print(f"  vs {n:>16}: peak {m_ratio:.2f}x, speed {v_ratio:.2f}x "
+                      f"({'met' if m_ratio <= 0.6 and v_ratio >= 2 else 'not met'})", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "speed": s,
+        args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
+                                         "load_avg_start": LOAD0, "load_avg_end": os.getloadavg(),
+                                         "settings": {k: str(v) for k, v in vars(args).items()}, "speed": s,
                                          "memory": mem}, indent=2))
 
 

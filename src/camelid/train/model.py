@@ -10,6 +10,7 @@ from camelid.core.io import CamelidError
 from camelid.models.checkpoint import (base_checkpoint, load_tokenizer, portable_base, tokenizer_dir,
                                       trained_tokenizer, write_legacy_keys)
 from camelid.train.config import TrainConfig
+from camelid.train.memory import fuse_swiglu
 from camelid.train.vocab import (EXTENSION_FILE, lora_embedding_kwargs, module_name, resize_embeddings,
                                  ties_embeddings, train_only_embeddings)
 
@@ -89,6 +90,7 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None 
         kw["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
     model.config.use_cache = False  # the cache must be off for packed rows (see data/examples.py) and is useless in training
+    fuse_swiglu(model)  # the MLP keeps two of its three activations for the backward (train/memory.py)
     rows = model.get_input_embeddings().weight.shape[0]
     added = resize_embeddings(model, tok, base_tokenizer=base_tok) if base_tok is not None else 0  # 0: sizes match
     if cfg.trainable:

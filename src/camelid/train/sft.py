@@ -38,6 +38,7 @@ from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
 from camelid.train.loss import head_returns_loss, output_head
+from camelid.train.memory import keep_heap_small
 from camelid.train.model import load_for_training, save_trained, trainable_params
 from camelid.train.plot import plot_losses
 from camelid.train.tracking import TrainLog, check_report_to
@@ -248,6 +249,7 @@ def _train(cfg: TrainConfig, console=None) -> TrainResult:
     # before torch is even imported: a bad file is a one-line error in a second
     check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
     check_report_to(cfg.report_to)
+    keep_heap_small()  # freed activations go back to the system (train/memory.py)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
