@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from camelid.models import Sampling, load_model
+from camelid.models import Sampling, embedded_gguf, load_model
 from camelid.models.base import Cancelled
 from tests.train.conftest import embedded_dir, tiny_model, tokenizer  # noqa: F401 (fixtures)
 
@@ -65,17 +65,18 @@ def test_closing_a_model_under_a_running_generation_waits_for_it_and_does_not_cr
     assert "ended ['Cancelled']" in done.stdout
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_embedded_generation_ends_the_command_within_seconds(tmp_path, sig):
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "camelid", "generate", "-o", str(out), "--num", "20",
                              "--max-tokens", "1500", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    requests = out.with_name("out.requests.jsonl")
+    maps, gguf = f"/proc/{proc.pid}/maps", embedded_gguf().name
     deadline = time.time() + 300
-    while proc.poll() is None and not requests.exists() and time.time() < deadline:
-        time.sleep(0.05)  # the run has started its first request
-    time.sleep(1.0)
+    while proc.poll() is None and time.time() < deadline and gguf not in open(maps).read():
+        time.sleep(0.1)  # llama.cpp maps the model once it has loaded it: the first request starts then
+    time.sleep(2.0)
     assert proc.poll() is None
     t0 = time.perf_counter()
     os.kill(proc.pid, sig)
@@ -84,7 +85,8 @@ def test_a_signal_during_embedded_generation_ends_the_command_within_seconds(tmp
     err = proc.stderr.read()
     assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
     assert err.strip().splitlines()[-1].startswith("camelid: interrupted; kept 0 instructions in"), err
-    assert took < 10, f"{took:.1f} s to stop"  # not the minutes 1,500 tokens take
+    print(f"stopped in {took:.2f} s")
+    assert took < 30, f"{took:.1f} s to stop"  # not the minutes 1,500 tokens take on a busy CPU
 
 
 def test_interrupt_stops_a_transformers_generation_too(tiny_model):
