@@ -11,7 +11,10 @@ import itertools
 import random
 import threading
 import time
+import typing
 from typing import Any, Callable, Iterator
+
+import pydantic
 
 from camelid.core.templates import user_text
 from camelid.models.base import (BadInputError, Chunk, Completion, ContextLengthError, Model, ModelError, Sampling,
@@ -26,9 +29,6 @@ def build_response_types() -> list[type]:
     """Build the pydantic classes of the replies (completions, chat completions, chunks, models) now, in this thread.
     The `openai` client defers building them to first use, and that build is not thread-safe: requests parsed at
     once by several threads could fail with "BaseModel cannot be instantiated directly" (openai-python #3079)."""
-    import typing
-
-    import pydantic
     from openai.types import Completion, Model as ModelInfo
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
