@@ -2,44 +2,77 @@
 for each of N sequences (after a 64-token prompt each), against one sequence. The ceiling for any batcher built on
 llama.cpp here; bench/serve_batch.py (branch issue-23a) measures a batcher against it.
 
-    python bench/decode_batch.py [THREADS] [UNIFIED_KV: 1|0]
+    python bench/decode_batch.py [--threads 2] [--steps 32] [--no-unified-kv]
 """
-import os, sys, time, ctypes
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import llama_cpp
-from llama_cpp._internals import LlamaModel, LlamaContext
-from camelid.models.spec import embedded_gguf
 
-th = int(sys.argv[1]) if len(sys.argv) > 1 else 2
-unified = (sys.argv[2] == "1") if len(sys.argv) > 2 else True
-llama_cpp.llama_backend_init()
-mp = llama_cpp.llama_model_default_params()
-model = LlamaModel(path_model=str(embedded_gguf()), params=mp, verbose=False)
-cp = llama_cpp.llama_context_default_params()
-cp.n_ctx = 16 * 512; cp.n_seq_max = 16; cp.n_threads = th; cp.n_threads_batch = th; cp.n_batch = 512
-cp.kv_unified = unified
-ctx = LlamaContext(model=model, params=cp, verbose=False)
-batch = llama_cpp.llama_batch_init(512, 0, 1)
-def put(i, tok, pos, seq, logits):
-    batch.token[i] = tok; batch.pos[i] = pos; batch.n_seq_id[i] = 1; batch.seq_id[i][0] = seq; batch.logits[i] = logits
-PROMPT = 64
-for n in (1, 2, 4, 8, 16):
-    llama_cpp.llama_memory_clear(ctx.memory, True)
-    # prompts: 64 tokens each
-    k = 0
-    for s in range(n):
-        for p in range(PROMPT):
-            put(k, 100 + p, p, s, p == PROMPT - 1); k += 1
-            if k == 512:
-                batch.n_tokens = k; assert llama_cpp.llama_decode(ctx.ctx, batch) == 0; k = 0
-    if k:
-        batch.n_tokens = k; assert llama_cpp.llama_decode(ctx.ctx, batch) == 0
-    steps = 32
-    t = time.perf_counter()
-    for st in range(steps):
-        for s in range(n):
-            put(s, 200 + st, PROMPT + st, s, True)
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama_cpp loads (see models/llamacpp.py)
+
+import llama_cpp  # noqa: E402
+from llama_cpp._internals import LlamaContext, LlamaModel  # noqa: E402
+
+from camelid.models.spec import embedded_gguf  # noqa: E402
+
+PROMPT = 64  # prompt tokens per sequence
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=32, help="decode steps timed per sequence count")
+    ap.add_argument("--no-unified-kv", action="store_true", help="one KV stream per sequence")
+    args = ap.parse_args()
+
+    llama_cpp.llama_backend_init()
+    model = LlamaModel(path_model=str(embedded_gguf()), params=llama_cpp.llama_model_default_params(), verbose=False)
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx, cp.n_seq_max, cp.n_batch = 16 * 512, 16, 512
+    cp.n_threads = cp.n_threads_batch = args.threads
+    cp.kv_unified = not args.no_unified_kv
+    ctx = LlamaContext(model=model, params=cp, verbose=False)
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+
+    def put(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+        batch.seq_id[i][0] = seq
+
+    def decode(n: int) -> None:
         batch.n_tokens = n
-        assert llama_cpp.llama_decode(ctx.ctx, batch) == 0
-    dt = time.perf_counter() - t
-    print(f"threads {th} unified {unified} seqs {n:2d}: {dt/steps*1000:7.1f} ms/step  {n*steps/dt:7.1f} tok/s", flush=True)
+        rc = llama_cpp.llama_decode(ctx.ctx, batch)
+        if rc != 0:
+            raise SystemExit(f"llama_decode returned {rc}")
+
+    base = None
+    for n in (1, 2, 4, 8, 16):
+        llama_cpp.llama_memory_clear(ctx.memory, True)
+        k = 0
+        for s in range(n):  # the prompts, in batches of up to 512 tokens
+            for p in range(PROMPT):
+                put(k, 100 + p, p, s, p == PROMPT - 1)
+                k += 1
+                if k == 512:
+                    decode(k)
+                    k = 0
+        if k:
+            decode(k)
+        t = time.perf_counter()
+        for step in range(args.steps):
+            for s in range(n):
+                put(s, 200 + step, PROMPT + step, s, True)
+            decode(n)
+        dt = time.perf_counter() - t
+        rate = n * args.steps / dt
+        base = base or rate
+        print(f"threads {args.threads} unified_kv {cp.kv_unified} sequences {n:2d}: {dt / args.steps * 1000:7.1f} "
+              f"ms/step {rate:7.1f} tok/s ({rate / base:.2f}x one sequence) | load {os.getloadavg()[0]:.1f}",
+              flush=True)
+    llama_cpp.llama_batch_free(batch)
+
+
+if __name__ == "__main__":
+    main()
