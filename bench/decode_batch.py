@@ -2,7 +2,7 @@
 for each of N sequences (after a 64-token prompt each), against one sequence. The ceiling for any batcher built on
 llama.cpp here; bench/serve_batch.py (branch issue-23a) measures a batcher against it.
 
-    python bench/decode_batch.py [--threads 2] [--steps 32] [--no-unified-kv]
+    python bench/decode_batch.py [--threads 2] [--steps 32] [--no-unified-kv] [--flash-attn auto|on|off]
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed per sequence count")
     ap.add_argument("--no-unified-kv", action="store_true", help="one KV stream per sequence")
+    ap.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto",
+                    help="llama.cpp's default is auto; llama-cpp-python's Llama() turns it off")
     args = ap.parse_args()
 
     llama_cpp.llama_backend_init()
@@ -34,6 +36,7 @@ def main() -> None:
     cp.n_ctx, cp.n_seq_max, cp.n_batch = 16 * 512, 16, 512
     cp.n_threads = cp.n_threads_batch = args.threads
     cp.kv_unified = not args.no_unified_kv
+    cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[args.flash_attn]
     ctx = LlamaContext(model=model, params=cp, verbose=False)
     batch = llama_cpp.llama_batch_init(512, 0, 1)
 
@@ -68,7 +71,7 @@ def main() -> None:
         dt = time.perf_counter() - t
         rate = n * args.steps / dt
         base = base or rate
-        print(f"threads {args.threads} unified_kv {cp.kv_unified} sequences {n:2d}: {dt / args.steps * 1000:7.1f} "
+        print(f"threads {args.threads} unified_kv {cp.kv_unified} flash_attn {args.flash_attn} sequences {n:2d}: {dt / args.steps * 1000:7.1f} "
               f"ms/step {rate:7.1f} tok/s ({rate / base:.2f}x one sequence) | load {os.getloadavg()[0]:.1f}",
               flush=True)
     llama_cpp.llama_batch_free(batch)
