@@ -16,14 +16,21 @@ def test_an_interruption_inside_a_command_says_its_note():
 
 def test_a_signal_just_after_a_command_finished_still_says_what_it_kept():
     kept = [2]
-    with interrupt_note(lambda: f"kept {kept[0]} instructions in out.jsonl"):
+    with interrupt_note(lambda: f"kept {kept[0]} instructions in out.jsonl", command=True):
         kept[0] = 5
     # the command returned; Ctrl-C lands while the CLI unwinds
     assert interrupted_line() == "camelid: interrupted; kept 5 instructions in out.jsonl"
 
 
+def test_a_library_call_s_note_ends_with_the_call():
+    # `camelid run`: the generate stage's note says nothing about a later stage's interruption
+    with interrupt_note(lambda: "kept 4 instructions in generate/data.jsonl"):
+        pass
+    assert interrupted_line().startswith("camelid: interrupted; nothing was half-written")
+
+
 def test_a_new_command_forgets_the_notes_of_the_last_one():
-    with interrupt_note(lambda: "kept 1 instructions in old.jsonl"):
+    with interrupt_note(lambda: "kept 1 instructions in old.jsonl", command=True):
         pass
     forget_notes()
     assert interrupted_line().startswith("camelid: interrupted; nothing was half-written")

@@ -64,16 +64,19 @@ def _note(note: Callable[[], str]) -> str:
 
 
 @contextlib.contextmanager
-def interrupt_note(note: Callable[[], str]) -> Iterator[None]:
-    """While inside, Ctrl-C (or SIGTERM) ends the command with `camelid: interrupted; <note()>`: what was kept."""
+def interrupt_note(note: Callable[[], str], command: bool = False) -> Iterator[None]:
+    """While inside, Ctrl-C (or SIGTERM) ends the command with `camelid: interrupted; <note()>`: what was kept.
+    `command`: the block is a whole CLI command, whose note also answers a signal in the instant after it returned
+    (while the CLI unwinds); a library call's note ends with the call (a later stage is not its business)."""
     _notes.append(note)
     try:
         yield
     except KeyboardInterrupt:
         _said[:] = [_note(note)]  # taken now: the command's state is gone once the interruption has unwound it
         raise
-    else:  # a signal while the finished command unwinds still says what it kept
-        _said[:] = [_note(note)]
+    else:
+        if command:
+            _said[:] = [_note(note)]
     finally:
         _notes.remove(note)
 

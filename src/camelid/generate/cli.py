@@ -44,7 +44,7 @@ def generate(
             return made[0].interrupted_note()
         return f"{output} is as it was; the same command resumes it" if output else "nothing was written"
 
-    with interrupt_note(note):  # from the first line: a signal while the settings are read says so too
+    with interrupt_note(note, command=True):  # from the first line: a signal while the settings are read says so too
         cfg = load_config(config, settings)
         output = cfg.output
         gen = Generator(cfg, show_progress=not quiet)
