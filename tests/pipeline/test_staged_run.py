@@ -27,9 +27,8 @@ DATA = REPO / "src" / "camelid" / "train" / "data"
 
 def shrunk(run_dir: Path, model: Path, data: Path | None = None, steps: int = 2) -> list[str]:
     """Overrides that make a shipped staged recipe run in a minute on the tiny model (generation skipped: data)."""
-    return [f"run_dir={run_dir}", f"data=[{data or DATA / 'ko_instructions.jsonl'}]", "train.instructions.data=[generated]",
-            "train.tokenizer.add=200",
-            "train.tokenizer.charsets=[]", f"train.embeddings.model=hf:{model}", "train.embeddings.max_length=64",
+    return [f"run_dir={run_dir}", f"data=[{data or DATA / 'ko_instructions.jsonl'}]",
+            "train.instructions.data=[generated]", "train.tokenizer.add=200", "train.tokenizer.charsets=[]", f"train.embeddings.model=hf:{model}", "train.embeddings.max_length=64",
             f"train.max_steps={steps}", "train.micro_batch_size=4", "train.global_batch_size=8",
             "train.precision=fp32", "train.lr=1.0e-2", "train.instructions.lora.dropout=0", "eval.heldout=2",
             "eval.max_tokens=8", "eval.judge_max_tokens=24"]
