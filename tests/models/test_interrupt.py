@@ -16,7 +16,8 @@ from camelid.models import Sampling, embedded_gguf, load_model
 from camelid.models.base import Cancelled
 from tests.train.conftest import embedded_dir, tiny_model, tokenizer  # noqa: F401 (fixtures)
 
-LONG = Sampling(temperature=0, max_tokens=2000, stop=[])
+END_TOKENS = {0: -100.0, 2: -100.0}  # SmolLM2's <|endoftext|> and <|im_end|>: a reply that cannot end by itself
+LONG = Sampling(temperature=0, max_tokens=2000, stop=[], logit_bias=END_TOKENS)
 PROMPT = "Count from 1 to 1000, one number per line.\n1\n2\n3\n"
 
 
@@ -54,7 +55,8 @@ def test_closing_a_model_under_a_running_generation_waits_for_it_and_does_not_cr
             "err = []\n"
             "def go():\n"
             "    try:\n"
-            f"        list(m.stream({PROMPT!r}, Sampling(temperature=0, max_tokens=2000, stop=[])))\n"
+            f"        list(m.stream({PROMPT!r}, Sampling(temperature=0, max_tokens=2000, stop=[], "
+            f"logit_bias={END_TOKENS!r})))\n"
             "    except BaseException as e:\n"
             "        err.append(type(e).__name__)\n"
             "t = threading.Thread(target=go); t.start(); time.sleep(1.0)\n"
@@ -92,7 +94,7 @@ def test_a_signal_during_embedded_generation_ends_the_command_within_seconds(tmp
 def test_interrupt_stops_a_transformers_generation_too(tiny_model):
     model = load_model(f"hf:{tiny_model}")
     try:
-        t, box = run_in_thread(model, Sampling(temperature=0, max_tokens=100_000, stop=[]))
+        t, box = run_in_thread(model, Sampling(temperature=0, max_tokens=100_000, stop=[], logit_bias=END_TOKENS))
         time.sleep(1.0)
         model.interrupt()
         t.join(60)
