@@ -95,17 +95,22 @@ class Recipe(BaseModel):
     def directory(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
 
+    @property
+    def generated_file(self) -> Optional[Path]:
+        """RUN_DIR/generate/data.jsonl when training data comes from generation (None with the recipe's own data)."""
+        return None if self.data else self.directory / "generate" / "data.jsonl"
+
     def train_data(self) -> list[str]:
         """What the (last) training stage trains on: the recipe's data or the generated file."""
-        return self.data or [str(self.directory / "generate" / "data.jsonl")]
+        return self.data or [str(self.generated_file)]
 
     def trains_on_generated_alone(self) -> bool:
         """Whether a training stage has nothing but the generated file (a generation that kept nothing is then an
         error; beside other files, e.g. `data: [generated, curated.jsonl]`, training goes on without it)."""
-        if self.data:
+        if self.generated_file is None:
             return False
         run = self.staged()
-        gen = Path(self.train_data()[0]).resolve()
+        gen = self.generated_file.resolve()
         return run is None or any([Path(f).resolve() for f in s.config.data] == [gen] for s in run.stages)
 
     def staged(self) -> Optional[StagedRun]:

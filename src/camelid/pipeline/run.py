@@ -160,11 +160,11 @@ def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runne
     def run(out: Path) -> tuple[dict, list[Path]]:
         cfg = GenerateConfig(**{**settings, "seeds": str(seeds), "output": str(out / "data.jsonl")})
         r = generate(cfg)
-        if r.kept == 0 and recipe.trains_on_generated_alone():
-            raise CamelidError(f"generate kept no instruction ({r.stopped or 'see ' + str(out)}); nothing to train on")
         if r.kept == 0:
-            console.print(f"[yellow]generate kept no instruction ({r.stopped or 'see ' + str(out)}); training goes "
-                          "on with the stages' other data[/]")
+            why = f"generate kept no instruction ({r.stopped or 'see ' + str(out)})"
+            if recipe.trains_on_generated_alone():
+                raise CamelidError(f"{why}; nothing to train on")
+            console.print(f"[yellow]{why}; training goes on with the stages' other data[/]")
         summary = {"kept": r.kept, "target": r.target, "candidates": r.kept + sum(r.rejected.values()),
                    "rejected": dict(r.rejected), "stopped": r.stopped,
                    # every invocation of this stage (resumes included), from the durable logs
@@ -219,10 +219,11 @@ def staged_train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[R
               "data": recipe.data and [data_sha256(d) for d in recipe.data] or upstream.get("generate")}
 
     def run(out: Path) -> tuple[dict, list[Path]]:
-        gen = None if recipe.data else Path(recipe.train_data()[0]).resolve()
+        gen = recipe.generated_file
+        empty = gen is not None and not (gen.is_file() and gen.stat().st_size)  # generation kept nothing
         for stage in staged.stages:
-            if gen is not None and not (gen.is_file() and gen.stat().st_size):  # generation kept nothing
-                stage.config.data = [f for f in stage.config.data if Path(f).resolve() != gen]
+            if empty:
+                stage.config.data = [f for f in stage.config.data if Path(f).resolve() != gen.resolve()]
             if "seed" not in stage.config.model_fields_set:  # the recipe's seed, as for a one-run train section
                 stage.config.seed = recipe.seed
             if stage.config.save_steps is None:  # an interrupted quick run should still resume

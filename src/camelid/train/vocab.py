@@ -334,16 +334,15 @@ def resize_embeddings(model, tokenizer, pad_to_multiple_of: int | None = None, b
     tied = ties_embeddings(model)
     pieces = base_pieces(tokenizer, base_tokenizer, old) if base_tokenizer is not None else {}
     model.resize_token_embeddings(want, mean_resizing=False)
+    head = model.get_output_embeddings()
+    rows = [model.get_input_embeddings().weight]
+    if head is not None and not tied:
+        rows += [head.weight] + ([head.bias] if getattr(head, "bias", None) is not None else [])
     with torch.no_grad():
-        head = model.get_output_embeddings()
-        for m in [model.get_input_embeddings().weight] + ([head.weight] if head is not None and not tied else []):
+        for m in rows:  # a bias is rows of one value
             m[old:] = m[:old].mean(dim=0, keepdim=True)
             for i, ids in pieces.items():
                 m[i] = m[ids].mean(dim=0)
-        if head is not None and not tied and getattr(head, "bias", None) is not None:
-            head.bias[old:] = head.bias[:old].mean()
-            for i, ids in pieces.items():
-                head.bias[i] = head.bias[ids].mean()
     return want - old
 
 
