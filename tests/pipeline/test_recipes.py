@@ -24,8 +24,16 @@ def test_the_four_documented_recipes_are_shipped():
 @pytest.mark.parametrize("path", [p for p in RECIPES if not p.stem.startswith("sweep")], ids=lambda p: p.stem)
 def test_shipped_recipe_matches_the_commands_it_drives(path):
     recipe = load_recipe(path)
-    cfg = load_config(None, [], **recipe.settings("train"), data=["x.jsonl"], output_dir="out")
-    parse_spec(cfg.model)
+    staged = recipe.staged()
+    if staged is not None:  # a staged train section: each stage is a `camelid train` config
+        for stage in staged.stages:
+            assert Path(stage.config.output_dir).parent == recipe.directory / "train"
+            assert all(Path(d).is_file() for d in stage.config.data if "generate" not in Path(d).parts)
+        parse_spec(staged.stages[0].config.model)
+        assert staged.tokenizer is None or all(Path(c).is_file() for c in staged.tokenizer.corpus)
+    else:
+        cfg = load_config(None, [], **recipe.settings("train"), data=["x.jsonl"], output_dir="out")
+        parse_spec(cfg.model)
     if recipe.generate is not None:
         gen = GenerateConfig(**{**recipe.settings("generate"), "output": "x.jsonl"})
         parse_spec(gen.model, base_urls=gen.base_url)

@@ -49,3 +49,22 @@ def test_a_behaviour_check_shows_counts_intervals_and_the_paired_change():
                             "change_ci": [0.6, 0.88]}}
     text = "\n".join(" | ".join(r) for r in summary_rows({"eval": ev}))
     assert "0/40 (0%) [0%, 0%] → 30/40 (75%) [60%, 88%]" in text and "+75 points [+60, +88]" in text
+
+
+def test_runs_with_different_tokenizers_show_loss_per_character_its_paired_change_and_tokens_per_character():
+    ev = {**EVAL,
+          "before": {**EVAL["before"], "response_loss_per_char": 1.9, "response_loss_per_char_ci": [1.7, 2.1],
+                     "tokens_per_char": 2.31},
+          "after": {**EVAL["after"], "response_loss_per_char": 1.2, "response_loss_per_char_ci": [1.05, 1.35],
+                    "tokens_per_char": 0.62},
+          "response_loss_per_char_change": {"change": -0.7, "ci": [-0.85, -0.55], "n": 16},
+          "pairwise": {"win": 5, "tie": 2, "loss": 1, "errors": 0, "n": 8, "after_win_rate": 0.75,
+                       "after_win_rate_ci": [0.5, 1.0], "judge": "embedded", "judge_prompts": "camelid",
+                       "judge_lang": "ko"}}
+    rows = summary_rows({"eval": ev})
+    by = {m: v for _, m, v in rows}
+    assert by["held-out response loss per character, 95% CI (before → after)"] == \
+        "1.900 [1.700, 2.100] → 1.200 [1.050, 1.350]"
+    assert by["response loss per character change (paired 95% CI; lower is better)"] == "-0.700 [-0.850, -0.550]"
+    assert by["tokens per character of the held-out answers (before → after)"] == "2.31 → 0.62"
+    assert by["judge (camelid prompts, ko): after vs before (win/tie/loss)"] == "5/2/1"

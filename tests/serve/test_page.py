@@ -124,18 +124,28 @@ def test_max_tokens_box_takes_only_what_the_server_accepts(page, server):
         assert box.input_value() == str(kept), typed
 
 
-def test_length_capped_and_stopped_answers_are_marked(page):
+def test_length_capped_and_stopped_answers_are_marked(page, embedded):
     page.fill("#max-tokens", "3")
     send(page, "Write a long story about a dragon.")
     capped = page.locator(".msg.assistant").last
     playwright.expect(capped).to_have_attribute("data-finish", "length")
     assert "max tokens" in capped.locator(".note").inner_text()
 
+    # a reply that cannot end by itself before Stop is clicked: the request goes on to the real server with the end
+    # tokens banned by logit_bias (a 135M model asked to count may still stop after ten numbers)
+    ends = {embedded.llm.token_eos(), *embedded.llm.tokenize(b"<|im_end|>", add_bos=False, special=True)}
+
+    def endless(route):
+        body = json.loads(route.request.post_data)
+        route.continue_(post_data=json.dumps({**body, "logit_bias": {str(t): -100 for t in ends}}))
+
+    page.route("**/v1/chat/completions", endless)
     page.fill("#max-tokens", "1500")
     page.fill("#input", "Count from 1 to 1000, one number per line.")
     page.press("#input", "Enter")
     playwright.expect(page.locator(".msg.assistant").last.locator(".body")).not_to_have_text("", timeout=60_000)
     page.click("#stop")
+    page.unroute("**/v1/chat/completions")
     page.locator("body[data-state=idle]").wait_for(state="attached")
     stopped = page.locator(".msg.assistant").last
     playwright.expect(stopped).to_have_attribute("data-finish", "stopped")

@@ -1,4 +1,5 @@
-"""Two processes (torchrun, DDP over gloo) give the losses of one process at the same global batch."""
+"""Two processes (torchrun, DDP over gloo) give the losses of one process at the same global batch, and report
+them once (the main process)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model, alpaca_30,
     two = tmp_path / "two"
     args = [f"model=hf:{tiny_model}", f"data=[{alpaca_30}]", f"output_dir={two}", "method=full", "lr=1e-2",
             "micro_batch_size=2", "global_batch_size=8", "max_steps=4", "warmup_ratio=0", "max_length=128",
-            "precision=fp32", "seed=0"]
+            "precision=fp32", "seed=0", "report_to=[tensorboard]"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(_free_port()), "-m", "camelid", "train", *args],
@@ -36,6 +37,13 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model, alpaca_30,
     assert "2 processes" in proc.stderr
     losses = [r["loss"] for _, r in read_jsonl(two / "trainer_log.jsonl")]
     assert losses == pytest.approx(one.losses, abs=1e-5)
+    # only the main process reports: one TensorBoard event file, holding the losses of trainer_log.jsonl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = (two / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(losses, rel=1e-6)
     from safetensors.torch import load_file
 
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(two / "model.safetensors")

@@ -153,6 +153,45 @@ def test_resize_sets_new_rows_to_the_mean_of_the_old_ones_in_both_untied_matrice
     assert lora_embedding_kwargs(model)["ensure_weight_tying"] is False
 
 
+def test_with_the_base_tokenizer_each_new_row_is_the_mean_of_its_base_pieces_rows(base_tok, ko_tok):
+    """Fast Vocabulary Transfer: a new token starts at the mean of the rows of the pieces the base tokenizer reads
+    its text as, in both untied matrices; the special tokens and old rows are untouched."""
+    import torch
+
+    model = _tiny_untied_llama(len(base_tok))
+    emb0 = model.get_input_embeddings().weight.detach().clone()
+    head0 = model.get_output_embeddings().weight.detach().clone()
+    added = resize_embeddings(model, ko_tok, base_tokenizer=base_tok)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert torch.equal(emb[: len(base_tok)], emb0) and torch.equal(head[: len(base_tok)], head0)
+    word = ko_tok.convert_tokens_to_ids(ko_tok.tokenize(" 한국어")[0])
+    assert word >= len(base_tok)
+    pieces = base_tok.encode(ko_tok.decode([word]), add_special_tokens=False)
+    assert len(pieces) > 1
+    assert torch.allclose(emb[word], emb0[pieces].mean(0), atol=1e-6)
+    assert torch.allclose(head[word], head0[pieces].mean(0), atol=1e-6)
+    rows = emb[len(base_tok):]
+    assert len({tuple(r.tolist()) for r in rows}) > 0.9 * added  # distinguishable, not one shared point
+
+
+def test_the_base_piece_start_lowers_the_loss_of_korean_text_over_the_mean_start(embedded_dir, base_tok, ko_tok):
+    """Before any training, the extended SmolLM2-135M reads held-out Korean text at a lower loss from the
+    mean-of-pieces start than from the mean-of-all-rows start (Stanford's)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    text = "서울은 한국의 수도이며, 많은 사람들이 지하철을 타고 출근합니다."
+    losses = {}
+    for start in ("mean", "pieces"):
+        model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32)
+        resize_embeddings(model, ko_tok, base_tokenizer=base_tok if start == "pieces" else None)
+        ids = torch.tensor([ko_tok.encode(text, add_special_tokens=False)])
+        with torch.no_grad():
+            losses[start] = model(input_ids=ids, labels=ids).loss.item()
+    print(losses)
+    assert losses["pieces"] < losses["mean"], losses
+
+
 def test_stage_one_trains_only_the_embedding_matrices(ko_tok):
     model = _tiny_untied_llama(100)
     resize_embeddings(model, ko_tok)

@@ -19,6 +19,9 @@ warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing(_enable
 # bitsandbytes on an AVX512-BF16 CPU looks for an optional hub kernel and, absent, falls back to its built-in one.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+ColumnsOpt = Annotated[Optional[str], typer.Option(
+    "--columns", help="Read inputs whose field names differ: instruction=prompt,output=completion reads column "
+    "'prompt' as 'instruction' (TARGET=COLUMN, comma-separated; any format, Parquet and Hub datasets too).")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: embedded | gguf:PATH | hf:PATH | "
                                        "openai:NAME (a run directory or .gguf path works too).")]
 BaseUrlOpt = Annotated[Optional[list[str]], typer.Option(
@@ -27,8 +30,8 @@ BaseUrlOpt = Annotated[Optional[list[str]], typer.Option(
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", show_envvar=False,
                                                   help="API key for openai: specs (default $OPENAI_API_KEY).")]
 TemplateOpt = Annotated[Optional[str], typer.Option(
-    "--template", help="Prompt template (alpaca, alpaca_ko, vicuna_v1.1, llama-2, chatml, self-instruct, tokenizer); default: "
-    "the run's camelid.json, else the tokenizer's chat_template.")]
+    "--template", help="Prompt template (alpaca, alpaca_ko, chinese_alpaca, vicuna_v1.1, llama-2, chatml, "
+    "self-instruct, tokenizer); default: the run's camelid.json, else the tokenizer's chat_template.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | mps (transformers and GGUF "
                                                   "offload); default: cuda when available.")]
 NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="Spread layers over N GPUs (device_map).")]

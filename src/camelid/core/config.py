@@ -126,6 +126,8 @@ def _cli_type(annotation: Any) -> Any:
         annotation = args[0]
     if typing.get_origin(annotation) is Literal:
         annotation = type(typing.get_args(annotation)[0])
+    elif typing.get_origin(annotation) is list and typing.get_origin(typing.get_args(annotation)[0]) is Literal:
+        annotation = list[type(typing.get_args(typing.get_args(annotation)[0])[0])]  # a repeatable option
     return Optional[annotation]
 
 

@@ -53,7 +53,7 @@ def os_error_line(e: OSError) -> str:
 
 
 _notes: list[Callable[[], str]] = []
-_said: list[str] = []  # the note of the command an interruption unwound
+_said: list[str] = []  # the note of the command an interruption unwound, or that just finished
 
 
 def _note(note: Callable[[], str]) -> str:
@@ -64,16 +64,26 @@ def _note(note: Callable[[], str]) -> str:
 
 
 @contextlib.contextmanager
-def interrupt_note(note: Callable[[], str]) -> Iterator[None]:
-    """While inside, Ctrl-C (or SIGTERM) ends the command with `camelid: interrupted; <note()>`: what was kept."""
+def interrupt_note(note: Callable[[], str], command: bool = False) -> Iterator[None]:
+    """While inside, Ctrl-C (or SIGTERM) ends the command with `camelid: interrupted; <note()>`: what was kept.
+    `command`: the block is a whole CLI command, whose note also answers a signal in the instant after it returned
+    (while the CLI unwinds); a library call's note ends with the call (a later stage is not its business)."""
     _notes.append(note)
     try:
         yield
     except KeyboardInterrupt:
         _said[:] = [_note(note)]  # taken now: the command's state is gone once the interruption has unwound it
         raise
+    else:
+        if command:
+            _said[:] = [_note(note)]
     finally:
         _notes.remove(note)
+
+
+def forget_notes() -> None:
+    """A new command starts: the notes of an earlier one (in the same process) no longer apply."""
+    _said.clear()
 
 
 def interrupted_line() -> str:

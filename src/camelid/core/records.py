@@ -26,7 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from camelid.core.columns import current as current_columns, map_record
 from camelid.core.errors import CamelidError, DataError, Problem
+from camelid.core.tables import check_table, is_table, iter_table_records
 
 Record = tuple[int | None, int, Any]  # (line, index, value)
 
@@ -164,9 +166,13 @@ _SPOOLED: dict[str, Path] = {}
 
 
 def check_input(path: str | os.PathLike) -> None:
-    """CamelidError unless `path` is something to read from: a file, `-` (stdin), a pipe or a device."""
+    """CamelidError unless `path` is something to read from: a file, `-` (stdin), a pipe or a device, or a table
+    source (`core.tables`: Parquet/Arrow/CSV files, directories of them, Hub ids)."""
     name = str(path)
     if name == STDIN or name in _SPOOLED:
+        return
+    if is_table(name):
+        check_table(name)
         return
     p = Path(path)
     try:
@@ -187,6 +193,9 @@ def open_input(path: str | os.PathLike) -> IO[bytes]:
     work on them too; messages still name what the user gave."""
     check_input(path)
     name = str(path)
+    if is_table(name):
+        raise CamelidError(f"{name}: a Parquet/Arrow/CSV dataset or a directory; this input must be a JSON, JSONL or "
+                           "text file")
     if name in _SPOOLED:
         return open(_SPOOLED[name], "rb")
     if name != STDIN and stat.S_ISREG(os.stat(path).st_mode):
@@ -225,8 +234,26 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[Record | Problem]:
-    """Stream `(line, index, value)` from a JSONL file or a JSON list. Problems are yielded in place instead of
-    raised: JSONL goes on after a bad line, a JSON list stops at its first syntax error (it cannot resync)."""
+    """Stream `(line, index, value)` from a JSONL file or a JSON list, or `(None, index, value)` from a table source
+    (Parquet, Arrow, CSV, a directory of them, a Hub id: `core.tables`), each record renamed by the column mapping in
+    force (`core.columns`). Problems are yielded in place instead of raised: JSONL goes on after a bad line, a JSON
+    list stops at its first syntax error (it cannot resync)."""
+    items = iter_table_records(path) if is_table(path) else _json_records(path)
+    mapping = current_columns()
+    if not mapping:
+        yield from items
+        return
+    name = str(path)
+    for item in items:
+        if isinstance(item, Problem):
+            yield item
+            continue
+        line, index, value = item
+        mapped = map_record(value, mapping, name, line, index)
+        yield mapped if isinstance(mapped, Problem) else (line, index, mapped)
+
+
+def _json_records(path: str | os.PathLike) -> Iterator[Record | Problem]:
     name = str(path)
     with open_input(path) as f:
         head = f.read(4096)

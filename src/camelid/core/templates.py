@@ -77,6 +77,20 @@ ALPACA_KO_PROMPT_NO_INPUT = (
     "### 명령어:\n{instruction}\n\n### 응답:\n"
 )
 
+# Chinese-LLaMA-Alpaca's training prompt (ymcui/Chinese-LLaMA-Alpaca scripts/training/build_dataset.py): Stanford's
+# no-input prompt for every record, the input appended to the instruction after a newline, "### Response: " ending in
+# a space; it has no Chinese system prompt (its v2 moved to the Llama-2 chat format).
+CHINESE_ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n{input}\n\n### Response: "
+)
+CHINESE_ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response: "
+)
+
 
 def _no_system(messages: list[dict], name: str) -> list[dict]:
     """The messages of a template whose prompt has no place for a system message (Stanford's Alpaca, KULLM's,
@@ -339,6 +353,10 @@ TEMPLATES: dict[str, Template] = {
                  stop=("### 명령어:", "### 응답:"),
                  jinja=_alpaca_jinja(ALPACA_KO_PROMPT_INPUT, ALPACA_KO_PROMPT_NO_INPUT),
                  ollama=_alpaca_ollama(ALPACA_KO_PROMPT_NO_INPUT)),
+        Template("chinese_alpaca", _alpaca_builder(CHINESE_ALPACA_PROMPT_INPUT, CHINESE_ALPACA_PROMPT_NO_INPUT),
+                 stop=("### Instruction:", "### Response:"),
+                 jinja=_alpaca_jinja(CHINESE_ALPACA_PROMPT_INPUT, CHINESE_ALPACA_PROMPT_NO_INPUT),
+                 ollama=_alpaca_ollama(CHINESE_ALPACA_PROMPT_NO_INPUT)),
         Template("vicuna_v1.1", _vicuna, stop=("USER:",), system=VICUNA_SYSTEM,
                  jinja=(_SYSTEM.replace("DEFAULT", _lit(VICUNA_SYSTEM)) + "{{ system + ' ' }}"
                         "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"

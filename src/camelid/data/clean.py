@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from camelid.core.io import CamelidError, DataError, Problem, atomic_write, write_jsonl
 from camelid.core.records import check_input, json_type, open_input
+from camelid.core.tables import is_table
 from camelid.data.formats import SHAREGPT_ROLES, TO_SHAREGPT, detect_record, iter_records
 from camelid.data.lang import LANG_ALIASES, detect_language
 
@@ -126,9 +127,11 @@ def load_conversations(path: str | Path) -> tuple[Literal["json", "jsonl"], Iter
     Lenient on purpose: `formats.read_conversations` refuses a conversation whose roles do not alternate, which is
     exactly what cleaning has to count and drop, so records are read raw (`formats.iter_records`) and parsed here."""
     check_input(path)
-    with open_input(path) as f:  # the layout iter_records reads: a JSON list when the first character is "["
-        head = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
-    container: Literal["json", "jsonl"] = "json" if head.startswith(b"[") else "jsonl"
+    container: Literal["json", "jsonl"] = "jsonl"  # a table source (Parquet, a Hub id) is written as JSONL
+    if not is_table(path):
+        with open_input(path) as f:  # the layout iter_records reads: a JSON list when the first character is "["
+            head = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
+        container = "json" if head.startswith(b"[") else "jsonl"
 
     def gen() -> Iterator[Conversation]:
         shape: Shape | None = None

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from camelid.core.cli import console
+from camelid.core.cli import ColumnsOpt, console
+from camelid.core.columns import using_columns
 from camelid.core.io import check_input, refuse_overwrite, write_json
 from camelid.core.templates import get_template
 from camelid.data.clean import REASONS, clean_file, load_blocked_words, parse_langs
@@ -38,8 +39,11 @@ FormatOpt = Annotated[Optional[str], typer.Option(
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Dataset files (JSON list or JSONL).", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(
+        help="Dataset files: JSON list or JSONL, Parquet, Arrow, CSV, a directory of them, a Hub dataset "
+        "(hf://datasets/OWNER/NAME/SPLIT or OWNER/NAME:SPLIT).", show_default=False)],
     fmt: FormatOpt = None,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Check dataset files; print each problem as FILE:LINE: field 'x': message; exit 1 if any.
 
@@ -49,21 +53,22 @@ def validate(
 
     Files are streamed: size does not matter.
     """
-    records = problems = 0
-    for path in files:
-        report = validate_file(path, fmt)
-        for p in report.problems:
-            print(p)
-        if report.problem_count > len(report.problems):
-            print(f"{path}: ... {plural(report.problem_count - len(report.problems), 'more problem')} not listed")
-        print(report.summary())
-        records += report.records
-        problems += report.problem_count
-    if len(files) > 1:
-        state = "ok" if not problems else plural(problems, "problem")
-        print(f"{len(files)} files, {plural(records, 'record')}: {state}")
-    if problems:
-        raise typer.Exit(1)
+    with using_columns(columns):
+        records = problems = 0
+        for path in files:
+            report = validate_file(path, fmt)
+            for p in report.problems:
+                print(p)
+            if report.problem_count > len(report.problems):
+                print(f"{path}: ... {plural(report.problem_count - len(report.problems), 'more problem')} not listed")
+            print(report.summary())
+            records += report.records
+            problems += report.problem_count
+        if len(files) > 1:
+            state = "ok" if not problems else plural(problems, "problem")
+            print(f"{len(files)} files, {plural(records, 'record')}: {state}")
+        if problems:
+            raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- convert
@@ -71,13 +76,15 @@ def validate(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Input dataset file.", show_default=False)],
+    src: Annotated[Path, typer.Argument(
+        help="Input dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
     dst: Annotated[Path, typer.Argument(help="Output file: JSONL when it ends with .jsonl, else a JSON list.",
                                         show_default=False)],
     to: Annotated[str, typer.Option("--to", help="Output format: alpaca | sharegpt | openai.", show_default=False)],
     src_fmt: Annotated[Optional[str], typer.Option(
         "--from", help=f"Input format ({FORMAT_NAMES}); default: detected.")] = None,
     force: ForceOpt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Convert a dataset between formats, atomically (nothing is written if a record fails).
 
@@ -85,10 +92,11 @@ def convert(
 
     Multi-turn conversations cannot become alpaca rows; the first one is named.
     """
-    refuse_overwrite([src], dst, force)
-    n = convert_file(src, dst, to, src_fmt)
-    layout = "JSONL" if dst.suffix.lower() == ".jsonl" else "JSON list"
-    console.print(f"wrote {n} records to {dst} ({to}, {layout})")
+    with using_columns(columns):
+        refuse_overwrite([src], dst, force)
+        n = convert_file(src, dst, to, src_fmt)
+        layout = "JSONL" if dst.suffix.lower() == ".jsonl" else "JSON list"
+        console.print(f"wrote {n} records to {dst} ({to}, {layout})")
 
 
 # ---------------------------------------------------------------------------------------------- stats
@@ -96,13 +104,15 @@ def convert(
 
 @app.command()
 def stats(
-    file: Annotated[Path, typer.Argument(help="Dataset file.", show_default=False)],
+    file: Annotated[Path, typer.Argument(
+        help="Dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="Also count tokens with this model's tokenizer (embedded | gguf:PATH | hf:PATH).",
     )] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write histograms to this PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
     fmt: FormatOpt = None,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Count records, turns, lengths and duplicates of a dataset.
 
@@ -110,22 +120,23 @@ def stats(
 
     For generated data: Stanford's similarity scores, and why rows were rejected (<file>.rejected.jsonl).
     """
-    if plot:
-        refuse_overwrite([file], plot)
-    tokenizer = None
-    if model:
-        tokenizer = load_model(model, n_ctx=512)  # only its tokenizer is used
-    try:
-        result = compute(file, fmt, tokenizer=tokenizer, plot=plot)
-    finally:
-        if tokenizer is not None:
-            tokenizer.close()
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
-    else:
-        _print_stats(result)
-    if plot:
-        console.print(f"wrote {plot}")
+    with using_columns(columns):
+        if plot:
+            refuse_overwrite([file], plot)
+        tokenizer = None
+        if model:
+            tokenizer = load_model(model, n_ctx=512)  # only its tokenizer is used
+        try:
+            result = compute(file, fmt, tokenizer=tokenizer, plot=plot)
+        finally:
+            if tokenizer is not None:
+                tokenizer.close()
+        if as_json:
+            print(json.dumps(result, ensure_ascii=False, indent=2))
+        else:
+            _print_stats(result)
+        if plot:
+            console.print(f"wrote {plot}")
 
 
 def _print_stats(s: dict) -> None:
@@ -169,12 +180,15 @@ def _print_stats(s: dict) -> None:
 
 @app.command()
 def show(
-    file: Annotated[Path, typer.Argument(help="Dataset file.", show_default=False)],
+    file: Annotated[Path, typer.Argument(
+        help="Dataset (JSON/JSONL, Parquet, Arrow, CSV, a directory of them, a Hub id).", show_default=False)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="How many records to show.")] = 5,
     fmt: FormatOpt = None,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Pretty-print the first N records of any format as conversations."""
-    show_records(file, n, fmt)
+    with using_columns(columns):
+        show_records(file, n, fmt)
 
 
 # ---------------------------------------------------------------------------------------------- clean
@@ -198,6 +212,7 @@ def clean(
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the report (counts per reason, "
                                                    "removed ids) as JSON.")] = None,
     force: ForceOpt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Clean ShareGPT/OpenAI conversations as Vicuna's data was (FastChat clean_sharegpt + optional_clean).
 
@@ -206,25 +221,26 @@ def clean(
     exactly duplicated conversations are removed, each counted under its reason. Nothing is filtered by language
     unless --lang/--skip-lang is given (Korean is kept by default).
     """
-    refuse_overwrite([src], out, force)
-    if report:
-        refuse_overwrite([src, out], report)
-    rep = clean_file(src, out, load_blocked_words(blocked_words), parse_langs(lang), parse_langs(skip_lang))
-    table = Table(title=f"{src} -> {out} ({rep.shape or 'empty'})")
-    table.add_column("conversations")
-    table.add_column("count", justify="right")
-    table.add_row("in", f"{rep.total:,}")
-    for reason, why in REASONS.items():
-        if rep.removed[reason]:
-            table.add_row(f"removed: {reason} ({why})", f"{rep.removed[reason]:,}")
-    for what, count in rep.modified.items():
-        table.add_row(f"kept, modified: {what.replace('_', ' ')}", f"{count:,}")
-    table.add_row("kept", f"{rep.kept:,}")
-    table.add_row("languages seen", ", ".join(f"{k} {v:,}" for k, v in rep.languages.most_common()) or "-")
-    console.print(table)
-    if report:
-        write_json(report, rep.to_dict())
-        console.print(f"wrote {report}")
+    with using_columns(columns):
+        refuse_overwrite([src], out, force)
+        if report:
+            refuse_overwrite([src, out], report)
+        rep = clean_file(src, out, load_blocked_words(blocked_words), parse_langs(lang), parse_langs(skip_lang))
+        table = Table(title=f"{src} -> {out} ({rep.shape or 'empty'})")
+        table.add_column("conversations")
+        table.add_column("count", justify="right")
+        table.add_row("in", f"{rep.total:,}")
+        for reason, why in REASONS.items():
+            if rep.removed[reason]:
+                table.add_row(f"removed: {reason} ({why})", f"{rep.removed[reason]:,}")
+        for what, count in rep.modified.items():
+            table.add_row(f"kept, modified: {what.replace('_', ' ')}", f"{count:,}")
+        table.add_row("kept", f"{rep.kept:,}")
+        table.add_row("languages seen", ", ".join(f"{k} {v:,}" for k, v in rep.languages.most_common()) or "-")
+        console.print(table)
+        if report:
+            write_json(report, rep.to_dict())
+            console.print(f"wrote {report}")
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -245,33 +261,35 @@ def split(
         "chatml, tokenizer, ...); default: the model's.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the counts as JSON.")] = None,
     force: ForceOpt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Split long conversations at turn boundaries so every piece fits --max-tokens (FastChat
     split_long_conversation): whole user+assistant exchanges only, ids suffixed _0, _1...; an exchange longer than
     the limit on its own is dropped and counted, never cut. Every piece is checked with the real template render.
     """
-    check_input(src)
-    refuse_overwrite([src], out, force)
-    if report:
-        refuse_overwrite([src, out], report)
-    m = load_model(model, template=template, n_ctx=512)  # only its tokenizer is used
-    try:
-        rep = split_file(src, out, m, max_tokens)
-    finally:
-        m.close()
-    d = rep.to_dict()
-    table = Table(title=f"{src} -> {out} (template {rep.template}, at most {max_tokens:,} tokens)")
-    table.add_column("")
-    table.add_column("count", justify="right")
-    for key in ("conversations", "pieces", "split", "dropped_exchanges", "dropped_conversations",
-                "trimmed_trailing_user", "max_piece_tokens", "mean_piece_tokens"):
-        table.add_row(key.replace("_", " "), f"{d[key]:,}")
-    for reason, count in rep.invalid.items():
-        table.add_row(f"invalid, removed: {reason}", f"{count:,}")
-    console.print(table)
-    if report:
-        write_json(report, d)
-        console.print(f"wrote {report}")
+    with using_columns(columns):
+        check_input(src)
+        refuse_overwrite([src], out, force)
+        if report:
+            refuse_overwrite([src, out], report)
+        m = load_model(model, template=template, n_ctx=512)  # only its tokenizer is used
+        try:
+            rep = split_file(src, out, m, max_tokens)
+        finally:
+            m.close()
+        d = rep.to_dict()
+        table = Table(title=f"{src} -> {out} (template {rep.template}, at most {max_tokens:,} tokens)")
+        table.add_column("")
+        table.add_column("count", justify="right")
+        for key in ("conversations", "pieces", "split", "dropped_exchanges", "dropped_conversations",
+                    "trimmed_trailing_user", "max_piece_tokens", "mean_piece_tokens"):
+            table.add_row(key.replace("_", " "), f"{d[key]:,}")
+        for reason, count in rep.invalid.items():
+            table.add_row(f"invalid, removed: {reason}", f"{count:,}")
+        console.print(table)
+        if report:
+            write_json(report, d)
+            console.print(f"wrote {report}")
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -295,31 +313,33 @@ def render(
                                                   "when stdout is a terminal); without colour ⟦trained⟧ marks it.")]
     = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="Force the input format.")] = None,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Show records exactly as training tokenizes them, with the trained (loss-bearing) tokens marked."""
-    tok, run = tokenizer_for(model)
-    name = template_name(template, run, tok.chat_template, default="alpaca")
-    tmpl = get_template(name, tok.chat_template, tok.bos_token, tok.eos_token)
-    out = Console(file=sys.stdout, highlight=False, soft_wrap=True, force_terminal=color)
-    use_color = out.is_terminal if color is None else color
-    for rec in render_file(file, tok, tmpl, mask, max_length, limit=n, fmt=fmt):
-        if as_json:
-            print(json.dumps({"id": rec["id"], "input_ids": rec["input_ids"], "labels": rec["labels"]}))
-            continue
-        info = rec["info"]
-        trained = sum(1 for x in rec["labels"] if x != -100)
-        note = (" [red]TRUNCATED[/]" if info["truncated"] else "") + \
-            (f" [red]TOKENIZATION MISMATCH {info['mismatch']}[/]" if info["mismatch"] else "")
-        console.print(f"[bold]── {rec['id']}[/] ({len(rec['input_ids'])} tokens, {trained} trained, template "
-                      f"{name}){note}", highlight=False)
-        if use_color:
-            text = Text()
-            for piece, on in rec["spans"]:
-                text.append(piece, style="bold green on grey19" if on else "dim")
-            out.print(text)
-        else:
-            sys.stdout.write("".join(f"{TRAIN_OPEN}{p}{TRAIN_CLOSE}" if on else p for p, on in rec["spans"]) + "\n")
-            sys.stdout.flush()
+    with using_columns(columns):
+        tok, run = tokenizer_for(model)
+        name = template_name(template, run, tok.chat_template, default="alpaca")
+        tmpl = get_template(name, tok.chat_template, tok.bos_token, tok.eos_token)
+        out = Console(file=sys.stdout, highlight=False, soft_wrap=True, force_terminal=color)
+        use_color = out.is_terminal if color is None else color
+        for rec in render_file(file, tok, tmpl, mask, max_length, limit=n, fmt=fmt):
+            if as_json:
+                print(json.dumps({"id": rec["id"], "input_ids": rec["input_ids"], "labels": rec["labels"]}))
+                continue
+            info = rec["info"]
+            trained = sum(1 for x in rec["labels"] if x != -100)
+            note = (" [red]TRUNCATED[/]" if info["truncated"] else "") + \
+                (f" [red]TOKENIZATION MISMATCH {info['mismatch']}[/]" if info["mismatch"] else "")
+            console.print(f"[bold]── {rec['id']}[/] ({len(rec['input_ids'])} tokens, {trained} trained, template "
+                          f"{name}){note}", highlight=False)
+            if use_color:
+                text = Text()
+                for piece, on in rec["spans"]:
+                    text.append(piece, style="bold green on grey19" if on else "dim")
+                out.print(text)
+            else:
+                sys.stdout.write("".join(f"{TRAIN_OPEN}{p}{TRAIN_CLOSE}" if on else p for p, on in rec["spans"]) + "\n")
+                sys.stdout.flush()
 
 
 # ---------------------------------------------------------------------------------------------- dedup
@@ -345,15 +365,17 @@ def dedup(
                                              "scored against every earlier one: quadratic); --no-similarity only "
                                              "decides, in close to linear time (a million records in minutes).")]
     = True,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Drop near-duplicate instructions greedily in file order, as Stanford's generate_instruction.py does.
 
     Rejected records go to OUT's sidecar <name>.rejected.jsonl with reason, similar_to and similarity.
     """
-    check_threshold(threshold)
-    refuse_overwrite([src, *(seeds or ())], out, force)
-    refuse_overwrite([src, *(seeds or ())], rejected_path(out), force)
-    rep = dedup_file(src, out, threshold, lang, seeds or (), key, similarity=similarity)
-    console.print(f"kept {rep.kept:,}, rejected {rep.rejected:,} near-duplicates (lang {rep.lang}, ROUGE-L > "
-                  f"{threshold}) in {rep.seconds:.1f} s -> {rep.output}"
-                  + (f", rejected -> {rep.rejected_path}" if rep.rejected_path else ""))
+    with using_columns(columns):
+        check_threshold(threshold)
+        refuse_overwrite([src, *(seeds or ())], out, force)
+        refuse_overwrite([src, *(seeds or ())], rejected_path(out), force)
+        rep = dedup_file(src, out, threshold, lang, seeds or (), key, similarity=similarity)
+        console.print(f"kept {rep.kept:,}, rejected {rep.rejected:,} near-duplicates (lang {rep.lang}, ROUGE-L > "
+                      f"{threshold}) in {rep.seconds:.1f} s -> {rep.output}"
+                      + (f", rejected -> {rep.rejected_path}" if rep.rejected_path else ""))

@@ -115,6 +115,7 @@ def detect_lang(texts: Iterable[str], sample: int = 2000) -> str:
 NARROW = 254  # the similarity scan's one-byte alphabet: the 254 commonest tokens keep a byte of their own
 QUERY_HOLE, POOL_HOLE = chr(254), chr(255)  # the other tokens: two different holes never match each other
 MAX_IDS = 0x10FFFF - 0x800
+_NONE = np.zeros(0, dtype=np.int64)
 EPS = 1e-9  # RapidFuzz's 2*LCS/(a+b) and rouge_score's float differ by a few ulps: closer calls are redone exactly
 
 
@@ -315,14 +316,19 @@ class Deduper:
         sim = process.cdist(queries, self._seqs8[:n], scorer=Indel.normalized_similarity, dtype=np.float64,
                             workers=workers)
         seqs = self.index.seqs
+        rows, cols = [], []  # the pairs sharing a rare token, rescored with full codes in one call
         for r, (_, pos, ids, full) in enumerate(kept):
             hits = [self._rare[t] for t in {t for t in ids if q8[t] == QUERY_HOLE} if t in self._rare]
             if hits:
                 idx = np.unique(np.concatenate([np.frombuffer(h, dtype=f"i{h.itemsize}") for h in hits]))
                 idx = idx[idx < pos]
-                if len(idx):
-                    sim[r, idx] = process.cdist([full], [seqs[j] for j in idx], scorer=Indel.normalized_similarity,
-                                                dtype=np.float64)[0]
+                rows.append(np.full(len(idx), r))
+                cols.append(idx)
+        rows, cols = (np.concatenate(rows), np.concatenate(cols)) if rows else (_NONE, _NONE)
+        if len(rows):
+            sim[rows, cols] = process.cpdist([kept[r][3] for r in rows.tolist()], [seqs[j] for j in cols.tolist()],
+                                             scorer=Indel.normalized_similarity, dtype=np.float64)
+        for r, (_, pos, ids, full) in enumerate(kept):
             if not ids:
                 sim[r] = 0.0  # rouge_score: 0 when either side is empty (RapidFuzz: 1.0 for two empties)
             sim[r, pos:] = 0.0  # entries pooled after this one

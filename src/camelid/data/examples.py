@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from camelid.core.io import CamelidError, DataError, Problem, check_input, sha256_file
+from camelid.core.io import CamelidError, DataError, Problem, check_input
 from camelid.core.templates import Mask, Template, TemplateError
 from camelid.core.tokenize import IGNORE_INDEX, encode, special_prefix, whole_text
+from camelid.core.tables import data_path, data_sha256
 from camelid.data.formats import detect_format, read_conversations
 from camelid.data.texts import read_texts
 
@@ -248,7 +249,7 @@ def split_eval(examples: list[Example], val_size: float, seed: int) -> tuple[lis
 
 
 def data_files_info(files: Iterable[str | Path]) -> list[dict]:
-    return [{"path": str(Path(f).resolve()), "sha256": sha256_file(f)} for f in files]
+    return [{"path": data_path(f), "sha256": data_sha256(f)} for f in files]
 
 
 def examples_fingerprint(examples: list[Example], extra: str = "") -> str:

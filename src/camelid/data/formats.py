@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 from camelid.core.io import CamelidError, DataError, Problem, atomic_write
 from camelid.core.records import check_input, json_type
+from camelid.core.tables import display
 from camelid.core.templates import user_text
 from camelid.data.records import Record, iter_records
 
@@ -319,7 +320,7 @@ def _problems(name: str, line: int | None, index: int, rec: Any, fmt: str) -> li
 
 def iter_conversations(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int | None, int, dict]]:
     """Like `read_conversations`, with the source line and record index of each conversation."""
-    name = str(path)
+    name = display(str(path))
     fmt = _check_fmt(fmt)
     for item in iter_records(path):
         if isinstance(item, Problem):
@@ -378,11 +379,12 @@ def validate_file(path: str | Path, fmt: str | None = None) -> ValidationReport:
     """Check every record and collect all problems (the first MAX_LISTED are kept, all are counted): malformed
     JSON, non-UTF-8 bytes, empty file, wrong types, missing or empty fields, unknown roles, roles that do not
     alternate, conversations that are empty or do not end with the assistant. Streams; never raises on bad data."""
-    report = ValidationReport(str(path), _check_fmt(fmt))
+    name = display(str(path))
+    report = ValidationReport(name, _check_fmt(fmt))
     try:
         check_input(path)
     except CamelidError as e:
-        report.add(Problem(str(path), None, None, str(e).removeprefix(f"{path}: ")))
+        report.add(Problem(name, None, None, str(e).removeprefix(f"{path}: ")))
         return report
     for item in iter_records(path):
         if isinstance(item, Problem):
@@ -393,14 +395,14 @@ def validate_file(path: str | Path, fmt: str | None = None) -> ValidationReport:
         if report.format is None:
             report.format = detect_record(rec)
             if report.format is None:  # nothing to check the records against (as detect_format would fail)
-                report.add(_unknown(str(path), line, index, rec))
+                report.add(_unknown(name, line, index, rec))
                 return report
-        probs = _problems(str(path), line, index, rec, report.format)
+        probs = _problems(name, line, index, rec, report.format)
         for q in probs:
             report.add(q)
         report.records_ok += not probs
     if report.records == 0 and report.ok:
-        report.add(Problem(str(path), None, None, "no records"))
+        report.add(Problem(name, None, None, "no records"))
     return report
 
 

@@ -156,34 +156,33 @@ class PrefixIndex:
         elements are `order`: a superset of those scoring above the threshold."""
         if a == 0 or not self.seqs:
             return _NONE
-        t = self._t
+        t, half = self._t, self._t / 2
         lo, hi = max(1, math.ceil(a * self._lo - SLACK)), math.floor(a * self._hi + SLACK)
         buf = array("q")
-        probes = []  # (i, lowest length, highest length, how many codes) per list looked up
         # entries no longer than the query under their short prefixes; longer ones under their long prefixes
         for lists, n, b_lo, b_hi in ((self._short, self._long_len(a), lo, a), (self._long, self._short_len(a), a + 1, hi)):
             for i, e in enumerate(order[:n]):
-                # the positional filter needs a - i >= alpha(a, b), which caps b (one more for rounding)
+                # PPJoin's positional filter on the query side: the overlap is at most a - i, so alpha(a, b) <= a - i
+                # caps b; the lists are sorted by length, so only that slice is read
                 b_max = min(b_hi, math.floor(2 * (a - i) / t - a) + 1)
+                while b_max >= b_lo and math.ceil((a + b_max) * half - SLACK) > a - i:
+                    b_max -= 1
                 if b_max < b_lo:
                     break
                 lst = lists.get(e)
                 if lst is None:
                     continue
-                if len(lst) > 32:  # long lists: only the lengths that can match
-                    lst = lst[bisect_left(lst, b_lo << 40):bisect_left(lst, (b_max + 1) << 40)]
-                if lst:
-                    buf.extend(lst)
-                    probes.append((i, b_lo, b_max, len(lst)))
-        if not probes:
+                start = bisect_left(lst, b_lo << 40)
+                end = bisect_left(lst, (b_max + 1) << 40, start)
+                if end > start:
+                    buf.extend(lst[start:end])
+        if not buf:
             return _NONE
         codes = np.frombuffer(buf, dtype=np.int64)
-        i, b_lo, b_max = (np.repeat(np.array(col), [p[3] for p in probes]) for col in list(zip(*probes))[:3])
         b = codes >> 40
-        alpha = np.ceil((a + b) * (t / 2) - SLACK)
-        # PPJoin's positional filter at the first shared element (i in the query, j in the entry): the overlap is
-        # at most 1 + min(a-i-1, b-j-1); a later shared element only gives a smaller bound
-        keep = (b >= b_lo) & (b <= b_max) & (a - i >= alpha) & (b - ((codes >> 24) & 0xFFFF) >= alpha)
+        # the same filter on the entry's side, at the first shared element (j in the entry): a later shared element
+        # only gives a smaller bound
+        keep = b - ((codes >> 24) & 0xFFFF) >= np.ceil((a + b) * half - SLACK)
         pos = codes[keep] & POS_MASK
         if limit is not None:
             pos = pos[pos < limit]
@@ -191,13 +190,13 @@ class PrefixIndex:
         if len(pos) > 4:
             # signature filter: an element of the query whose bit is unset in an entry's signature is not in the
             # entry, so the overlap is at most the number of query elements on the entry's bits
-            counts = Counter(_bit(e) for e in order)
+            counts = Counter([((e * _GOLDEN) & _U64) >> 58 for e in order])
             sig = np.frombuffer(self.sigs, dtype=np.uint64)[pos]
             bound = np.zeros(len(pos), dtype=np.int64)
             for k in range(1, max(counts.values()) + 1):
                 mask = sum(1 << bit for bit, c in counts.items() if c >= k)
                 bound += _popcount(sig & np.uint64(mask))
-            pos = pos[bound >= np.ceil((a + np.frombuffer(self.lens, dtype=np.int64)[pos]) * (t / 2) - SLACK)]
+            pos = pos[bound >= np.ceil((a + np.frombuffer(self.lens, dtype=np.int64)[pos]) * half - SLACK)]
         return pos
 
     def best_above(self, ids: Sequence[int], seq: str, limit: int | None = None,
@@ -226,9 +225,12 @@ class PrefixIndex:
         return (float(f[j]), int(cands[j])) if f[j] > self.threshold else None
 
 
+_GOLDEN, _U64 = 0x9E3779B97F4A7C15, 0xFFFFFFFFFFFFFFFF
+
+
 def _bit(e: int) -> int:
     """Which of 64 signature bits an element sets (Fibonacci hashing)."""
-    return ((e * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 58
+    return ((e * _GOLDEN) & _U64) >> 58
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:

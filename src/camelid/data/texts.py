@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 from camelid.core.io import DataError, Problem, read_records
 from camelid.core.records import check_input, json_type, read_text
+from camelid.core.tables import is_table
 
 TEXT_KEYS = {"text", "content", "value", "instruction", "input", "output", "prompt", "completion", "response",
              "turns", "reference", "messages", "conversations", "instances"}
@@ -28,10 +29,10 @@ def _texts_in(value: Any, key: str | None = None) -> Iterator[str]:
 
 def read_texts(path: str | os.PathLike) -> list[str]:
     """Texts of a corpus file: plain text (one document), or a dataset (Alpaca, ShareGPT, OpenAI messages, or
-    `{"text": ...}` records as JSON or JSONL) whose text fields are taken."""
+    `{"text": ...}` records as JSON or JSONL, Parquet, Arrow, CSV or a Hub dataset) whose text fields are taken."""
     path = Path(path)
     check_input(path)
-    if path.suffix.lower() not in (".json", ".jsonl"):
+    if path.suffix.lower() not in (".json", ".jsonl") and not is_table(path):
         text = read_text(path)
         if not text.strip():
             raise DataError(Problem(str(path), None, None, "file is empty"))

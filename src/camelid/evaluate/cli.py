@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
+from camelid.core.cli import (ApiKeyOpt, BaseUrlOpt, ColumnsOpt, DeviceOpt, Load4Opt, Load8Opt, ModelOpt, NumGpusOpt, TemplateOpt,
                               console)
+from camelid.core.columns import using_columns
 from camelid.core.io import CamelidError, write_json
 from camelid.evaluate import arena as ar, arena_web
 from camelid.evaluate.answer import answer_questions
@@ -70,9 +71,11 @@ def answer(
     num_gpus: NumGpusOpt = None,
     load_8bit: Load8Opt = False,
     load_4bit: Load4Opt = False,
+    columns: ColumnsOpt = None,
 ) -> None:
     """Answer an eval set with a model (multi-turn questions turn by turn, earlier answers in context)."""
-    qs = load_questions(questions, limit)
+    with using_columns(columns):
+        qs = load_questions(questions, limit)
     m = load_model(model, base_urls=base_url, api_key=api_key, template=template, device=device, num_gpus=num_gpus,
                    load_8bit=load_8bit, load_4bit=load_4bit)
     try:
@@ -108,11 +111,11 @@ def judge(
                                       "orders).")] = "single",
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Reference answers (answer JSONL) for "
                                                       "math/reasoning/coding questions.")] = None,
-    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | auto (from each "
-                                      "question's text); camelid's prompts only.")] = "auto",
-    prompts: Annotated[str, typer.Option("--prompts", help="Judge prompt set: camelid (its own, English and "
-                                         "Korean) | mt-bench (FastChat's MT-bench judge prompts and verdict "
-                                         "parsing, byte for byte: scores comparable with published MT-bench "
+    lang: Annotated[str, typer.Option("--lang", help="Judge prompt language: en | ko | zh | auto (from "
+                                      "each question's text); camelid's prompts only.")] = "auto",
+    prompts: Annotated[str, typer.Option("--prompts", help="Judge prompt set: camelid (its own, English, "
+                                         "Korean and Chinese) | mt-bench (FastChat's MT-bench judge prompts and "
+                                         "verdict parsing, byte for byte: scores comparable with published MT-bench "
                                          "numbers; English, two turns at most).")] = "camelid",
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Model id every other model is compared "
                                                     "with (pairwise) or scored relative to (single). The question "

@@ -1,6 +1,6 @@
 """`camelid eval judge`: LLM-as-a-judge, single-answer grading and pairwise comparison (MT-bench's method).
 
-- prompts: camelid's own set (English, Korean) or FastChat's MT-bench set byte for byte (`--prompts mt-bench`,
+- prompts: camelid's own set (English, Korean, Chinese) or FastChat's MT-bench set byte for byte (`--prompts mt-bench`,
   comparable with published MT-bench numbers); see judge_prompts and prompts/README.md.
 - single: a 1-10 score per answer (per turn for multi-turn questions), reference-guided for math, reasoning and
   coding when a reference exists. Replies without a parseable `[[rating]]` are kept with `score: null` and counted.

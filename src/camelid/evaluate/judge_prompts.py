@@ -1,7 +1,7 @@
 """Judge prompt sets: how a question and its answers become the judge's messages, and how its reply is read.
 
-- `camelid` (default): camelid's own prompts in English and Korean (`prompts/{name}.{lang}.txt`), any number of turns,
-  lenient reading (the last `[[n]]`; `[[7.]]`, `[[7/10]]`, `[[tie]]`).
+- `camelid` (default): camelid's own prompts in English, Korean and Chinese (`prompts/{name}.{lang}.txt`), any number
+  of turns, lenient reading (the last `[[n]]`; `[[7.]]`, `[[7/10]]`, `[[tie]]`).
 - `mt-bench`: FastChat's MT-bench judge prompts byte for byte (`prompts/mt-bench.jsonl`, Apache-2.0, origin in
   `prompts/README.md`), filled and read exactly as FastChat's `llm_judge/common.py` does, so single scores and
   pairwise verdicts are comparable with published MT-bench numbers.
@@ -23,7 +23,8 @@ PROMPT_SETS = ("camelid", "mt-bench")
 NEED_REF = {"math", "reasoning", "coding"}  # categories graded against a reference answer when one exists
 MT_BENCH_NEED_REF = ("math", "reasoning", "coding", "arena-hard-200")  # FastChat's NEED_REF_CATS
 LABELS = {"en": {"user": "User", "assistant": "Assistant", "reference": "Reference answer"},
-          "ko": {"user": "사용자", "assistant": "어시스턴트", "reference": "모범 답안"}}
+          "ko": {"user": "사용자", "assistant": "어시스턴트", "reference": "모범 답안"},
+          "zh": {"user": "用户", "assistant": "助手", "reference": "参考答案"}}
 # FastChat's gen_judgment.py: make_judge_single / make_judge_pairwise, keyed by (kind, reference-based, multi-turn)
 MT_BENCH_NAMES = {
     ("single", False, False): "single-v1", ("single", True, False): "single-math-v1",
@@ -37,11 +38,11 @@ Verdict = Literal["A", "B", "C"]
 def check_prompt_set(prompts: str, lang: str) -> None:
     if prompts not in PROMPT_SETS:
         raise CamelidError(f"--prompts {prompts!r}: expected one of {', '.join(PROMPT_SETS)}")
-    if lang not in ("auto", "en", "ko"):
-        raise CamelidError(f"--lang {lang!r}: expected en, ko or auto")
-    if prompts == "mt-bench" and lang == "ko":
-        raise CamelidError("--lang ko: FastChat's MT-bench judge prompts are English only; use --prompts camelid "
-                           "for the Korean ones")
+    if lang not in ("auto", *LABELS):
+        raise CamelidError(f"--lang {lang!r}: expected {', '.join(LABELS)} or auto")
+    if prompts == "mt-bench" and lang in ("ko", "zh"):
+        raise CamelidError(f"--lang {lang}: FastChat's MT-bench judge prompts are English only; use --prompts "
+                           "camelid for the Korean and Chinese ones")
 
 
 def needs_reference(prompts: str, category: str) -> bool:

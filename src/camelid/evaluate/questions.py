@@ -48,8 +48,9 @@ class Question:
 
 
 def detect_lang(text: str) -> str:
-    """The judge prompt language for a text: ko when its dominant script is Hangul, else en."""
-    return "ko" if detect_language(text) == "ko" else "en"
+    """The judge prompt language for a text: ko when its dominant script is Hangul, zh when Han alone, else en."""
+    lang = detect_language(text)
+    return lang if lang in ("ko", "zh") else "en"
 
 
 def _problem(path: Path, line: int | None, index: int, fld: str | None, msg: str) -> DataError:

@@ -36,13 +36,17 @@ def generate(
     non-ASCII start for English) and checked by ROUGE-L against the seeds and every kept instruction.
     kill -9 at any moment, rerun the same command, and it continues where it stopped.
     """
-    cfg = load_config(config, settings)
     made: list[Generator] = []
+    output = settings.get("output")
 
     def note() -> str:
-        return made[0].interrupted_note() if made else f"{cfg.output} is as it was; the same command resumes it"
+        if made:
+            return made[0].interrupted_note()
+        return f"{output} is as it was; the same command resumes it" if output else "nothing was written"
 
-    with interrupt_note(note):
+    with interrupt_note(note, command=True):  # from the first line: a signal while the settings are read says so too
+        cfg = load_config(config, settings)
+        output = cfg.output
         gen = Generator(cfg, show_progress=not quiet)
         made.append(gen)
         note_ = gen.resume_note()

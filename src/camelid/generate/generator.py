@@ -8,9 +8,13 @@ last line, reloads the kept instructions into the dedup pool (seeds first, then 
 the rejection counts and the counters, redoes the round that was cut (with the replies already logged) and
 continues to the target count. One process writes an output at a time (a lock beside it).
 
-Requests go out in rounds of `request_batch_size` (at least `concurrency`) through `Model.map`, many in flight
-against a server; results are processed in request order, so a deterministic teacher and the same seed give the
+Requests go out in rounds of `request_batch_size` (at least `concurrency`), `concurrency` of them in flight
+(generate.flight); results are processed in request order, so a deterministic teacher and the same seed give the
 same prompts and the same data whatever the concurrency. Prompt k is sampled with random.Random(f"{seed}:{k}").
+The teacher is kept busy while replies are processed: Alpaca prompts never depend on the kept data, so the next
+round is in flight while one is written; Self-Instruct's next round samples the kept data, so only a round's
+instance requests overlap its bootstrap replies. Each reply's tasks are deduplicated in one batch
+(Deduper.offer_many, the verdicts of one-by-one offers).
 """
 
 from __future__ import annotations
@@ -21,22 +25,24 @@ import re
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from camelid.core.cli import console
+from camelid.core.columns import using_columns
 from camelid.core.config import validate
 from camelid.core.errors import interrupt_note
 from camelid.core.io import (CamelidError, DataError, JsonlAppender, Problem, output_lock, read_jsonl,
                              read_yaml_mapping, refuse_overwrite, repair_jsonl_tail)
-from camelid.data.dedup import Deduper
+from camelid.data.dedup import Deduper, Verdict
 from camelid.generate import alpaca, self_instruct
 from camelid.generate.filters import InstructionFilter, filter_instances
+from camelid.generate.flight import Flight
 from camelid.generate.journal import (Pending, Totals, check_rejected_row, check_request_row, read_prefix,
                                       read_rounds, rounds_path)
 from camelid.generate.quality import OutputFilter, QualityConfig
@@ -80,6 +86,8 @@ class GenerateConfig(BaseModel):
                                             "dedup")
     seeds: Optional[Path] = Field(None, description="Seed tasks (self-instruct JSONL or Alpaca rows); default: the "
                                   "shipped seeds for --lang")
+    columns: Optional[str] = Field(None, description="Read --seeds whose field names differ: "
+                                   "instruction=prompt,output=completion (TARGET=COLUMN, comma-separated)")
     prompt: Optional[Path] = Field(None, description="Alpaca mode: the generation prompt file; default: the shipped "
                                    "one for --lang")
     model: str = Field("embedded", description="Teacher: embedded | gguf:PATH | hf:PATH | openai:NAME",
@@ -153,6 +161,17 @@ class Report:
     total_seconds: float = 0.0  # every invocation's rounds, from the journal
 
 
+@dataclass
+class Round:
+    """Request numbers first..last, sent together; journaled when sent and when every result is written."""
+
+    first: int
+    last: int
+    t0: float  # when it was sent
+    ok: int = 0  # requests that got a reply
+    taken: int = 0  # results processed
+
+
 class Generator:
     """One `camelid generate` run over an output file (resuming it when it exists)."""
 
@@ -162,7 +181,8 @@ class Generator:
         self.cfg = cfg
         self.model = model
         self.show_progress = show_progress
-        self.seeds = load_seeds(cfg.seeds or default_seeds(cfg.lang))
+        with using_columns(cfg.columns if cfg.seeds else None):  # the user's seeds, never the shipped ones
+            self.seeds = load_seeds(cfg.seeds or default_seeds(cfg.lang))
         self.base_prompt = read_prompt(cfg.prompt) if cfg.prompt else prompt_file(f"alpaca_{cfg.lang}")
         self.npi = cfg.setting("num_prompt_instructions")
         self.filter = InstructionFilter(cfg.lang, cfg.blacklist)
@@ -181,6 +201,9 @@ class Generator:
         self.out_lines = self.rejected_lines = 0  # lines of OUT and OUT.rejected after the finished rounds
         self._cache: dict[tuple, dict] = {}  # logged replies of the round that was cut, reused when it is redone
         self._redo: list[int] | None = None  # that round's [first, last] request numbers
+        self._last_done = 0.0  # when the last round was written
+        self._failed_rounds = 0  # rounds in a row without a reply
+        self._replies = 0  # generation results processed by this run
         self._stack = contextlib.ExitStack()
         try:
             self._stack.enter_context(output_lock(cfg.output))  # before anything is read or cut
@@ -251,7 +274,7 @@ class Generator:
         if not (self.out_lines or self.rejected_lines or self._redo or self.pending_out.rows):
             return None
         note = f"{self.kept} kept, {sum(self.reasons.values())} rejected so far"
-        if self._redo:
+        if self._redo and self.kept < self.cfg.num:
             cut = len(self.pending_out.rows) + len(self.pending_rejected.rows)
             note += (f"; redoing requests {self._redo[0]}-{self._redo[1]}, which were cut (their logged replies are "
                      f"reused{f', and the {cut} rows they had written checked' if cut else ''})")
@@ -318,20 +341,6 @@ class Generator:
                 self.report.completion_tokens += usage["completion_tokens"]
         self._refresh()
 
-    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
-        """Model.map with results handed back in request order (deterministic whatever the concurrency)."""
-        buf: dict[int, Any] = {}
-        nxt = 0
-        for i, res in self.model.map(fn, items, self.cfg.concurrency or self.model.max_concurrency):
-            if isinstance(res, BaseException) and not isinstance(res, ModelError):
-                raise res
-            if isinstance(res, ContextLengthError):
-                raise CamelidError(f"{res} (lower --max-tokens, or use a model with a longer context)")
-            buf[i] = res
-            while nxt in buf:
-                yield nxt, buf.pop(nxt)
-                nxt += 1
-
     # ------------------------------------------------------------------ outcomes
     def _reject(self, row: dict, reason: str, k: int, **extra: Any) -> None:
         rej = {"instruction": row.get("instruction", ""), "input": row.get("input", ""),
@@ -342,16 +351,24 @@ class Generator:
         self.reasons[reason] += 1
         self._refresh()
 
-    def _screen(self, inst: str, row: dict, k: int, add: bool, need_output: bool = False) -> dict | None:
-        """Instruction filters (Stanford's order; then an empty output), then ROUGE-L against the seeds and the
-        kept instructions. Returns Stanford's similarity fields when it passes (with add: and pools it)."""
+    def _reason(self, inst: str, row: dict, need_output: bool = False) -> str | None:
+        """Why the instruction filters (Stanford's order; then an empty output) or the output filters reject it."""
         reason = self.filter.reason(inst) or ("empty_output" if need_output and not row.get("output") else None)
         if not reason and need_output:
             reason = self.quality.reason(inst, row.get("input", ""), row["output"])
+        return reason
+
+    def _screen(self, inst: str, row: dict, k: int, add: bool) -> dict | None:
+        """The filters, then ROUGE-L against the seeds and the kept instructions. Returns Stanford's similarity
+        fields when it passes (with add: and pools it)."""
+        reason = self._reason(inst, row)
         if reason:
             self._reject(row, reason, k)
             return None
         v = self.dedup.offer(inst) if add else self.dedup.check(inst)
+        return self._verdict(v, row, k)
+
+    def _verdict(self, v: Verdict, row: dict, k: int) -> dict | None:
         if not v.keep:
             self._reject(row, "near_duplicate", k, similar_to=v.similar_to, similarity=v.score)
             return None
@@ -367,54 +384,155 @@ class Generator:
         self.machine.append(rows[0]["instruction"])
         self._refresh()
 
-    # ------------------------------------------------------------------ the two modes
-    def _alpaca_round(self, ks: list[int]) -> int:
-        items = [(k, alpaca.sample_prompt(self.base_prompt, self.seeds, random.Random(f"{self.cfg.seed}:{k}"),
-                                          self.npi)) for k in ks]
+    # ------------------------------------------------------------------ rounds (the journal's unit)
+    def _open_round(self) -> Round | None:
+        """The next round: the one a kill cut short first, else the next request numbers (journaled as sent);
+        None once --max-requests generation requests were made."""
+        cfg = self.cfg
+        if self._redo is not None:  # the round a kill cut short: the same requests again
+            first, last = self._redo
+            self._redo = None
+        else:
+            if cfg.max_requests is not None and self.next_request >= cfg.max_requests:
+                return None
+            first = self.next_request
+            last = first + max(cfg.request_batch_size, self.concurrency) - 1
+            if cfg.max_requests is not None:
+                last = min(last, cfg.max_requests - 1)
+            self.rounds.write({"step": "round", "requests": [first, last]})
+        self.next_request = last + 1
+        return Round(first, last, time.perf_counter())
 
-        def call(item: tuple[int, str]) -> Completion:
-            k, prompt = item
-            return self._request(k, "alpaca", prompt, self._sampling(self._request_seed(k),
-                                                                     stop=list(dict.fromkeys(alpaca.STOP))))
+    def _close_round(self, rnd: Round) -> None:
+        """Every result of the round is written: journal it (what a resume starts from)."""
+        self.pending_out.check_done(rnd.first, rnd.last)
+        self.pending_rejected.check_done(rnd.first, rnd.last)
+        for key in [key for key in self._cache if key[1] <= rnd.last]:
+            del self._cache[key]
+        now = time.perf_counter()
+        seconds = round(now - max(rnd.t0, self._last_done), 3)  # rounds overlap: count each second once
+        self._last_done = now
+        self.report.total_seconds += seconds
+        self.rounds.write({"step": "done", "requests": [rnd.first, rnd.last], "kept_lines": self.out_lines,
+                           "rejected_lines": self.rejected_lines, "seconds": seconds})
+        if rnd.ok:
+            self._failed_rounds = 0
+            return
+        self._failed_rounds += 1
+        if self._failed_rounds >= 3:
+            raise CamelidError(f"every request of 3 rounds in a row failed; see {self.requests_path} for the errors")
 
-        ok = 0
-        for i, res in self._map(call, items):
+    @property
+    def concurrency(self) -> int:
+        return self.cfg.concurrency or self.model.max_concurrency
+
+    # ------------------------------------------------------------------ Alpaca
+    def _alpaca_loop(self, flight: Flight) -> None:
+        """Stanford's prompts sample only the seed tasks (generate_instruction.py: "only sampling from the seed
+        tasks"), never the kept data, so the next round's requests are sent before this round's replies are
+        parsed, filtered and written: the teacher works while camelid does. The replies are still processed one
+        after the other in request order, so the data is what one round at a time gives."""
+        rounds: deque[Round] = deque()
+        stop = list(dict.fromkeys(alpaca.STOP))
+        call = self._alpaca_call
+        while self.kept < self.cfg.num:
+            while len(rounds) < 2 and not self._enough_asked(rounds):  # this round and the next in flight
+                rnd = self._open_round()
+                if rnd is None:
+                    break
+                rounds.append(rnd)
+                for k in range(rnd.first, rnd.last + 1):
+                    prompt = alpaca.sample_prompt(self.base_prompt, self.seeds, random.Random(f"{self.cfg.seed}:{k}"),
+                                                  self.npi)
+                    flight.submit(call, (k, prompt, self._sampling(self._request_seed(k), stop=stop)), k)
+            if not rounds:
+                self.report.stopped = f"--max-requests {self.cfg.max_requests} reached"
+                return
+            rnd = rounds[0]
+            replies = [flight.next()]  # the next reply, and every later one of the round already back
+            while replies[-1][0] < rnd.last and flight.ready():
+                replies.append(flight.next())
+            rnd.taken += len(replies)
+            self._alpaca_replies(rnd, replies)
+            self._replies += len(replies)
+            if replies[-1][0] == rnd.last or self.kept >= self.cfg.num:
+                self._close_round(rounds.popleft())
+        flight.cancel()  # requests of a round after the target: a later run with a higher --num uses their replies
+
+    def _enough_asked(self, rounds: deque[Round]) -> bool:
+        """Whether the replies asked and not processed yet are expected (at this run's kept tasks per reply) to
+        meet the target: the next round then waits, rather than have the teacher write replies past the target."""
+        if not rounds or not self._replies:
+            return False
+        waiting = sum(r.last - r.first + 1 - r.taken for r in rounds)
+        return waiting * (self.kept - self.report.resumed_from) >= (self.cfg.num - self.kept) * self._replies
+
+    def _alpaca_call(self, item: tuple[int, str, Sampling]) -> Completion:
+        k, prompt, sampling = item
+        return self._request(k, "alpaca", prompt, sampling)
+
+    def _alpaca_replies(self, rnd: Round, replies: list[tuple[int, Any]]) -> None:
+        """Parse and filter the replies' tasks, decide the survivors' ROUGE-L in batches (Deduper.offer_many: the
+        verdicts of offering them one by one), and write every outcome in reply order."""
+        tasks: list[tuple[int, dict, str | None, dict]] = []  # request, row, why rejected (None: to dedup), extra
+        for k, res in replies:
             if isinstance(res, BaseException):
                 continue
-            ok += 1
-            k = items[i][0]
+            rnd.ok += 1
             text = _strip_echo(res.text, rf"(###\s*)?{self.npi + 1}\s*\.\s*Instruction:") if self.cfg.chat else res.text
             for p in alpaca.parse_reply(text, res.finish_reason, self.npi):
-                if self.kept >= self.cfg.num:
-                    return ok
                 row = {"instruction": p.instruction, "input": p.input, "output": p.output}
                 if p.reason:
-                    self._reject(row, p.reason, k, raw=p.raw)
+                    tasks.append((k, row, p.reason, {"raw": p.raw}))
+                else:
+                    tasks.append((k, row, self._reason(p.instruction, row, need_output=True), {}))
+        start = 0
+        while start < len(tasks) and self.kept < self.cfg.num:
+            # no more candidates at once than are still wanted: none is pooled after the target is met
+            want, end, todo = self.cfg.num - self.kept, start, []
+            while end < len(tasks) and len(todo) < want:
+                if tasks[end][2] is None:
+                    todo.append(end)
+                end += 1
+            verdicts = dict(zip(todo, self.dedup.offer_many([tasks[i][1]["instruction"] for i in todo])))
+            for i in range(start, end):
+                k, row, reason, extra = tasks[i]
+                if reason:
+                    self._reject(row, reason, k, **extra)
                     continue
-                fields = self._screen(p.instruction, row, k, add=True, need_output=True)
+                fields = self._verdict(verdicts[i], row, k)
                 if fields is not None:
                     self._keep([{**row, **fields}])
-        return ok
+            start = end
 
-    def _self_instruct_round(self, ks: list[int]) -> int:
+    # ------------------------------------------------------------------ Self-Instruct
+    def _self_instruct_loop(self, flight: Flight) -> None:
+        """Wang et al.'s bootstrap prompts sample kept instructions, so a round is sent once the round before it
+        is written. Within a round, a candidate's classification and instance requests are sent as soon as its
+        bootstrap reply is parsed, while later bootstrap replies are still coming in or being parsed."""
+        while self.kept < self.cfg.num:
+            rnd = self._open_round()
+            if rnd is None:
+                self.report.stopped = f"--max-requests {self.cfg.max_requests} reached"
+                return
+            self._self_instruct_round(rnd, flight)
+            flight.cancel()  # instance requests not needed once the target is met
+            self._close_round(rnd)
+
+    def _self_instruct_round(self, rnd: Round, flight: Flight) -> None:
         lang = self.cfg.lang
-        items = [(k, self_instruct.sample_bootstrap(self.seeds, self.machine, random.Random(f"{self.cfg.seed}:{k}"),
-                                                    lang, self.npi)) for k in ks]
-
-        def bootstrap(item: tuple[int, str]) -> Completion:
-            k, prompt = item
-            sampling = self._sampling(self._request_seed(k), stop=self_instruct.BOOTSTRAP_STOP)
-            return self._request(k, "bootstrap", prompt, sampling)
-
-        ok = 0
-        candidates: list[tuple[int, str]] = []
+        for k in range(rnd.first, rnd.last + 1):
+            prompt = self_instruct.sample_bootstrap(self.seeds, self.machine, random.Random(f"{self.cfg.seed}:{k}"),
+                                                    lang, self.npi)
+            flight.submit(self._bootstrap_call, (k, prompt), (k, prompt))
+        candidates = 0
         seen: set[str] = set()
-        for i, res in self._map(bootstrap, items):
+        for _ in range(rnd.first, rnd.last + 1):  # the bootstrap replies come first: they were sent first
+            (k, prompt), res = flight.next()
             if isinstance(res, BaseException):
                 continue
-            ok += 1
-            k = items[i][0]
-            next_number = re.search(r"(\d+)\.$", items[i][1]).group(1)
+            rnd.ok += 1
+            next_number = re.search(r"(\d+)\.$", prompt).group(1)
             text = _strip_echo(res.text, rf"{next_number}\s*\.") if self.cfg.chat else res.text
             insts, cut = self_instruct.parse_bootstrap(text, res.finish_reason)
             if cut:
@@ -424,25 +542,12 @@ class Generator:
                     self._reject({"instruction": inst}, "near_duplicate", k, similar_to=inst, similarity=1.0)
                 elif self._screen(inst, {"instruction": inst}, k, add=False) is not None:
                     seen.add(inst)
-                    candidates.append((k, inst))
-
-        def instances(cand: tuple[int, str]) -> tuple[bool, Completion]:
-            k, inst = cand
-            seed = self._request_seed(k, inst)
-            clf = self._request(k, "classify", self_instruct.classify_prompt(inst),
-                                self._sampling(seed, temperature=0.0, top_p=1.0, max_tokens=3, stop=["\n", "Task:"]),
-                                instruction=inst)
-            is_clf = self_instruct.parse_classify(clf.text)
-            prompt = self_instruct.instances_prompt(inst, is_clf, lang)
-            sampling = self._sampling(seed, temperature=0.0, top_p=1.0, max_tokens=self.cfg.instance_max_tokens,
-                                      stop=self_instruct.instances_stop(self.cfg.max_instances))
-            return is_clf, self._request(k, "instances", prompt, sampling, instruction=inst,
-                                         is_classification=is_clf)
-
-        for i, res in self._map(instances, candidates):
+                    candidates += 1
+                    flight.submit(self._instances_call, (k, inst), (k, inst))
+        for _ in range(candidates):
             if self.kept >= self.cfg.num:
-                break
-            k, inst = candidates[i]
+                return
+            (k, inst), res = flight.next()
             if isinstance(res, BaseException):
                 continue
             is_clf, comp = res
@@ -461,7 +566,23 @@ class Generator:
             if fields is not None:
                 self._keep([{"instruction": inst, "input": x["input"], "output": x["output"], **fields}
                             for x in good])
-        return ok
+
+    def _bootstrap_call(self, item: tuple[int, str]) -> Completion:
+        k, prompt = item
+        sampling = self._sampling(self._request_seed(k), stop=self_instruct.BOOTSTRAP_STOP)
+        return self._request(k, "bootstrap", prompt, sampling)
+
+    def _instances_call(self, cand: tuple[int, str]) -> tuple[bool, Completion]:
+        k, inst = cand
+        seed = self._request_seed(k, inst)
+        clf = self._request(k, "classify", self_instruct.classify_prompt(inst),
+                            self._sampling(seed, temperature=0.0, top_p=1.0, max_tokens=3, stop=["\n", "Task:"]),
+                            instruction=inst)
+        is_clf = self_instruct.parse_classify(clf.text)
+        prompt = self_instruct.instances_prompt(inst, is_clf, self.cfg.lang)
+        sampling = self._sampling(seed, temperature=0.0, top_p=1.0, max_tokens=self.cfg.instance_max_tokens,
+                                  stop=self_instruct.instances_stop(self.cfg.max_instances))
+        return is_clf, self._request(k, "instances", prompt, sampling, instruction=inst, is_classification=is_clf)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Report:
@@ -475,7 +596,8 @@ class Generator:
                     self.model = load_model(cfg.model, base_urls=cfg.base_url, api_key=cfg.api_key,
                                             concurrency=cfg.concurrency or 8)
                 with self._progress():
-                    self._loop()
+                    if self.kept < cfg.num:
+                        self._loop()
         finally:
             self._stack.close()  # the files, then the lock
             if own_model and self.model is not None:
@@ -486,40 +608,15 @@ class Generator:
         return self.report
 
     def _loop(self) -> None:
-        cfg = self.cfg
-        failed_rounds = 0
-        while self.kept < cfg.num:
-            if self._redo is not None:  # the round a kill cut short: the same requests again
-                first, last = self._redo
-                self._redo = None
-            else:
-                if cfg.max_requests is not None and self.next_request >= cfg.max_requests:
-                    self.report.stopped = f"--max-requests {cfg.max_requests} reached"
-                    break
-                size = max(cfg.request_batch_size, cfg.concurrency or self.model.max_concurrency)
-                first = self.next_request
-                last = first + size - 1
-                if cfg.max_requests is not None:
-                    last = min(last, cfg.max_requests - 1)
-                self.rounds.write({"step": "round", "requests": [first, last]})
-            self.next_request = last + 1
-            t = time.perf_counter()
-            round_fn = self._alpaca_round if cfg.mode == "alpaca" else self._self_instruct_round
-            ok = round_fn(list(range(first, last + 1)))
-            self.pending_out.check_done(first, last)
-            self.pending_rejected.check_done(first, last)
-            self._cache.clear()
-            seconds = round(time.perf_counter() - t, 3)
-            self.report.total_seconds += seconds
-            self.rounds.write({"step": "done", "requests": [first, last], "kept_lines": self.out_lines,
-                               "rejected_lines": self.rejected_lines, "seconds": seconds})
-            if ok == 0:
-                failed_rounds += 1
-                if failed_rounds >= 3:
-                    raise CamelidError(f"every request of 3 rounds in a row failed; see {self.requests_path} for "
-                                       "the errors")
-            else:
-                failed_rounds = 0
+        flight = Flight(self.concurrency)
+        try:
+            (self._alpaca_loop if self.cfg.mode == "alpaca" else self._self_instruct_loop)(flight)
+        except BaseException:  # Ctrl-C or an error: requests not sent never will be; a local model stops at once
+            flight.cancel()
+            self.model.interrupt()
+            raise
+        finally:
+            flight.close()  # remote replies still in flight arrive and are logged before the files close
 
     def interrupted_note(self) -> str:
         return (f"kept {self.kept} instructions in {self.cfg.output} ({self.out_lines} rows); replies that were in "

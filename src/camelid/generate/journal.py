@@ -1,14 +1,16 @@
 """How `camelid generate` resumes exactly where it stopped, whatever stopped it (kill -9, Ctrl-C, SIGTERM, a full
 disk), with the data an uninterrupted run would have written, byte for byte.
 
-Requests go out in rounds. OUT.rounds.jsonl (the journal) gets a line when a round starts, `{"step": "round",
-"requests": [first, last]}`, and one when all of its results are written, `{"step": "done", "requests": [...],
-"kept_lines": K, "rejected_lines": R, "seconds": s}`: K and R are the line counts of OUT.jsonl and
-OUT.rejected.jsonl at that moment. On resume the lines up to K and R are the finished state (the dedup pool, the
-rejection counts); a round that started but has no `done` line is run again with the same request numbers, its
-replies taken from OUT.requests.jsonl where they were logged (replies that were in flight at the kill included) and
-asked again otherwise, and the rows it had already written past K and R are checked against the rows it gives
-instead of being written twice. Counters (requests, tokens, seconds, --max-requests) come from these logs, so they
+Requests go out in rounds. OUT.rounds.jsonl (the journal) gets a line when a round's first request is sent,
+`{"step": "round", "requests": [first, last]}`, and one when all of its results are written, `{"step": "done",
+"requests": [...], "kept_lines": K, "rejected_lines": R, "seconds": s}`: K and R are the line counts of OUT.jsonl
+and OUT.rejected.jsonl at that moment. Results are written in request order, one round after the other, but the
+next round's requests may already be out while a round is written (Alpaca mode), so a `round` line can come
+before the `done` line of the round before it. On resume the lines up to the last K and R are the finished state
+(the dedup pool, the rejection counts); the first round that started but has no `done` line is run again with the
+same request numbers, its replies (and those of any later round already sent) taken from OUT.requests.jsonl where
+they were logged (replies that were in flight at the kill included) and asked again otherwise, and the rows it had
+already written past K and R are checked against the rows it gives instead of being written twice. Counters (requests, tokens, seconds, --max-requests) come from these logs, so they
 hold across resumes.
 
 Every sidecar row is checked as it is read: a hostile or hand-edited line is a DataError naming file, line and
@@ -45,7 +47,7 @@ class Rounds:
     """What the journal says: the last finished round and the round started after it (if any)."""
 
     done: dict | None = None
-    open: list[int] | None = None  # [first, last] request numbers
+    open: list[int] | None = None  # [first, last] request numbers of the first round started and not done
     seconds: float = 0.0  # all finished rounds
 
     @property
@@ -57,6 +59,7 @@ def read_rounds(path: Path) -> Rounds:
     out = Rounds()
     if not path.exists():
         return out
+    started: list[list[int]] = []  # rounds started after the last `done`
     for line, row in read_jsonl(path):
         if not isinstance(row, dict):
             raise _bad(path, line, None, f"expected an object, got {json_type(row)}")
@@ -66,7 +69,8 @@ def read_rounds(path: Path) -> Rounds:
         if not (isinstance(reqs, list) and len(reqs) == 2 and all(map(_int, reqs)) and reqs[0] <= reqs[1]):
             raise _bad(path, line, "requests", "expected [first, last] request numbers")
         if step == "round":
-            out.open = reqs
+            started.append(reqs)
+            out.open = min(started)
             continue
         for k in ("kept_lines", "rejected_lines"):
             if not _int(row.get(k)):
@@ -76,7 +80,8 @@ def read_rounds(path: Path) -> Rounds:
             raise _bad(path, line, "seconds", f"expected a number of seconds, got {json_type(secs)}")
         if out.done and (row["kept_lines"] < out.done["kept_lines"] or reqs[0] <= out.done["requests"][1]):
             raise _bad(path, line, None, "goes back before the round finished on an earlier line")
-        out.done, out.open = row, None
+        started = [r for r in started if r[0] > reqs[1]]  # a round sent before this one was done
+        out.done, out.open = row, min(started, default=None)
         out.seconds += secs
     return out
 

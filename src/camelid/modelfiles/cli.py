@@ -15,6 +15,9 @@ from camelid.modelfiles.check import check_model, fix_model, format_report
 from camelid.modelfiles.delta import apply_delta, diff_weights
 from camelid.modelfiles.gguf import export_gguf
 from camelid.modelfiles.merge import merge_adapter
+from camelid.models.card import CARD_FILE, write_model_card
+from camelid.models.checkpoint import RunInfo
+from camelid.models.spec import local_path
 
 app = typer.Typer()
 model_app = typer.Typer(no_args_is_help=True)
@@ -57,7 +60,26 @@ def export(
         path = export_gguf(run_dir, out, "f16" if outtype is None else outtype,  # type: ignore[arg-type]
                            template=template, force=force)
         console.print(f"Ollama: ollama create NAME -f {path.with_suffix('.Modelfile')}")
+        source = Path(local_path(run_dir))
+        _card(path.parent, RunInfo.read(source) if source.is_dir() else None, source)
     print(path)
+
+
+def _card(directory: Path, run: RunInfo | None, source: Path) -> None:
+    """The model card beside a GGUF export: the run's own card gains the GGUF when it is written inside the run; a
+    directory of its own gets one; a directory holding other files (the working directory) gets none."""
+    own = directory.resolve() == source.resolve() if source.is_dir() else False
+    others = [p.name for p in directory.iterdir() if p.suffix not in (".gguf", ".Modelfile") and p.name != CARD_FILE
+              and not p.name.startswith(".")]
+    if not own and others:
+        console.print(f"no model card: {directory} holds other files ({others[0]}, ...); export into a directory of "
+                      "its own to get a README.md")
+        return
+    card = write_model_card(directory, run)
+    if card is None:
+        console.print(f"{directory / CARD_FILE} was not written by camelid: left as it is (no model card)")
+    else:
+        console.print(f"model card: {card}")
 
 
 @weights_app.command("diff")

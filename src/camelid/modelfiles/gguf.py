@@ -1,10 +1,12 @@
 """`camelid export --gguf`: a trained run as a GGUF file for llama.cpp, and as an Ollama Modelfile beside it.
 
-GGUF (Llama-architecture checkpoints: Llama, Mistral, SmolLM2): a converter written on the `gguf` package,
-following llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel`):
-- Q/K projections are permuted from the Hugging Face rotary layout (two halves) back to Meta's interleaved
+GGUF (Llama 2/3, Mistral, SmolLM2, Qwen2/2.5/3, Gemma 2/3, Phi-3; see gguf_arch.py for what differs per
+architecture): a converter written on the `gguf` package and its tensor-name maps, following llama.cpp's
+`convert_hf_to_gguf.py`; tensors are bit-identical to its output (tests/modelfiles/test_gguf_archs.py):
+- Llama/Mistral Q/K projections are permuted from the Hugging Face rotary layout (two halves) back to Meta's interleaved
   pairs (`permute`); without this llama.cpp runs but the model speaks garbage.
-- hyperparameters come from config.json (heads, KV heads, RMS eps, rope theta and linear/llama3 scaling).
+- hyperparameters come from config.json (heads, KV heads, RMS eps, rope theta and linear/llama3/yarn/longrope
+  scaling, Gemma's soft-capping and sliding window); Gemma's norms store 1 + weight.
 - the tokenizer: GPT-2 byte-level BPE (tokens, merges, token types: special added tokens are CONTROL so the
   chat markers parse as one token) with `tokenizer.ggml.pre` found the way llama.cpp does (the hash of a
   fixed text's token ids), or SentencePiece (`tokenizer.model`, scores and types) for Llama-2 style models.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -31,13 +32,14 @@ from camelid.core.cli import console
 from camelid.core.io import CamelidError, clean_stale_temps, file_mode, read_json, write_text
 from camelid.core.templates import Template, TemplateError, get_template
 from camelid.core.tokenize import special_prefix
+from camelid.modelfiles import gguf_arch
 from camelid.modelfiles.delta import Checkpoint
 from camelid.modelfiles.merge import merge_adapter
 from camelid.models.checkpoint import load_tokenizer, resolve, template_name
 
 OutType = Literal["f32", "f16", "q8_0"]
 OUTTYPES: tuple[str, ...] = ("f16", "f32", "q8_0")
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+ARCHITECTURES = tuple(gguf_arch.ARCHITECTURES)
 
 
 # ---------------------------------------------------------------------------------------------- Ollama
@@ -208,92 +210,51 @@ def _spm_space_prefix(tj: dict, spm: Path | None) -> bool:
 # ---------------------------------------------------------------------------------------------- GGUF: weights
 
 
-def permute(w, n_head: int, n_head_kv: int | None):
-    """HF rotary layout (first half / second half of each head) -> Meta's interleaved pairs (llama.cpp)."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _rope(cfg: dict) -> tuple[float, dict]:
-    rope = dict(cfg.get("rope_parameters") or {})
-    rope.update(cfg.get("rope_scaling") or {})
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    return float(theta), rope
-
-
-def _llama3_rope_factors(cfg: dict, rope: dict, theta: float, dim: int):
-    import numpy as np
-
-    factor, lo, hi = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
-    old = rope.get("original_max_position_embeddings", 8192)
-    out = []
-    for freq in 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
-        wavelen = 2 * math.pi / freq
-        if wavelen < old / hi:
-            out.append(1.0)
-        elif wavelen > old / lo:
-            out.append(factor)
-        else:
-            smooth = (old / wavelen - lo) / (hi - lo)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
-
-
 def check_outtype(outtype: str) -> None:
     if outtype not in OUTTYPES:
         hint = " (k-quants: export f16, then llama.cpp's llama-quantize)" if outtype.lower().startswith("q") else ""
         raise CamelidError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}{hint}")
 
 
-def check_exportable(ckpt: Path, outtype: str) -> tuple[dict, float, dict, str]:
+def check_exportable(ckpt: Path, outtype: str) -> tuple[dict, object]:
     """Refuse what GGUF export cannot write, from config.json alone (an adapter's base has the same one), before
     any expensive step: an unknown --outtype, an architecture or rope scaling this converter does not handle.
-    Returns (config, rope theta, rope parameters, rope type)."""
+    Returns (config, gguf.MODEL_ARCH)."""
     check_outtype(outtype)
     cfg = read_json(ckpt / "config.json")
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in ARCHITECTURES:
-        raise CamelidError(f"{ckpt}: architecture {arch} is not supported for GGUF export (only "
-                           f"{', '.join(ARCHITECTURES)}); use llama.cpp's convert_hf_to_gguf.py")
-    theta, rope = _rope(cfg)
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "linear", "llama3"):
-        raise CamelidError(f"{ckpt}: rope scaling {rope_type!r} is not supported for GGUF export")
-    return cfg, theta, rope, rope_type
+    arch = gguf_arch.architecture(ckpt, cfg)
+    gguf_arch.check_rope(ckpt, cfg)
+    return cfg, arch
 
 
 def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Template | None = None,
                tok_dir: Path | None = None, base_dirs: list[Path] | None = None, name: str | None = None,
                tokenizer=None) -> Path:
-    """Convert a Llama-architecture safetensors checkpoint to one GGUF file (atomically)."""
+    """Convert a safetensors checkpoint of a supported architecture to one GGUF file (atomically)."""
     import gguf
     import numpy as np
     import torch
 
-    cfg, theta, rope, rope_type = check_exportable(ckpt, outtype)
-    n_head, n_layer, hidden = cfg["num_attention_heads"], cfg["num_hidden_layers"], cfg["hidden_size"]
-    n_kv = cfg.get("num_key_value_heads") or n_head
-    head_dim = cfg.get("head_dim") or hidden // n_head
+    cfg, arch = check_exportable(ckpt, outtype)
+    n_layer = cfg["num_hidden_layers"]
+    tok_dir = tok_dir or ckpt
     ckpt_tensors = Checkpoint(ckpt)
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
-    qtypes = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-              "q8_0": gguf.GGMLQuantizationType.Q8_0}
+    tmap = gguf.get_tensor_name_map(arch, n_layer)
+    n_rows = gguf_arch.vocab_rows(arch, tok_dir, cfg["vocab_size"])
     plan = []  # (source name, gguf name, shape, quantization type)
     for src in ckpt_tensors.names():
-        if src.endswith("rotary_emb.inv_freq") or (src == "lm_head.weight" and cfg.get("tie_word_embeddings")):
+        if gguf_arch.skip(arch, src, cfg):
             continue
         dst = tmap.get_name(src, try_suffixes=(".weight", ".bias"))
         if dst is None:
-            raise CamelidError(f"{ckpt}: tensor {src!r} has no GGUF name for the llama architecture")
-        shape = ckpt_tensors.info(src)[1]
-        q = qtypes[outtype]
-        if len(shape) <= 1:
-            q = gguf.GGMLQuantizationType.F32
-        elif q == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % 32:
-            q = gguf.GGMLQuantizationType.F16
-        plan.append((src, dst, shape, q))
-    if not any(dst == "output.weight" for _, dst, _, _ in plan) and not cfg.get("tie_word_embeddings"):
+            raise CamelidError(f"{ckpt}: tensor {src!r} has no GGUF name for the {gguf.MODEL_ARCH_NAMES[arch]} "
+                               "architecture")
+        shape = list(ckpt_tensors.info(src)[1])
+        if dst == "token_embd.weight":
+            shape[0] = min(shape[0], n_rows)
+        plan.append((src, dst, tuple(shape), gguf_arch.tensor_type(outtype, dst, len(shape), shape)))
+    tied = cfg.get("tie_word_embeddings") or arch == gguf.MODEL_ARCH.GEMMA2
+    if not any(dst == "output.weight" for _, dst, _, _ in plan) and not tied:
         raise CamelidError(f"{ckpt}: no lm_head.weight and tie_word_embeddings is false")
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out)
@@ -302,32 +263,17 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
     os.close(fd)
     tmp = Path(tmp)
     try:
-        w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
         w.add_type("model")
         w.add_name(name or ckpt.name)
+        gguf_arch.hparams(w, arch, cfg, n_layer)
         w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
         if outtype == "q8_0":
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_block_count(n_layer)
-        w.add_context_length(cfg.get("max_position_embeddings", 2048))
-        w.add_embedding_length(hidden)
-        w.add_feed_forward_length(cfg["intermediate_size"])
-        w.add_head_count(n_head)
-        w.add_head_count_kv(n_kv)
-        w.add_rope_freq_base(theta)
-        w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
-        w.add_vocab_size(cfg["vocab_size"])
-        w.add_rope_dimension_count(head_dim)
-        if head_dim != hidden // n_head:
-            w.add_key_length(head_dim)
-            w.add_value_length(head_dim)
-        if rope_type == "linear":
-            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(rope["factor"])
-        tok_dir = tok_dir or ckpt
+        extra = gguf_arch.extra_tensors(w, arch, cfg)
         tok = tokenizer or load_tokenizer(tok_dir)
-        _tokenizer_kv(w, tok, tok_dir, base_dirs or [], cfg["vocab_size"])
+        _tokenizer_kv(w, tok, tok_dir, base_dirs or [], n_rows)
         if template is not None:
             try:
                 w.add_chat_template(template.jinja_chat_template())
@@ -338,9 +284,6 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
                 end = tok.convert_tokens_to_ids(template.end_token)
                 if end is not None and end != tok.unk_token_id and end != tok.eos_token_id:
                     w.add_eot_token_id(end)
-        extra = []
-        if rope_type == "llama3":
-            extra.append(("rope_freqs.weight", _llama3_rope_factors(cfg, rope, theta, head_dim)))
         for src, dst, shape, q in plan:
             if q == gguf.GGMLQuantizationType.Q8_0:
                 w.add_tensor_info(dst, gguf.quant_shape_to_byte_shape(shape, q), np.dtype(np.uint8),
@@ -355,10 +298,9 @@ def write_gguf(ckpt: Path, out: Path, outtype: OutType = "f16", template: Templa
         w.write_ti_data_to_file()
         for src, dst, shape, q in plan:
             t = ckpt_tensors.get(src)
-            if src.endswith(("q_proj.weight", "q_proj.bias")):
-                t = permute(t, n_head, n_head)
-            elif src.endswith(("k_proj.weight", "k_proj.bias")):
-                t = permute(t, n_head, n_kv)
+            if t.dtype not in (torch.float16, torch.float32):  # bf16: computed in f32, as the converter does
+                t = t.to(torch.float32)
+            t = gguf_arch.transform(arch, src, t, cfg, n_rows)
             if q == gguf.GGMLQuantizationType.F16:
                 arr = t.to(torch.float16).numpy()
             else:

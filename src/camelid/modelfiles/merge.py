@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from camelid.core.io import CamelidError, atomic_dir
+from camelid.models.card import write_model_card
 from camelid.models.checkpoint import RunInfo, load_tokenizer, resolve, trained_tokenizer, write_legacy_keys
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -61,4 +62,5 @@ def merge_adapter(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
             RunInfo(method="merged", merged_from=merged_from)
         info.model_fields_set.update({"method", "merged_from"})
         info.write(tmp)
+        write_model_card(tmp, info, repo=out.name)  # transformers, base_model, the run's training facts
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +31,11 @@ class BadInputError(ModelError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class Cancelled(Exception):
+    """The command stopped this generation (Ctrl-C, an error elsewhere): not a failed request, nothing to log; a
+    rerun asks it again."""
 
 
 class UpstreamError(ModelError):
@@ -138,11 +144,49 @@ class Model:
         A local batching backend runs waves of `concurrency` calls whose requests decode as one group, and yields in
         item order: its outputs are then the same run after run (models/lockstep.py)."""
         if self.batched:
-            return lockstep_map(fn, items, concurrency or self.max_concurrency)
-        return bounded_map(fn, items, concurrency or self.max_concurrency)
+            return lockstep_map(fn, items, concurrency or self.max_concurrency, on_abort=self.interrupt)
+        return bounded_map(fn, items, concurrency or self.max_concurrency, on_abort=self.interrupt)
+
+    def interrupt(self) -> None:
+        """Stop the generations running now at their next token (they raise Cancelled); later ones run as usual.
+        A remote backend lets replies in flight arrive (a rerun uses the logged ones)."""
 
     def close(self) -> None:
         pass
+
+
+class Interruptible:
+    """For in-process backends: `interrupt()` ends every generation started before it, at its next token, and
+    `close()` frees the weights only once the generation holding `_lock` has left (freeing them under a running
+    decode crashes the process)."""
+
+    _lock: threading.Lock
+    _epoch: int = 0
+
+    def interrupt(self) -> None:
+        self._epoch += 1
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.cancel_all()
+
+    def _watched(self, stream: Iterator[Chunk], epoch: int) -> Iterator[Chunk]:
+        """A batcher's stream that raises Cancelled once `interrupt()` has run since `epoch` (the batcher also
+        wakes a reader waiting for its next token)."""
+        try:
+            for chunk in stream:
+                self._check(epoch)
+                yield chunk
+        finally:
+            stream.close()
+
+    def _check(self, epoch: int) -> None:
+        if self._epoch != epoch:
+            raise Cancelled(f"{getattr(self, 'name', 'model')}: generation stopped")
+
+    def _quiesce(self, timeout: float = 30.0) -> bool:
+        """Stop what runs and wait for the generation lock (True when taken: release it after freeing)."""
+        self.interrupt()
+        return self._lock.acquire(timeout=timeout)
 
 
 def collect(chunks: Iterator[Chunk], model: str) -> Completion:
@@ -155,8 +199,10 @@ def collect(chunks: Iterator[Chunk], model: str) -> Completion:
                       model, time.perf_counter() - t0)
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int
-                ) -> Iterator[tuple[int, R | BaseException]]:
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int,
+                on_abort: Callable[[], None] | None = None) -> Iterator[tuple[int, R | BaseException]]:
+    """`Model.map`'s loop. When the consumer stops early (Ctrl-C, an error, a break), requests not started are
+    dropped and `on_abort` stops the running ones, so the way out does not wait for whole generations."""
     it = iter(enumerate(items))
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         pending: dict[Future, int] = {}
@@ -169,14 +215,21 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int
                     return
                 pending[pool.submit(fn, item)] = i
 
-        fill()
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                i = pending.pop(fut)
-                err = fut.exception()
-                yield i, (err if err is not None else fut.result())
+        try:
             fill()
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    err = fut.exception()
+                    yield i, (err if err is not None else fut.result())
+                fill()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            if on_abort is not None:
+                on_abort()
+            raise
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

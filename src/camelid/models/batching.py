@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from camelid.models import lockstep
-from camelid.models.base import Chunk, ModelError, Sampling
+from camelid.models.base import Cancelled, Chunk, ModelError, Sampling
 
 # Llama.create_completion's defaults for what camelid's Sampling does not name
 TOP_K, MIN_P, TYPICAL_P, PENALTY_LAST_N = 40, 0.05, 1.0, 64
@@ -131,10 +131,12 @@ class Job:
     sampler: Any = None
     text: TextOut | None = None
     group: object | None = None  # submitted together (submit_group): scheduled as a unit, whatever the consumers do
+    aborted: bool = False  # interrupted (cancel_all): dropped even from a group
 
     def gone(self) -> bool:
-        """The consumer stopped reading and the schedule may drop the job (never inside a group)."""
-        return self.group is None and self.cancelled.is_set()
+        """The consumer stopped reading and the schedule may drop the job (never inside a group), or it was
+        interrupted."""
+        return self.aborted or (self.group is None and self.cancelled.is_set())
 
 
 def default_kv_tokens(llama_model, n_ctx: int, budget_bytes: int = 256 << 20) -> int:
@@ -220,6 +222,8 @@ class LlamaBatcher:
         try:
             while True:
                 item = job.out.get()
+                if isinstance(item, Cancelled):
+                    raise item
                 if isinstance(item, BaseException):
                     raise ModelError(f"generation failed: {item}") from item
                 yield item
@@ -229,6 +233,15 @@ class LlamaBatcher:
             job.cancelled.set()
             with self._cv:
                 self._cv.notify()
+
+    def cancel_all(self) -> None:
+        """Model.interrupt: every request queued or running now ends at the next step, its reader raising Cancelled;
+        requests submitted later run as usual."""
+        with self._cv:
+            for job in self._waiting + self._running:
+                job.aborted = True
+                job.out.put(Cancelled("generation stopped"))
+            self._cv.notify()
 
     def stats(self) -> dict:
         with self._cv:

@@ -13,12 +13,13 @@ from typing import Any, Iterator
 
 from camelid.core.templates import get_template
 from camelid.core.tokenize import encode, special_prefix
-from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
+from camelid.models.base import (BadInputError, Chunk, ContextLengthError, Interruptible, Model, ModelError, Sampling,
+                                 cut_at_stop)
 from camelid.models.checkpoint import load_tokenizer, resolve, template_name
 from camelid.models.hf_batching import HFBatcher
 
 
-class HFModel(Model):
+class HFModel(Interruptible, Model):
     batched = True  # decodes concurrent requests together; `map` in lockstep waves (models/lockstep.py)
     sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias"})
 
@@ -82,7 +83,9 @@ class HFModel(Model):
             raise ContextLengthError(f"{self.name}: prompt is {len(ids)} tokens, the context holds "
                                      f"{self.context_length}")
         processors = openai_logits_processors(s, ids, len(self.tokenizer))  # bad logit_bias: refused here
-        return self.batcher.submit(ids, s, max(1, min(s.max_tokens, self.context_length - len(ids))), processors)
+        epoch = self._epoch
+        return self._watched(self.batcher.submit(ids, s, max(1, min(s.max_tokens, self.context_length - len(ids))),
+                                                 processors), epoch)
 
     def stream_sequential(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         """One request through `model.generate` alone: the reference the batcher is compared with."""
@@ -96,6 +99,8 @@ class HFModel(Model):
         batcher, self.batcher = getattr(self, "batcher", None), None
         if batcher is not None:
             batcher.close()
+        if self._quiesce():  # a `stream_sequential` still running has stopped
+            self._lock.release()
 
     def _stop_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -113,10 +118,11 @@ class HFModel(Model):
             raise ContextLengthError(f"{self.name}: prompt is {len(ids)} tokens, the context holds "
                                      f"{self.context_length}")
         cancel = threading.Event()
+        epoch, model = self._epoch, self
 
-        class Cancelled(StoppingCriteria):
+        class Stopped(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):
-                return cancel.is_set()
+                return cancel.is_set() or model._epoch != epoch
 
         stop_ids = self._stop_ids()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -124,7 +130,7 @@ class HFModel(Model):
             input_ids=torch.tensor([ids], device=self.model.device), attention_mask=None,
             max_new_tokens=max(1, min(s.max_tokens, self.context_length - len(ids))), eos_token_id=stop_ids,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0],
-            streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]), return_dict_in_generate=True)
+            streamer=streamer, stopping_criteria=StoppingCriteriaList([Stopped()]), return_dict_in_generate=True)
         processors = openai_logits_processors(s, ids, len(self.tokenizer))
         if processors:
             gen_kw["logits_processor"] = processors
@@ -166,6 +172,7 @@ class HFModel(Model):
             finally:
                 cancel.set()
                 worker.join()
+            self._check(epoch)
             if "error" in result:
                 raise ModelError(f"{self.name}: generation failed: {result['error']}")
             if not stopped and len(text) > sent:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from camelid.models import lockstep
-from camelid.models.base import Chunk, ModelError, Sampling
+from camelid.models.base import Cancelled, Chunk, ModelError, Sampling
 from camelid.models.batching import TextOut
 
 
@@ -37,10 +37,12 @@ class Row:
     processors: list = field(default_factory=list)  # OpenAI penalties and logit_bias (hf.openai_logits_processors)
     warpers: list = field(default_factory=list)
     group: object | None = None  # submitted together (submit_group): scheduled as a unit
+    aborted: bool = False  # interrupted (cancel_all): dropped even from a group
 
     def gone(self) -> bool:
-        """The consumer stopped reading and the schedule may drop the row (never inside a group)."""
-        return self.group is None and self.cancelled.is_set()
+        """The consumer stopped reading and the schedule may drop the row (never inside a group), or it was
+        interrupted."""
+        return self.aborted or (self.group is None and self.cancelled.is_set())
 
 
 class HFBatcher:
@@ -50,6 +52,7 @@ class HFBatcher:
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids, self.pad_id, self.max_batch = set(stop_ids), pad_id, max(1, max_batch)
         self._waiting: list[Row] = []
+        self._running: list[Row] = []  # the group being decoded
         self._cv = threading.Condition()
         self._closed = False
         self.groups = 0  # groups run, for tests and benches
@@ -81,6 +84,8 @@ class HFBatcher:
         try:
             while True:
                 item = row.out.get()
+                if isinstance(item, Cancelled):
+                    raise item
                 if isinstance(item, BaseException):
                     raise ModelError(f"generation failed: {item}") from item
                 yield item
@@ -89,13 +94,22 @@ class HFBatcher:
         finally:
             row.cancelled.set()
 
+    def cancel_all(self) -> None:
+        """Model.interrupt: every request queued or running now ends at the next step, its reader raising Cancelled;
+        requests submitted later run as usual."""
+        with self._cv:
+            for row in self._waiting + self._running:
+                row.aborted = True
+                row.out.put(Cancelled("generation stopped"))
+
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify()
+            for row in self._waiting + self._running:  # the running group stops at its next token
+                row.aborted = True
+                row.out.put(ModelError("the model was closed"))
         self._thread.join()
-        for row in self._waiting:
-            row.out.put(ModelError("the model was closed"))
 
     def _loop(self) -> None:
         while True:
@@ -112,6 +126,7 @@ class HFBatcher:
                 while take < min(self.max_batch, len(self._waiting)) and self._waiting[take].group is token:
                     take += 1
                 group, self._waiting = self._waiting[:take], self._waiting[take:]
+                self._running = group
             if not group:
                 continue
             try:
@@ -119,6 +134,9 @@ class HFBatcher:
             except Exception as e:  # a failed forward fails the requests in it, not the model
                 for row in group:
                     row.out.put(e)
+            finally:
+                with self._cv:
+                    self._running = []
 
     # ---------------------------------------------------------------- one group
     def _prepare(self, row: Row) -> None:

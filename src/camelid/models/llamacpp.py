@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from camelid.core.templates import Template, get_template
-from camelid.models.base import BadInputError, Chunk, ContextLengthError, Model, ModelError, Sampling, cut_at_stop
+from camelid.models.base import (BadInputError, Cancelled, Chunk, ContextLengthError, Interruptible, Model, ModelError,
+                                 Sampling, cut_at_stop)
 from camelid.models.batching import LlamaBatcher, default_kv_tokens
 
 # llama.cpp's OpenMP workers spin between steps by default; on a busy machine a call from the main thread then ran
@@ -53,7 +54,7 @@ def needs_nul(grammar: str) -> bool:
     return False
 
 
-class LlamaCppModel(Model):
+class LlamaCppModel(Interruptible, Model):
     batched = True  # decodes concurrent requests together; `map` in lockstep waves (models/lockstep.py)
     sampling_options = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "response_format"})
 
@@ -120,7 +121,8 @@ class LlamaCppModel(Model):
         tokens = self.prompt_tokens(prompt)
         max_tokens = max(1, min(sampling.max_tokens, self.context_length - len(tokens)))
         options = self._options(sampling)  # bad logit_bias or schema: refused here, in the caller's thread
-        return self.batcher.submit(tokens, sampling, max_tokens, grammar=options.get("grammar"))
+        epoch = self._epoch
+        return self._watched(self.batcher.submit(tokens, sampling, max_tokens, grammar=options.get("grammar")), epoch)
 
     def stream_sequential(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         """One request through llama-cpp-python's own loop (`create_completion`), one at a time: the reference the
@@ -128,7 +130,9 @@ class LlamaCppModel(Model):
         n_prompt = len(self.prompt_tokens(prompt))
         max_tokens = max(1, min(sampling.max_tokens, self.context_length - n_prompt))
         options = self._options(sampling)
+        epoch = self._epoch
         with self._lock:
+            self._check(epoch)  # stopped while it waited for the context
             self.llm.reset()  # a fresh evaluation, as the batcher's (no prompt cache)
             # stop strings are cut here, not by llama.cpp: then llama.cpp ends only at EOS or max_tokens, and the
             # token count below is exact (llama.cpp's own stop could end on the EOS or on a stop string alike)
@@ -139,6 +143,7 @@ class LlamaCppModel(Model):
                 seed=sampling.seed % 2 ** 32 if sampling.seed is not None else -1, stream=True, **options)
             try:
                 for ev in stream:
+                    self._check(epoch)
                     choice = ev["choices"][0]
                     finish = choice.get("finish_reason") or finish
                     text += choice["text"]
@@ -208,7 +213,14 @@ class LlamaCppModel(Model):
     def close(self) -> None:
         batcher, self.batcher = getattr(self, "batcher", None), None
         if batcher is not None:
-            batcher.close()
-        llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
+            batcher.close()  # ends every request it holds; its thread is gone before the weights go
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        taken = self._quiesce()
+        try:
+            self.llm = None
             llm.close()
+        finally:
+            if taken:
+                self._lock.release()

@@ -82,19 +82,26 @@ def _call(wave: Wave, index: int, fn: Callable, item: Any) -> Any:
         wave.done()
 
 
-def lockstep_map(fn: Callable, items: Iterable, concurrency: int) -> Iterator[tuple[int, Any]]:
-    """(index, result or exception) for each item, in order, `concurrency` calls per wave."""
+def lockstep_map(fn: Callable, items: Iterable, concurrency: int,
+                 on_abort: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """(index, result or exception) for each item, in order, `concurrency` calls per wave. When the consumer stops
+    early (Ctrl-C, an error, a break), later waves are never started and `on_abort` stops the running one."""
     it = iter(items)
     size = max(1, concurrency)
     base = 0
     with ThreadPoolExecutor(max_workers=size) as pool:
-        while True:
-            wave_items = list(itertools.islice(it, size))
-            if not wave_items:
-                return
-            wave = Wave(len(wave_items))
-            futures = [pool.submit(_call, wave, k, fn, x) for k, x in enumerate(wave_items)]
-            for k, fut in enumerate(futures):
-                err = fut.exception()
-                yield base + k, (err if err is not None else fut.result())
-            base += len(wave_items)
+        try:
+            while True:
+                wave_items = list(itertools.islice(it, size))
+                if not wave_items:
+                    return
+                wave = Wave(len(wave_items))
+                futures = [pool.submit(_call, wave, k, fn, x) for k, x in enumerate(wave_items)]
+                for k, fut in enumerate(futures):
+                    err = fut.exception()
+                    yield base + k, (err if err is not None else fut.result())
+                base += len(wave_items)
+        except BaseException:
+            if on_abort is not None:
+                on_abort()
+            raise

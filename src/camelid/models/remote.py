@@ -11,11 +11,47 @@ import itertools
 import random
 import threading
 import time
+import typing
 from typing import Any, Callable, Iterator
+
+import pydantic
 
 from camelid.core.templates import user_text
 from camelid.models.base import (BadInputError, Chunk, Completion, ContextLengthError, Model, ModelError, Sampling,
                                  UpstreamError)
+
+
+_types_built = threading.Lock()
+_built: list[type] = []
+
+
+def build_response_types() -> list[type]:
+    """Build the pydantic classes of the replies (completions, chat completions, chunks, models) now, in this thread.
+    The `openai` client defers building them to first use, and that build is not thread-safe: requests parsed at
+    once by several threads could fail with "BaseModel cannot be instantiated directly" (openai-python #3079)."""
+    from openai.types import Completion, Model as ModelInfo
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    def walk(tp, seen: dict) -> None:
+        if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
+            if tp not in seen:
+                seen[tp] = None
+                for f in tp.model_fields.values():
+                    walk(f.annotation, seen)
+            return
+        for arg in typing.get_args(tp):
+            walk(arg, seen)
+
+    with _types_built:
+        if not _built:
+            seen: dict = {}
+            for root in (Completion, ChatCompletion, ChatCompletionChunk, ModelInfo):
+                walk(root, seen)
+            for cls in seen:
+                if not cls.__pydantic_complete__:
+                    cls.model_rebuild()
+            _built.extend(seen)
+    return _built
 
 
 class RemoteModel(Model):
@@ -32,6 +68,7 @@ class RemoteModel(Model):
         self.base_urls = base_urls
         self.clients = [openai.OpenAI(base_url=u, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout)
                         for u in base_urls]
+        build_response_types()  # before any worker thread parses a reply
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.max_concurrency = concurrency
         self.context_length = None  # the server knows its model's context and checks every request itself

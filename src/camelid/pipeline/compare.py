@@ -32,11 +32,13 @@ from camelid.pipeline.recipe import Recipe
 BEFORE, AFTER = "before", "after"
 
 
-def response_losses(model, questions) -> dict[str, tuple[float, int]]:
-    """Per question id with a reference answer: (summed loss, token count) of the answer's trained tokens."""
+def response_losses(model, questions) -> dict[str, tuple[float, int, int]]:
+    """Per question id with a reference answer: (summed loss in nats, trained tokens, characters) of the answer under
+    `model` (an HFModel). Loss per character is comparable between tokenizers; loss per token is not (an extended
+    vocabulary makes fewer, harder tokens for the same text)."""
     import torch
 
-    per: dict[str, tuple[float, int]] = {}
+    per: dict[str, tuple[float, int, int]] = {}
     for q in questions:
         if not q.reference_output:
             continue
@@ -48,20 +50,36 @@ def response_losses(model, questions) -> dict[str, tuple[float, int]]:
         with torch.no_grad():
             logits = model.model(input_ids=x, use_cache=False).logits.float()
         loss = torch.nn.functional.cross_entropy(logits[0], y[0], ignore_index=IGNORE_INDEX, reduction="sum")
-        per[str(q.question_id)] = (float(loss), int((y != IGNORE_INDEX).sum()))
+        per[str(q.question_id)] = (float(loss), int((y != IGNORE_INDEX).sum()), len(q.reference_output))
     return per
 
 
-def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Path) -> dict:
+def loss_measures(model, questions, per: dict[str, tuple[float, int, int]], seed: int = 0) -> dict:
+    """Held-out response loss per token and per character, each with a bootstrap 95% interval over questions, and
+    the tokenizer's tokens per character of the reference answers."""
+    if not per:
+        return {"response_loss": None, "response_tokens": 0}
+    loss, toks, chars = ([v[i] for v in per.values()] for i in range(3))
+    tokens = sum(len(model.tokenizer(q.reference_output, add_special_tokens=False).input_ids)
+                 for q in questions if q.reference_output)
+    return {"response_loss": signal.ratio(loss, toks), "response_tokens": sum(toks), "response_chars": sum(chars),
+            "response_loss_per_char": signal.ratio(loss, chars),
+            "response_loss_per_char_ci": signal.ratio_ci(loss, chars, seed=seed),
+            "tokens_per_char": tokens / max(sum(chars), 1), "vocab_size": len(model.tokenizer)}
+
+
+def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Path, base: str | None = None) -> dict:
+    """`base`: the untrained model when it is not the trained run's own base (a staged run's last stage starts
+    from the one before it)."""
     ev = recipe.eval
     out.mkdir(parents=True, exist_ok=True)
     questions = load_questions(questions_path)
     run = RunInfo.read(train_dir)
     if run is None:
         raise CamelidError(f"{train_dir}: no camelid.json (the train stage did not finish)")
-    base = local_path(run.base_model or "embedded")
+    base = local_path(base or run.base_model or "embedded")
     answers = out / "answers.jsonl"
-    losses: dict[str, dict[str, tuple[float, int]]] = {}
+    losses: dict[str, dict[str, tuple[float, int, int]]] = {}
     metrics: dict = {"questions": len(questions), "max_tokens": ev.max_tokens, "temperature": ev.temperature,
                      "template": run.template}
     for model_id, load in ((BEFORE, lambda: HFModel(base, template=run.template)),
@@ -71,9 +89,7 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
         answer_questions(model, questions, answers, model_id=model_id, temperature=ev.temperature,
                          max_tokens=ev.max_tokens, seed=recipe.seed)
         losses[model_id] = response_losses(model, questions)
-        n = sum(v[1] for v in losses[model_id].values())
-        metrics[model_id] = {"response_loss": sum(v[0] for v in losses[model_id].values()) / n if n else None,
-                             "response_tokens": n}
+        metrics[model_id] = loss_measures(model, questions, losses[model_id], seed=recipe.seed)
         model.close()  # stops its batcher thread, which holds the weights
         del model
         gc.collect()
@@ -114,6 +130,9 @@ def before_after(recipe: Recipe, questions_path: Path, train_dir: Path, out: Pat
                                                                                          1 - s["win_rate_ci"][0]]
         metrics["pairwise"]["judge"] = ev.judge
         metrics["pairwise"]["judge_prompts"] = ev.prompts
+        # the language of the judge's prompts: FastChat's are English; camelid's follow eval.lang or each question
+        metrics["pairwise"]["judge_lang"] = "en" if ev.prompts == "mt-bench" else (
+            ev.lang if ev.lang != "auto" else "+".join(sorted({q.lang for q in questions})))
     if "pairwise" not in metrics:
         metrics["pairwise"] = {"win": 0, "tie": 0, "loss": 0, "errors": 0, "n": 0, "judge": ev.judge}
     build_report([judgments], out / "report", title="camelid: after vs before training")
@@ -137,6 +156,12 @@ def add_signal(metrics: dict, questions, got: dict, losses: dict, check: Check |
         metrics["response_loss_change"] = {"change": change, "n": len(ids), "ci": signal.paired_ratio_diff_ci(
             [b[i][0] for i in ids], [b[i][1] for i in ids], [a[i][0] for i in ids], [a[i][1] for i in ids],
             seed=seed)}
+        # per character: the one change comparable when training extended the tokenizer
+        metrics["response_loss_per_char_change"] = {
+            "change": signal.ratio([a[i][0] for i in ids], [a[i][2] for i in ids]) -
+            signal.ratio([b[i][0] for i in ids], [b[i][2] for i in ids]), "n": len(ids),
+            "ci": signal.paired_ratio_diff_ci([b[i][0] for i in ids], [b[i][2] for i in ids], [a[i][0] for i in ids],
+                                              [a[i][2] for i in ids], seed=seed)}
     # Korean by Kiwi morphemes, Chinese by characters (rouge_score's tokenizer would delete both)
     refs = {str(q.question_id): (q.reference_output, "zh" if lang == "zh" else q.lang)
             for q in questions if q.reference_output}

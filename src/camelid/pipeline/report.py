@@ -84,10 +84,26 @@ def summary_rows(s: dict) -> list[tuple[str, str, str]]:
                  ("train", "trainable parameters", f"{t.get('trainable_params'):,}" if t.get("trainable_params")
                   else NOT_MEASURED)]
         rows += [("train", "note", p) for p in t.get("problems") or []]
+        tok = t.get("tokenizer")
+        if tok:
+            rows.append(("train", "vocabulary (extended)", f"{tok['base_vocab_size']:,} → {tok['vocab_size']:,} "
+                         f"(+{tok['added']:,})"))
+        for st in t.get("stages") or []:
+            rows.append((f"train: {st['name']}", "method / steps / final loss / time",
+                         f"{st.get('method')} / {st.get('steps')} / {_fmt(st.get('final_loss'))} / "
+                         f"{st.get('train_time_s')} s"))
     e = s.get("eval")
     if e:
         rows += eval_rows(e)
     return rows
+
+
+def _before_after(before, before_ci, after, after_ci) -> str:
+    return f"{_fmt(before)}{_ci(before_ci)} → {_fmt(after)}{_ci(after_ci)}"
+
+
+def _change(change, ci) -> str:
+    return f"{_signed(change)}{_ci(ci, '+.3f')}"
 
 
 def eval_rows(e: dict) -> list[tuple[str, str, str]]:
@@ -102,19 +118,27 @@ def eval_rows(e: dict) -> list[tuple[str, str, str]]:
                   f"{_prop(chk.get('before'))} → {_prop(chk.get('after'))}"),
                  ("eval", "behaviour check: change (paired 95% CI)", _points(chk.get("change"), chk.get("change_ci")))]
     rows.append(("eval", "held-out response loss, 95% CI (before → after)",
-                 f"{_fmt(b.get('response_loss'))}{_ci(b.get('response_loss_ci'))} → "
-                 f"{_fmt(a.get('response_loss'))}{_ci(a.get('response_loss_ci'))}"))
+                 _before_after(b.get("response_loss"), b.get("response_loss_ci"), a.get("response_loss"),
+                               a.get("response_loss_ci"))))
     lc = e.get("response_loss_change")
     if lc:
         rows.append(("eval", "response loss change (paired 95% CI; lower is better)",
-                     f"{_signed(lc.get('change'))}{_ci(lc.get('ci'), '+.3f')}"))
+                     _change(lc.get("change"), lc.get("ci"))))
+    if a.get("response_loss_per_char") is not None:  # comparable when the tokenizers differ; per token is not
+        rows.append(("eval", "held-out response loss per character, 95% CI (before → after)",
+                     _before_after(b.get("response_loss_per_char"), b.get("response_loss_per_char_ci"),
+                                   a.get("response_loss_per_char"), a.get("response_loss_per_char_ci"))))
+        cc = e.get("response_loss_per_char_change")
+        if cc:
+            rows.append(("eval", "response loss per character change (paired 95% CI; lower is better)",
+                         _change(cc.get("change"), cc.get("ci"))))
+        rows.append(("eval", "tokens per character of the held-out answers (before → after)",
+                     f"{_fmt(b.get('tokens_per_char'), '.2f')} → {_fmt(a.get('tokens_per_char'), '.2f')}"))
     rl = e.get("rouge_l")
     if rl and rl.get("n"):
         rows += [("eval", f"ROUGE-L F1 vs references, 95% CI (before → after, {rl['n']} answers)",
-                  f"{_fmt(rl.get('before'))}{_ci(rl.get('before_ci'))} → {_fmt(rl.get('after'))}"
-                  f"{_ci(rl.get('after_ci'))}"),
-                 ("eval", "ROUGE-L change (paired 95% CI)", f"{_signed(rl.get('change'))}"
-                  f"{_ci(rl.get('change_ci'), '+.3f')}")]
+                  _before_after(rl.get("before"), rl.get("before_ci"), rl.get("after"), rl.get("after_ci"))),
+                 ("eval", "ROUGE-L change (paired 95% CI)", _change(rl.get("change"), rl.get("change_ci")))]
     st = e.get("self_stop")
     if st:
         rows.append(("eval", "answers that stop by themselves (before → after)",
@@ -132,13 +156,15 @@ def eval_rows(e: dict) -> list[tuple[str, str, str]]:
                      f" ({p.get('errors', 0)} replies unreadable), so there is no win rate; " + JUDGE_HINT))
     else:
         ci = p.get("after_win_rate_ci")
-        rows += [("eval", f"judge ({p.get('judge_prompts') or 'camelid'} prompts): after vs before (win/tie/loss)", f"{p['win']}/{p['tie']}/{p['loss']}"
+        lang = f", {p['judge_lang']}" if p.get("judge_lang") else ""
+        rows += [("eval", f"judge ({p.get('judge_prompts') or 'camelid'} prompts{lang}): after vs before "
+                  "(win/tie/loss)", f"{p['win']}/{p['tie']}/{p['loss']}"
                   + (f" ({p['errors']} unparsed)" if p.get("errors") else "")),
                  ("eval", "after win rate (95% CI)", f"{_fmt(p.get('after_win_rate'), '.0%')}{_ci(ci, '.0%')}")]
     return rows
 
 
-def _charts(run_dir: Path, s: dict, out: Path) -> list[tuple[str, str]]:
+def _charts(recipe: Recipe, run_dir: Path, s: dict, out: Path) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +182,7 @@ def _charts(run_dir: Path, s: dict, out: Path) -> list[tuple[str, str]]:
         fig.savefig(out / "generate.png", dpi=110)
         plt.close(fig)
         charts.append(("generate.png", "Generation: kept vs rejected by reason"))
-    log = run_dir / "train" / "trainer_log.jsonl"
+    log = recipe.model_dir / "trainer_log.jsonl"
     if log.is_file():
         rows = [r for _, r in read_jsonl(log) if isinstance(r, dict) and r.get("loss") is not None]
         if rows:
@@ -217,7 +243,7 @@ def write_report(recipe: Recipe, run_dir: Path, summaries: dict) -> Path:
     for r in rows:
         table.add_row(*r)
     console.print(table)
-    charts = _charts(run_dir, summaries, out)
+    charts = _charts(recipe, run_dir, summaries, out)
     md = [f"# camelid run: {recipe.name}", "", f"Run directory: `{run_dir}`", "", "| stage | measure | value |",
           "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
     body = [f"<h1>camelid run: {html.escape(recipe.name)}</h1>",

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from camelid.core.cli import console
-from camelid.core.io import CamelidError, read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
+from camelid.core.columns import using_columns
+from camelid.core.io import (CamelidError, read_json, read_records, sha256_file, sha256_json, write_json,
+                             write_jsonl)
+from camelid.core.tables import data_sha256
 from camelid.data.examples import DataStats
 from camelid.generate.distill import DistillConfig, distill
 from camelid.generate.generator import GenerateConfig, generate
@@ -29,7 +32,9 @@ from camelid.pipeline.recipe import STAGES, Recipe
 from camelid.pipeline.report import write_report
 from camelid.serve.server import create_app, serve
 from camelid.train.config import load_config
+from camelid.train.multistage import run_stages
 from camelid.train.sft import train
+from camelid.train.vocab import EXTENSION_FILE
 
 
 # ----------------------------------------------------------------------------------------------- stage state
@@ -122,10 +127,13 @@ def prepare(recipe: Recipe, run_dir: Path) -> None:
     seeds_path = Path(recipe.seeds) if recipe.seeds else default_seeds(lang)
     n = recipe.eval.heldout if recipe.eval and not recipe.eval.questions else 0
     split_seed = recipe.eval.heldout_seed if recipe.eval else 0
-    split = {"seeds": sha256_file(seeds_path), "heldout": n, "heldout_seed": split_seed}
+    split = {"seeds": data_sha256(seeds_path), "heldout": n, "heldout_seed": split_seed}
+    if recipe.seeds and recipe.columns:
+        split["columns"] = recipe.columns
     if (out / "split.json").is_file() and read_json(out / "split.json") == split:
         return
-    tasks = [row for _, row in read_jsonl(seeds_path)]
+    with using_columns(recipe.columns if recipe.seeds else None, "columns"):  # the user's seeds, not the shipped
+        tasks = [row for _, _, row in read_records(seeds_path)]
     if n >= len(tasks):
         raise CamelidError(f"eval.heldout {n} leaves no seed tasks for generation ({len(tasks)} in {seeds_path})")
     order = list(range(len(tasks)))
@@ -153,7 +161,10 @@ def generate_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runne
         cfg = GenerateConfig(**{**settings, "seeds": str(seeds), "output": str(out / "data.jsonl")})
         r = generate(cfg)
         if r.kept == 0:
-            raise CamelidError(f"generate kept no instruction ({r.stopped or 'see ' + str(out)}); nothing to train on")
+            why = f"generate kept no instruction ({r.stopped or 'see ' + str(out)})"
+            if recipe.trains_on_generated_alone():
+                raise CamelidError(f"{why}; nothing to train on")
+            console.print(f"[yellow]{why}; training goes on with the stages' other data[/]")
         summary = {"kept": r.kept, "target": r.target, "candidates": r.kept + sum(r.rejected.values()),
                    "rejected": dict(r.rejected), "stopped": r.stopped,
                    # every invocation of this stage (resumes included), from the durable logs
@@ -187,10 +198,68 @@ def distill_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner
     return run, inputs
 
 
+def _train_summary(res: dict, stats: DataStats, method: str, template: str) -> dict:
+    summary = {k: res[k] for k in ("steps", "final_loss", "eval_loss", "tokens_seen", "trainable_params")}
+    summary.update(train_time_s=round(res["train_time_s"], 1), peak_memory_mb=round(res["peak_memory_mb"]),
+                   records=stats.records, kept=stats.kept, problems=stats.problems(), method=method,
+                   template=template)
+    return summary
+
+
+def staged_train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
+    """A staged train section: train/multistage.py's tokenizer step and stages, each in RUN_DIR/train/NAME (a
+    finished stage is skipped, an interrupted one resumes from its checkpoints)."""
+    staged = recipe.staged()
+    assert staged is not None
+    own = set(recipe.train_data())
+    files = sorted({f for s in staged.stages for f in s.config.data if f not in own}
+                   | set(staged.tokenizer.corpus if staged.tokenizer else []))
+    inputs = {"settings": {"seed": recipe.seed, **recipe.settings("train")},
+              "files": {f: sha256_file(Path(f)) for f in files if Path(f).is_file()},
+              "data": recipe.data and [data_sha256(d) for d in recipe.data] or upstream.get("generate")}
+
+    def run(out: Path) -> tuple[dict, list[Path]]:
+        gen = recipe.generated_file
+        empty = gen is not None and not (gen.is_file() and gen.stat().st_size)  # generation kept nothing
+        for stage in staged.stages:
+            if empty:
+                stage.config.data = [f for f in stage.config.data if Path(f).resolve() != gen.resolve()]
+            if "seed" not in stage.config.model_fields_set:  # the recipe's seed, as for a one-run train section
+                stage.config.seed = recipe.seed
+            if stage.config.save_steps is None:  # an interrupted quick run should still resume
+                stage.config.save_steps = 10
+        results = run_stages(staged, console)
+        rows = []
+        for stage, r in zip(staged.stages, results):
+            if r is None:  # finished in an earlier, interrupted run of this stage
+                meta = RunInfo.read(Path(stage.config.output_dir))
+                assert meta is not None
+                res, stats = meta.to_dict(), DataStats(**(meta.data_stats or {}))
+            else:
+                res, stats = vars(r), r.stats
+            rows.append({"name": stage.name, **_train_summary(res, stats, stage.config.method,
+                                                                stage.config.template)})
+        summary = dict(rows[-1])  # the last stage made the model; time, tokens and memory cover every stage
+        summary.update(train_time_s=round(sum(r["train_time_s"] for r in rows), 1),
+                       tokens_seen=sum(r["tokens_seen"] or 0 for r in rows),
+                       peak_memory_mb=max(r["peak_memory_mb"] for r in rows), stages=rows)
+        if staged.tokenizer is not None:
+            ext = read_json(Path(staged.tokenizer.output) / EXTENSION_FILE)
+            summary["tokenizer"] = {"base_vocab_size": ext["base_vocab_size"], "vocab_size": ext["vocab_size"],
+                                    "added": ext["vocab_size"] - ext["base_vocab_size"]}
+        return summary, [out]
+
+    return run, inputs
+
+
 def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
-    data = recipe.data or [str(run_dir / "generate" / "data.jsonl")]
+    if recipe.staged() is not None:
+        return staged_train_stage(recipe, run_dir, upstream)
+    data = recipe.train_data()
     settings = {"seed": recipe.seed, **recipe.settings("train")}
-    inputs = {"settings": settings, "data": recipe.data and [sha256_file(Path(d)) for d in data]
+    if recipe.data and recipe.columns and "columns" not in settings:  # the recipe's mapping, for its own data
+        settings["columns"] = recipe.columns
+    inputs = {"settings": settings, "data": recipe.data and [data_sha256(d) for d in data]
               or upstream.get("generate")}
 
     def run(out: Path) -> tuple[dict, list[Path]]:
@@ -209,11 +278,7 @@ def train_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, 
         else:
             r = train(cfg, console=console)  # camelid.json is the main process's alone: use the result
             res, stats = vars(r), r.stats
-        summary = {k: res[k] for k in ("steps", "final_loss", "eval_loss", "tokens_seen", "trainable_params")}
-        summary.update(train_time_s=round(res["train_time_s"], 1), peak_memory_mb=round(res["peak_memory_mb"]),
-                       records=stats.records, kept=stats.kept, problems=stats.problems(), method=cfg.method,
-                       template=cfg.template)
-        return summary, [out]
+        return _train_summary(res, stats, cfg.method, cfg.template), [out]
 
     return run, inputs
 
@@ -222,11 +287,12 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
     ev = recipe.eval
     assert ev is not None
     questions = Path(ev.questions) if ev.questions else run_dir / "prepare" / "heldout.jsonl"
-    inputs = {"settings": ev.model_dump(), "questions": sha256_file(questions), "model": upstream.get("train"),
-              "base": recipe.train.model, "seed": recipe.seed}
+    inputs = {"settings": ev.model_dump(), "questions": data_sha256(questions), "model": upstream.get("train"),
+              "base": recipe.base_model, "seed": recipe.seed}
 
     def run(out: Path) -> tuple[dict, list[Path]]:
-        summary = before_after(recipe, questions, run_dir / "train", out)
+        summary = before_after(recipe, questions, recipe.model_dir, out,
+                               base=recipe.base_model if recipe.staged() else None)
         summary["questions_sha256"] = inputs["questions"]  # runs are comparable only on the same questions
         return summary, [out / "metrics.json"]
 
@@ -235,8 +301,8 @@ def eval_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, d
 
 def serve_stage(recipe: Recipe, run_dir: Path, upstream: dict) -> tuple[Runner, dict]:
     def run(out: Path) -> tuple[dict, list[Path]]:
-        model = load_model(f"hf:{run_dir / 'train'}")
-        console.print(f"serving {run_dir / 'train'} on http://{recipe.serve.host}:{recipe.serve.port} (Ctrl-C ends)")
+        model = load_model(f"hf:{recipe.model_dir}")
+        console.print(f"serving {recipe.model_dir} on http://{recipe.serve.host}:{recipe.serve.port} (Ctrl-C ends)")
         serve(create_app(model), recipe.serve.host, recipe.serve.port)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "served.json", {"host": recipe.serve.host, "port": recipe.serve.port})

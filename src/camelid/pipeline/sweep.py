@@ -30,7 +30,9 @@ from camelid.core.config import validate
 from camelid.core.io import CamelidError, read_yaml_mapping, write_json, write_text
 
 METRICS = [  # (key, label, short label for the terminal, higher is better, format)
-    ("after_response_loss", "held-out response loss", "loss", False, ".3f"),
+    ("after_response_loss_per_char", "held-out response loss per character", "loss/char", False, ".3f"),
+    ("after_response_loss", "held-out response loss per token", "loss", False, ".3f"),
+    ("after_tokens_per_char", "tokens per character", "tok/char", False, ".2f"),
     ("after_win_rate", "win rate vs base (judge)", "win", True, ".0%"),
     ("after_single_score", "judge score 1-10", "score", True, ".2f"),
     ("after_self_stop_rate", "self-stop rate", "stops", True, ".0%"),
@@ -73,12 +75,24 @@ def cells(sweep: Sweep) -> list[dict[str, Any]]:
 
 
 def cell_name(cell: dict[str, Any]) -> str:
-    return "_".join(f"{k.split('.')[-1]}-{Path(str(v)).stem if '/' in str(v) else v}" for k, v in cell.items())
+    return "_".join(f"{k.split('.')[-1]}-{_value_name(v)}" for k, v in cell.items())
+
+
+def _value_name(v: Any) -> str:
+    if v is None:  # e.g. train.tokenizer: null, the cell without vocabulary extension
+        return "none"
+    if isinstance(v, dict):
+        return "custom"
+    return Path(str(v)).stem if "/" in str(v) else str(v)
 
 
 def cell_overrides(sweep: Sweep, cell: dict[str, Any]) -> list[str]:
-    over = [f"{k}={v if not isinstance(v, (list, dict)) else yaml.safe_dump(v, default_flow_style=True).strip()}"
-            for k, v in cell.items()]
+    def text(v: Any) -> str:
+        if v is None:  # `train.tokenizer=null`: the cell without vocabulary extension
+            return "null"
+        return yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, dict)) else str(v)
+
+    over = [f"{k}={text(v)}" for k, v in cell.items()]
     return over + [f"run_dir={sweep.directory / cell_name(cell)}", f"name={cell_name(cell)}"]
 
 
@@ -152,6 +166,9 @@ def flatten(s: dict) -> dict:
     t, e = s.get("train") or {}, s.get("eval") or {}
     after, before, pair = e.get("after") or {}, e.get("before") or {}, e.get("pairwise") or {}
     return {"after_response_loss": after.get("response_loss"), "before_response_loss": before.get("response_loss"),
+            "after_response_loss_per_char": after.get("response_loss_per_char"),
+            "before_response_loss_per_char": before.get("response_loss_per_char"),
+            "after_tokens_per_char": after.get("tokens_per_char"), "after_vocab_size": after.get("vocab_size"),
             "after_self_stop_rate": after.get("self_stop_rate"), "after_win_rate": pair.get("after_win_rate"),
             "after_single_score": after.get("single_score"), "train_time_s": t.get("train_time_s"),
             "peak_memory_mb": t.get("peak_memory_mb"), "trainable_params": t.get("trainable_params"),
@@ -206,6 +223,11 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
         base = {round(x, 3) for r in results if isinstance(x := r.get("before_response_loss"), float)}
         if len(base) == 1:
             md += [f"The untrained base model's held-out response loss: {_fmt(base.pop(), '.3f')}.", ""]
+    if mixed_tokenizers(results):
+        sizes = sorted({r["after_vocab_size"] for r in results if r.get("after_vocab_size")})
+        md += [f"The cells use different tokenizers (vocabulary sizes {', '.join(f'{v:,}' for v in sizes)}"
+               "): loss per token is not comparable between them (an extended vocabulary makes fewer, harder "
+               "tokens for the same text); compare the loss per character. The charts use it.", ""]
     missing = [m[1] for m in METRICS if m[0].startswith("after_") and m not in cols]
     if missing and results:
         md += [f"Not shown: {', '.join(missing)}. No cell has a figure for them (a judge that gave no parseable "
@@ -219,6 +241,8 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
     md += ["", "## Best cell per metric (mean ± sd over seeds)", "", "| metric | best | mean ± sd |", "|---|---|---|"]
     best: dict[str, Any] = {}
     for key, label, _, higher, spec in cols:
+        if key == "after_response_loss" and mixed_tokenizers(results):
+            continue  # per token is not comparable across vocabularies
         scored = [(g, *_mean_sd([r.get(key) for r in rs])) for g, rs in groups.items()]
         scored = [s for s in scored if s[1] is not None]
         if not scored:
@@ -229,9 +253,10 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
         who = g if len(tied) == 1 else ("all equal" if len(tied) == len(scored) else ", ".join(tied) + " (tied)")
         md.append(f"| {label} | {who} | {_fmt(m, spec)} ± {_fmt(sd, spec)} |")
     charts = []
-    for y_key, x_key, name in (("after_response_loss", "train_time_s", "loss_vs_time.png"),
+    loss = "after_response_loss_per_char" if mixed_tokenizers(results) else "after_response_loss"
+    for y_key, x_key, name in ((loss, "train_time_s", "loss_vs_time.png"),
                                ("after_win_rate", "train_time_s", "winrate_vs_time.png"),
-                               ("after_response_loss", "peak_memory_mb", "loss_vs_memory.png")):
+                               (loss, "peak_memory_mb", "loss_vs_memory.png")):
         pts = [(g, *_mean_sd([r.get(x_key) for r in rs]), *_mean_sd([r.get(y_key) for r in rs]))
                for g, rs in groups.items()]
         pts = [p for p in pts if p[1] is not None and p[3] is not None]
@@ -257,6 +282,11 @@ def write_sweep_report(sweep: Sweep, results: list[dict]) -> Path:
     write_json(out / "summary.json", {"cells": results, "best": best, "axes": sweep.axes})
     console.print(f"sweep report: {out / 'report.md'}")
     return out
+
+
+def mixed_tokenizers(results: list[dict]) -> bool:
+    """Cells trained with different vocabularies: only per-character losses compare them."""
+    return len({r.get("after_vocab_size") for r in results if r.get("after_vocab_size")}) > 1
 
 
 def _fmt(x, spec: str) -> str:

@@ -22,7 +22,8 @@ EPILOG = ("Examples: camelid train alpaca_lora data=alpaca_data.json  |  camelid
 
 
 @app.command("train", epilog=EPILOG)
-@cli_options(TrainConfig, only=("data", "model", "template", "method", "output_dir", "epochs", "max_steps", "lr"))
+@cli_options(TrainConfig, only=("data", "model", "template", "method", "output_dir", "epochs", "max_steps", "lr",
+                                "report_to"))
 def train_command(
     settings: dict,
     args: Annotated[Optional[list[str]], typer.Argument(

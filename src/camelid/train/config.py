@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from camelid.core.columns import parse_columns
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError, read_yaml_mapping
 from camelid.core.templates import MASKS, TEMPLATE_NAMES
@@ -72,7 +73,11 @@ class TrainConfig(BaseModel):
                           + ", ".join(TEMPLATE_NAMES))
     data: list[str] = Field(default_factory=list, json_schema_extra={"flags": ("--data", "-d")},
                             description="training files (alpaca, seed-tasks, sharegpt, openai; "
-                            "JSON or JSONL, detected)")
+                            "JSON or JSONL, detected; Parquet, Arrow, CSV files or directories of them; Hub "
+                            "datasets hf://datasets/OWNER/NAME/SPLIT or OWNER/NAME:SPLIT)")
+    columns: Optional[dict[str, str]] = Field(
+        None, description="read data (and eval_data) whose field names differ: {instruction: prompt, output: "
+        "completion} reads column prompt as instruction (also columns=instruction=prompt,output=completion)")
     data_format: Optional[DataFormat] = Field(
         None, description="force a format instead of detecting it; text = raw text (plain files, or the text fields "
         "of JSON/JSONL) cut into max_length pieces, loss on every token (template and mask do not apply): "
@@ -140,11 +145,23 @@ class TrainConfig(BaseModel):
     eval_steps: Optional[int] = Field(None, ge=1, description="eval loss (and samples) every N steps and at the end")
     eval_prompts: list[str] = Field(default_factory=list, description="user prompts answered greedily at each eval")
     sample_max_tokens: int = Field(64, ge=1)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers that also get the logged scalars (loss, lr, grad norm, "
+        "tokens/s, eval loss) and the config: tensorboard (RUN/tensorboard/), wandb (RUN/wandb/; WANDB_MODE=offline "
+        "stays local), mlflow (file:RUN/mlruns unless MLFLOW_TRACKING_URI); trainer_log.jsonl is always written")
 
-    @field_validator("data", "eval_data", mode="before")
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        try:
+            return parse_columns(value, "columns") or None
+        except CamelidError as e:
+            raise ValueError(str(e).removeprefix("columns: ")) from None
+
+    @field_validator("data", "eval_data", "report_to", mode="before")
     @classmethod
     def _one_file(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value  # `data: file.json` means one file
+        return [value] if isinstance(value, str) else value  # `data: file.json` means one file (report_to: one tracker)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

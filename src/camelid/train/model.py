@@ -10,6 +10,7 @@ from camelid.core.io import CamelidError
 from camelid.models.checkpoint import (base_checkpoint, load_tokenizer, portable_base, tokenizer_dir,
                                       trained_tokenizer, write_legacy_keys)
 from camelid.train.config import TrainConfig
+from camelid.train.memory import fuse_swiglu
 from camelid.train.vocab import (EXTENSION_FILE, lora_embedding_kwargs, module_name, resize_embeddings,
                                  ties_embeddings, train_only_embeddings)
 
@@ -63,7 +64,8 @@ def modules_to_save_kwargs(model, cfg: TrainConfig, extended: bool) -> dict:
 def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None = None):
     """(model ready to train, tokenizer, base dir). Adapters get peft; QLoRA loads the base in 4-bit NF4.
 
-    `cfg.tokenizer` replaces the model's tokenizer and grows the embeddings to it (mean-initialised rows);
+    `cfg.tokenizer` replaces the model's tokenizer and grows the embeddings to it (rows: the mean of the
+    base pieces of each new token);
     `cfg.trainable` freezes all but the embeddings; `lora.modules_to_save` trains modules fully beside an adapter.
     What was done is written into `report` (for camelid.json)."""
     import torch
@@ -72,8 +74,10 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None 
     path = base_checkpoint(cfg.model)
     tok_dir = tokenizer_source(cfg, path)
     tok = load_tokenizer(tok_dir, require_eos=True)
+    base_tok = None
     if cfg.tokenizer is not None:
-        check_extends(load_tokenizer(path, require_eos=True), tok, tok_dir)
+        base_tok = load_tokenizer(path, require_eos=True)
+        check_extends(base_tok, tok, tok_dir)
     kw: dict = {"dtype": torch.float32}
     if cfg.method in ("lora", "dora") and bf16:
         kw["dtype"] = torch.bfloat16  # frozen base in bf16; adapter weights stay fp32 (peft autocast_adapter_dtype)
@@ -86,8 +90,9 @@ def load_for_training(cfg: TrainConfig, device, bf16: bool, report: dict | None 
         kw["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
     model.config.use_cache = False  # the cache must be off for packed rows (see data/examples.py) and is useless in training
+    fuse_swiglu(model)  # the MLP keeps two of its three activations for the backward (train/memory.py)
     rows = model.get_input_embeddings().weight.shape[0]
-    added = resize_embeddings(model, tok) if cfg.tokenizer is not None else 0  # 0: the sizes already match
+    added = resize_embeddings(model, tok, base_tokenizer=base_tok) if base_tok is not None else 0  # 0: sizes match
     if cfg.trainable:
         train_only_embeddings(model)
     if cfg.method == "qlora":

@@ -12,8 +12,12 @@ directory are taken relative to the YAML's directory (so the shipped config find
 (output_dir, tokenizer.output, and a model or tokenizer naming one of them) are relative to the working directory,
 like every `camelid train` run, so a shipped config never writes into the package.
 
-Overrides: `STAGE.key=value` sets one stage (`embeddings.max_steps=2`), `tokenizer.key=value` the tokenizer section,
-a plain `key=value` every stage.
+Overrides: `STAGE.key=value` sets one stage (`embeddings.max_steps=2`), `tokenizer.key=value` the tokenizer section
+(`tokenizer=null` or `tokenizer.add=0` drops it: the same stages on the base vocabulary), a plain `key=value` every
+stage.
+
+`camelid run` takes the same shape as a recipe's `train:` section (`StagedTrain`); there the run places the outputs
+(RUN_DIR/train/tokenizer, RUN_DIR/train/NAME) and hands a stage without data the run's data (see `staged_run`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.core.config import apply_overrides, validate
 from camelid.core.io import CamelidError
+from camelid.core.tables import hub_id
 from camelid.models.spec import local_path
 from camelid.train.config import TrainConfig, read_config_file, validate_config
 from camelid.train.sft import train
@@ -41,11 +46,25 @@ class TokenizerSection(BaseModel):
 
     base: str = Field("embedded", description="model spec whose tokenizer is extended: embedded | hf:PATH")
     corpus: list[str] = Field(..., min_length=1, description="text files or datasets the new pieces are learned on")
-    add: int = Field(..., ge=1, description="most new tokens")
+    add: int = Field(..., ge=0, description="most new tokens; 0 = no vocabulary extension (the section is skipped: "
+                     "a sweep's without-extension cell)")
     charsets: list[Literal["hangul", "hanzi"]] = Field(default_factory=list, description="also make every common "
                                                        "character of these scripts one token")
     min_frequency: int = Field(2, ge=1)
     output: str = Field(..., description="directory of the extended tokenizer")
+
+
+GENERATED = "generated"  # in a recipe stage's data list: the run's data (RUN_DIR/generate/data.jsonl)
+
+
+class StagedTrain(BaseModel):
+    """A recipe's staged `train:` section: a staged config's `tokenizer:` and `stages:` (validated by `staged_run`
+    once the run has placed the outputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokenizer: Optional[dict] = Field(None, description="`camelid tokenizer extend` settings (output: set by the run)")
+    stages: list[dict] = Field(..., min_length=1, description="`camelid train` settings plus a name, run in order")
 
 
 @dataclass
@@ -72,7 +91,7 @@ def _same(a: str, b: str) -> bool:
 def _input(base: Path, value: str, outputs: list[str]) -> str:
     """An input path: as given when absolute, found from the working directory or naming an output of this
     file; else relative to the YAML's directory. A model spec keeps its `hf:` prefix; `embedded` stays."""
-    if value == "embedded":
+    if value == "embedded" or hub_id(value) is not None:  # a Hub dataset id is not a path
         return value
     path = local_path(value)
     prefix = value[: len(value) - len(path)]
@@ -83,20 +102,49 @@ def _input(base: Path, value: str, outputs: list[str]) -> str:
 
 
 def _route(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """(tokenizer-section overrides, overrides per stage name)."""
+    """(tokenizer-section overrides, overrides per stage name). A plain `tokenizer=null` drops the section (a run
+    without vocabulary extension, e.g. a sweep's other cell); `tokenizer.key=value` sets one of its settings."""
     tok: list[str] = []
     per: dict[str, list[str]] = {n: [] for n in names}
     for item in overrides:
         key, sep, value = item.partition("=")
         head, dot, rest = key.strip().partition(".")
-        if dot and head == "tokenizer":
-            tok.append(f"{rest}{sep}{value}")
+        if head == "tokenizer":
+            tok.append(f"{rest}{sep}{value}" if dot else f"={value}")
         elif dot and head in per:
             per[head].append(f"{rest}{sep}{value}")
         else:
             for n in names:
                 per[n].append(item)
     return tok, per
+
+
+def stage_names(stages_raw: list[dict]) -> list[str]:
+    return [str(s.get("name") or f"stage{i + 1}") for i, s in enumerate(stages_raw)]
+
+
+def apply_stage_overrides(raw: dict, overrides: list[str], where: str | Path) -> dict:
+    """The staged settings (`tokenizer`, `stages`) with overrides applied, still unvalidated."""
+    stages_raw = raw.get("stages")
+    if not isinstance(stages_raw, list) or not stages_raw or not all(isinstance(s, dict) for s in stages_raw):
+        raise CamelidError(f"{where}: stages must be a list of `camelid train` settings (one mapping per stage)")
+    names = stage_names(stages_raw)
+    clash = next((n for n in names if n in TrainConfig.model_fields or n == "tokenizer" or names.count(n) > 1), None)
+    if clash:
+        raise CamelidError(f"{where}: stage name {clash!r} is repeated or is a setting name; name each stage uniquely")
+    if not isinstance(raw.get("tokenizer") or {}, dict):
+        raise CamelidError(f"{where}: tokenizer must be a mapping of `camelid tokenizer extend` settings (base, "
+                           "corpus, add, output); a stage's tokenizer: DIR goes inside the stage")
+    tok_over, per_stage = _route(list(overrides or []), names)
+    tokenizer = raw.get("tokenizer")
+    for item in tok_over:
+        if item.startswith("="):  # tokenizer=VALUE: null drops the section, a mapping replaces it
+            tokenizer = apply_overrides({"t": tokenizer}, [f"t{item}"])["t"]
+        else:
+            tokenizer = apply_overrides(tokenizer or {}, [item])
+    stages = [{**apply_overrides({k: v for k, v in s.items() if k != "name"}, per_stage[n]), "name": n}
+              for s, n in zip(stages_raw, names)]
+    return {**raw, "tokenizer": tokenizer, "stages": stages}
 
 
 def load_stages(path: str | Path, overrides: list[str] | None = None) -> StagedRun:
@@ -106,26 +154,46 @@ def load_stages(path: str | Path, overrides: list[str] | None = None) -> StagedR
     if extra:
         raise CamelidError(f"{p}: a staged config holds tokenizer and stages only; move {', '.join(extra)} into "
                            "the stages")
-    stages_raw = raw.get("stages")
-    if not isinstance(stages_raw, list) or not stages_raw or not all(isinstance(s, dict) for s in stages_raw):
-        raise CamelidError(f"{p}: stages must be a list of `camelid train` settings (one mapping per stage)")
-    names = [str(s.get("name") or f"stage{i + 1}") for i, s in enumerate(stages_raw)]
-    clash = next((n for n in names if n in TrainConfig.model_fields or n == "tokenizer" or names.count(n) > 1), None)
-    if clash:
-        raise CamelidError(f"{p}: stage name {clash!r} is repeated or is a setting name; name each stage uniquely")
-    tok_over, per_stage = _route(list(overrides or []), names)
-    base = p.resolve().parent
+    return staged_run(apply_stage_overrides(raw, list(overrides or []), p), p, p.resolve().parent)
 
+
+def staged_run(raw: dict, where: str | Path, base: Path, run_dir: Path | None = None,
+               data: list[str] | None = None) -> StagedRun:
+    """Validate staged settings (overrides already applied). Inputs not found resolve against `base`.
+
+    Inside a recipe (`run_dir` given) the run places the outputs: the tokenizer in RUN_DIR/tokenizer, each stage in
+    RUN_DIR/NAME; a stage without `data` trains on the run's `data` (and `generated` in a stage's list stands for
+    it, beside other files); a later stage without `model` (or naming an
+    earlier stage) starts from that stage's output, and the first stage trains with the extended tokenizer."""
+    stages_raw = [dict(s) for s in raw["stages"]]
+    names = stage_names(stages_raw)
+    section = raw.get("tokenizer")
+    if isinstance(section, dict) and section.get("add") == 0:
+        section = None  # add: 0 = train on the base vocabulary
+    if run_dir is not None:
+        for key, s in [("tokenizer.output", section or {})] + [(f"{n}.output_dir", s) for n, s in
+                                                                zip(names, stages_raw)]:
+            if key.rsplit(".", 1)[1] in s:
+                raise CamelidError(f"{where}: train.{key} is set by the run (RUN_DIR/train/...); remove it")
+        if section is not None:
+            section = {**section, "output": str(run_dir / "tokenizer")}
+        outs = {n: str(run_dir / n) for n in names}
+        for i, (n, s) in enumerate(zip(names, stages_raw)):
+            s["output_dir"] = outs[n]
+            if not s.get("data"):
+                s["data"] = list(data or [])
+            elif GENERATED in (listed := s["data"] if isinstance(s["data"], list) else [s["data"]]):
+                s["data"] = [f for d in listed for f in ((data or []) if d == GENERATED else [d])]  # beside others
+            if i and (s.get("model") is None or s.get("model") in names[:i]):
+                s["model"] = outs[s.get("model") or names[i - 1]]
+            if i == 0 and section is not None and s.get("tokenizer") is None:
+                s["tokenizer"] = section["output"]
     tokenizer = None
-    if not isinstance(raw.get("tokenizer") or {}, dict):
-        raise CamelidError(f"{p}: tokenizer must be a mapping of `camelid tokenizer extend` settings (base, corpus, "
-                           "add, output); a stage's tokenizer: DIR goes inside the stage")
-    if raw.get("tokenizer") is not None or tok_over:
-        section = apply_overrides(raw.get("tokenizer") or {}, tok_over)
-        tokenizer = validate(TokenizerSection, section, p, prefix="tokenizer.")
-    settings = [apply_overrides({k: v for k, v in s.items() if k != "name"}, per_stage[n])
-                for s, n in zip(stages_raw, names)]
+    if section is not None:
+        tokenizer = validate(TokenizerSection, section, where, prefix="tokenizer.")
+    settings = [{k: v for k, v in s.items() if k != "name"} for s in stages_raw]
     outputs = [str(s["output_dir"]) for s in settings if s.get("output_dir")]
+    outputs += list(data or [])  # the run's data (e.g. RUN_DIR/generate/data.jsonl) may not exist yet
     if tokenizer is not None:
         outputs.append(tokenizer.output)
         tokenizer.corpus = [_input(base, c, []) for c in tokenizer.corpus]
@@ -140,11 +208,11 @@ def load_stages(path: str | Path, overrides: list[str] | None = None) -> StagedR
         for key in ("model", "tokenizer"):
             if isinstance(s.get(key), str):
                 s[key] = _input(base, s[key], outputs)
-        stages.append(Stage(name, validate_config(s, where=f"{p}: stage {name}")))
+        stages.append(Stage(name, validate_config(s, where=f"{where}: stage {name}")))
     dirs = [Path(s.config.output_dir).expanduser().resolve() for s in stages]
     if len(set(dirs)) < len(dirs):
-        raise CamelidError(f"{p}: two stages write the same output_dir; give each its own")
-    return StagedRun(p, tokenizer, stages)
+        raise CamelidError(f"{where}: two stages write the same output_dir; give each its own")
+    return StagedRun(Path(where), tokenizer, stages)
 
 
 def ensure_tokenizer(section: TokenizerSection, console=None) -> Path:

@@ -21,7 +21,7 @@ CKPT_DIR = "checkpoints"
 # settings that may change between a checkpoint and its resume (they do not change the computation)
 RESUMABLE_CHANGES = {"output_dir", "resume", "overwrite", "log_steps", "eval_steps", "save_steps", "save_total_limit",
                      "eval_prompts", "sample_max_tokens", "micro_batch_size", "gradient_checkpointing", "eval_data",
-                     "val_size"}
+                     "val_size", "report_to"}
 
 
 @dataclass

@@ -25,19 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import camelid
-from camelid.core.io import CamelidError, JsonlAppender, sha256_file
+from camelid.core.columns import using_columns
+from camelid.core.io import CamelidError, sha256_file
 from camelid.core.templates import get_template
 from camelid.core.tokenize import IGNORE_INDEX, encode, end_token_id
 from camelid.data.examples import (DataStats, Example, build_examples, check_data_files, collate, data_files_info,
                                    examples_fingerprint, micro_batches, plan_steps, read_files, split_eval,
                                    steps_per_epoch, text_examples)
-from camelid.models.checkpoint import RunInfo
+from camelid.models.card import CARD_FILE, write_model_card
+from camelid.models.checkpoint import RUN_FILE, RunInfo
 from camelid.train import resume as ck
 from camelid.train.config import TrainConfig
 from camelid.train.curriculum import order_examples
 from camelid.train.loss import head_returns_loss, output_head
+from camelid.train.memory import keep_heap_small
 from camelid.train.model import load_for_training, save_trained, trainable_params
 from camelid.train.plot import plot_losses
+from camelid.train.tracking import TrainLog, check_report_to
 
 
 class TrainingError(CamelidError):
@@ -230,10 +234,22 @@ def sample(model, tokenizer, template, prompts: list[str], max_tokens: int, stop
 
 def train(cfg: TrainConfig, console=None) -> TrainResult:
     """Run (or resume) one fine-tuning run into `cfg.output_dir`; see the module docstring for the loss."""
+    with using_columns(cfg.columns, "columns") if cfg.columns else contextlib.nullcontext():
+        result = _train(cfg, console)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    if int(os.environ.get("RANK", "0")) == 0 and (out / RUN_FILE).is_file():  # the Hub's model card, once
+        if write_model_card(out) is None:
+            _log(console, f"{out / CARD_FILE} was not written by camelid: left as it is (no model card)", True)
+    return result
+
+
+def _train(cfg: TrainConfig, console=None) -> TrainResult:
     if not cfg.data:
         raise CamelidError("no training data: set data=FILE (alpaca, seed-tasks, sharegpt or openai JSON/JSONL)")
     # before torch is even imported: a bad file is a one-line error in a second
     check_data_files([*cfg.data, *(cfg.eval_data or [])], cfg.data_format)
+    check_report_to(cfg.report_to)
+    keep_heap_small()  # freed activations go back to the system (train/memory.py)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
@@ -255,7 +271,7 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     model, tokenizer, base = load_for_training(cfg, accelerator.device, accelerator.mixed_precision == "bf16", vocab)
     if vocab["embedding_rows_added"]:
         _log(console, f"tokenizer {vocab['tokenizer']}: {vocab['embedding_rows_added']:,} embedding rows added "
-             f"({vocab['embedding_rows']:,}), initialised to the mean of the old rows", is_main)
+             f"({vocab['embedding_rows']:,}), each the mean of the rows of its base-tokenizer pieces", is_main)
     template = get_template(cfg.template, tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
     stop_ids = sorted({end_token_id(tokenizer, template), tokenizer.eos_token_id})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -309,7 +325,7 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
          f"({100 * n_trainable / n_total:.2f}%), precision {accelerator.mixed_precision.replace('no', 'fp32')}",
          is_main)
 
-    log = JsonlAppender(out / "trainer_log.jsonl") if is_main else None
+    log = TrainLog(out, cfg.report_to, cfg.model_dump(), progress.step) if is_main else None
     losses: list[float] = []
     rows: list[dict] = []
     plans: dict[int, list[list[int]]] = {}
@@ -505,7 +521,7 @@ def _finish(model, tokenizer, cfg: TrainConfig, base: Path, out: Path, stop_ids:
         "eval_data": data_files_info(cfg.eval_data),
         "config": cfg.model_dump(),
         "data_stats": result.stats.to_dict(),
-        "vocab": vocab,  # tokenizer used, rows added (mean-initialised), what trained besides an adapter
+        "vocab": vocab,  # tokenizer used, rows added (initialised from base pieces), what trained besides an adapter
         "curriculum": order,  # rule, field, stages (size, first/last id), first trained ids; null = shuffled
         "steps": result.steps,
         "final_loss": result.final_loss,

@@ -3,8 +3,10 @@
 Why: the embedded SmolLM2 tokenizer spends about 2 tokens per Korean character and 1.8 per Chinese one, so a
 Korean answer costs twice the context and twice the decoding steps of the same length in English.
 Chinese-LLaMA trained a SentencePiece model on Chinese text and merged its pieces into LLaMA's SentencePiece
-vocabulary, appending ids after the old ones; the embeddings grow by the same number of rows (initialised to the
-mean of the old rows, as Stanford Alpaca's `smart_tokenizer_and_embedding_resize` does) and train fully.
+vocabulary, appending ids after the old ones; the embeddings grow by the same number of rows and train fully.
+camelid starts each new row at the mean of the rows of the pieces the old tokenizer cut the token into (Fast
+Vocabulary Transfer) rather than at the mean of all old rows (Stanford Alpaca's `smart_tokenizer_and_embedding_resize`,
+kept for added special tokens): the new tokens then start distinguishable, where the model already read them.
 
 How, for a byte-level BPE tokenizer (GPT-2 style, like SmolLM2's): we *continue BPE training* on top of the
 base tokenizer. Every corpus word (the base pre-tokenizer's unit, e.g. `Ġ한국어는`) is first cut by the base
@@ -33,7 +35,7 @@ their own matching; with merges the tokenizer.json stays one plain byte-level BP
 SentencePiece unigram pieces cannot be merged into a byte-level BPE model without inventing merge paths, so no
 unigram option is offered.
 
-Model side: `resize_embeddings` (mean init, tied-aware) and `lora_modules_to_save` / `lora_embedding_kwargs`
+Model side: `resize_embeddings` (mean-of-pieces init, tied-aware) and `lora_modules_to_save` / `lora_embedding_kwargs`
 so LoRA trains the embeddings and LM head fully (Chinese-LLaMA-Alpaca's `modules_to_save`).
 """
 
@@ -297,10 +299,29 @@ def ties_embeddings(model) -> bool:
     return out is not None and out.weight is model.get_input_embeddings().weight
 
 
-def resize_embeddings(model, tokenizer, pad_to_multiple_of: int | None = None) -> int:
-    """Grow the input embeddings and LM head to the tokenizer's length; new rows are the mean of the old rows
-    (Stanford's `smart_tokenizer_and_embedding_resize`), for both matrices unless they are tied. Returns the
-    number of rows added (0 when the model is already large enough; it never shrinks)."""
+def base_pieces(tokenizer, base_tokenizer, start: int) -> dict[int, list[int]]:
+    """For each new (non-special) id from `start`: the base tokenizer's ids for that token's text, the pieces the
+    base model read it as. A token whose text is not whole UTF-8 characters is left out."""
+    special = set(tokenizer.all_special_ids)
+    out = {}
+    for i in range(start, len(tokenizer)):
+        text = tokenizer.decode([i], clean_up_tokenization_spaces=False)
+        if i in special or not text or "\ufffd" in text:
+            continue
+        ids = base_tokenizer.encode(text, add_special_tokens=False)
+        if ids and max(ids) < start:
+            out[i] = ids
+    return out
+
+
+def resize_embeddings(model, tokenizer, pad_to_multiple_of: int | None = None, base_tokenizer=None) -> int:
+    """Grow the input embeddings and LM head to the tokenizer's length, for both matrices unless they are tied.
+    Returns the number of rows added (0 when the model is already large enough; it never shrinks).
+
+    New rows start as the mean of the old rows (Stanford's `smart_tokenizer_and_embedding_resize`); with the
+    `base_tokenizer` a new token's rows are instead the mean of the rows of the pieces the base tokenizer cuts its
+    text into (Fast Vocabulary Transfer, Gee et al. 2022): `한국어` starts where the model's reading of its byte
+    pieces is, not at one point shared by all 5,000 new tokens, which a head cannot tell apart."""
     import torch
 
     emb = model.get_input_embeddings()
@@ -311,15 +332,17 @@ def resize_embeddings(model, tokenizer, pad_to_multiple_of: int | None = None) -
     if want <= old:
         return 0
     tied = ties_embeddings(model)
+    pieces = base_pieces(tokenizer, base_tokenizer, old) if base_tokenizer is not None else {}
     model.resize_token_embeddings(want, mean_resizing=False)
+    head = model.get_output_embeddings()
+    rows = [model.get_input_embeddings().weight]
+    if head is not None and not tied:
+        rows += [head.weight] + ([head.bias] if getattr(head, "bias", None) is not None else [])
     with torch.no_grad():
-        w = model.get_input_embeddings().weight
-        w[old:] = w[:old].mean(dim=0, keepdim=True)
-        head = model.get_output_embeddings()
-        if head is not None and not tied:
-            head.weight[old:] = head.weight[:old].mean(dim=0, keepdim=True)
-            if getattr(head, "bias", None) is not None:
-                head.bias[old:] = head.bias[:old].mean()
+        for m in rows:  # a bias is rows of one value
+            m[old:] = m[:old].mean(dim=0, keepdim=True)
+            for i, ids in pieces.items():
+                m[i] = m[ids].mean(dim=0)
     return want - old
 
 
