@@ -49,8 +49,9 @@ def test_head_works_where_get_does_and_405_names_the_allowed_methods(server):
 
 
 def test_retry_after_is_the_measured_service_time_times_the_queue_ahead(embedded):
-    """A full queue: the 429's Retry-After against the time the queue then takes to drain (both printed)."""
-    app = create_app(embedded, max_queue=3, page=False)
+    """A full queue: the 429's Retry-After against the time the queue then takes to drain (both printed). One slot:
+    requests that share the batch's decode steps would each take longer than the one measured alone."""
+    app = create_app(embedded, concurrency=1, max_queue=3, page=False)
     gate = app.state.gate
 
     def body(i: int) -> dict:  # distinct prompts: none is served from llama.cpp's prompt cache

@@ -608,7 +608,7 @@ class Generator:
         return self.report
 
     def _loop(self) -> None:
-        flight = Flight(self.concurrency)
+        flight = Flight(self.concurrency, batched=self.model.batched)
         try:
             (self._alpaca_loop if self.cfg.mode == "alpaca" else self._self_instruct_loop)(flight)
         except BaseException:  # Ctrl-C or an error: requests not sent never will be; a local model stops at once

@@ -96,6 +96,7 @@ class HFModel(Interruptible, Model):
         return self._generate(ids, self.chat_sampling(sampling))
 
     def close(self) -> None:
+        self.interrupt()  # what runs ends with Cancelled, as on Ctrl-C
         batcher, self.batcher = getattr(self, "batcher", None), None
         if batcher is not None:
             batcher.close()

@@ -211,6 +211,7 @@ class LlamaCppModel(Interruptible, Model):
         return self.stream_sequential(self.chat_prompt(messages), self.chat_sampling(sampling))
 
     def close(self) -> None:
+        self.interrupt()  # what runs ends with Cancelled, as on Ctrl-C
         batcher, self.batcher = getattr(self, "batcher", None), None
         if batcher is not None:
             batcher.close()  # ends every request it holds; its thread is gone before the weights go

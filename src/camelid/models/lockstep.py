@@ -73,7 +73,8 @@ def submit(batcher, job) -> Iterator:
     return wave.request(_local.index, batcher, job)
 
 
-def _call(wave: Wave, index: int, fn: Callable, item: Any) -> Any:
+def call(wave: Wave, index: int, fn: Callable, item: Any) -> Any:
+    """`fn(item)` as call `index` of `wave`: its requests to a local batching backend wait for the wave's others."""
     _local.wave, _local.index = wave, index
     try:
         return fn(item)
@@ -96,7 +97,7 @@ def lockstep_map(fn: Callable, items: Iterable, concurrency: int,
                 if not wave_items:
                     return
                 wave = Wave(len(wave_items))
-                futures = [pool.submit(_call, wave, k, fn, x) for k, x in enumerate(wave_items)]
+                futures = [pool.submit(call, wave, k, fn, x) for k, x in enumerate(wave_items)]
                 for k, fut in enumerate(futures):
                     err = fut.exception()
                     yield base + k, (err if err is not None else fut.result())
