@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -294,6 +296,20 @@ def test_dedup_command_writes_kept_records_and_the_rejected_sidecar(tmp_path, ca
     assert main(["data", "dedup", str(bad), "-o", str(tmp_path / "x.jsonl")]) == 1
     assert f"{bad}:2: field 'instruction': missing" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_dedup_command_starts_without_the_model_stack_or_jinja(tmp_path):
+    # bench/dedup.py times `camelid data dedup` as a command, start-up included: it imports what it runs, no more
+    src = tmp_path / "data.jsonl"
+    src.write_text(json.dumps({"instruction": "Give three tips for staying healthy."}) + "\n")
+    code = ("import sys; from camelid.cli import main; rc = main(sys.argv[1:]); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'transformers', 'jinja2') or m.startswith(('camelid.models.', "
+            "'camelid.train', 'camelid.generate', 'camelid.serve', 'camelid.evaluate')) or m == 'camelid.models')); "
+            "sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "data", "dedup", str(src), "-o", str(tmp_path / "out.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_dedup_command_detects_korean_and_catches_its_near_duplicates(shared_data, tmp_path):

@@ -16,16 +16,13 @@ import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
-from typing import Callable
-
-import jinja2
-import jinja2.ext
-import jinja2.nodes
-import jinja2.utils
-from jinja2.ext import Extension
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Callable
 
 from camelid.core.io import CamelidError
+
+if TYPE_CHECKING:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Spans = list[tuple[int, int]]
 
@@ -34,41 +31,9 @@ class TemplateError(CamelidError):
     pass
 
 
-class _Generation(Extension):
-    """`{% generation %}...{% endgeneration %}`: renders its body and records where it landed in the output."""
-
-    tags = {"generation"}
-
-    def __init__(self, environment):
-        super().__init__(environment)
-        environment.extend(track_generation=self.track)
-        self._tracking: ContextVar = ContextVar("camelid_generation", default=None)
-
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.CallBlock(self.call_method("_generation"), [], [], body).set_lineno(lineno)
-
-    @jinja2.pass_eval_context
-    def _generation(self, context, caller) -> str:
-        rv = caller()
-        tracking = self._tracking.get()
-        if tracking is not None:
-            blocks, spans = tracking
-            start = len("".join(blocks))
-            spans.append((start, start + len(rv)))
-        return rv
-
-    @contextmanager
-    def track(self, blocks: list[str], spans: Spans):
-        token = self._tracking.set((blocks, spans))
-        try:
-            yield
-        finally:
-            self._tracking.reset(token)
-
-
 def _raise_exception(message):
+    import jinja2
+
     raise jinja2.exceptions.TemplateError(message)
 
 
@@ -88,36 +53,83 @@ class _TemplateDict:
         return dict.fromkeys(*args, **kwargs)
 
 
-class _TemplateNamespace(jinja2.utils.Namespace):
-    """A namespace that refuses dunder/underscore attributes (no way out of the sandbox)."""
+@functools.cache
+def _extensions() -> tuple[type, type]:
+    """The `{% generation %}` tag and the sandboxed `namespace`, subclasses of jinja2's: made with the first template
+    compiled, so that a command that renders none does not import jinja2 (~40 ms)."""
+    import jinja2.nodes
+    import jinja2.utils
+    from jinja2.ext import Extension
 
-    def __init__(*args, **kwargs):
-        self, args = args[0], args[1:]
-        attrs = dict(*args, **kwargs)
-        for name in attrs:
+    class _Generation(Extension):
+        """`{% generation %}...{% endgeneration %}`: renders its body and records where it landed in the output."""
+
+        tags = {"generation"}
+
+        def __init__(self, environment):
+            super().__init__(environment)
+            environment.extend(track_generation=self.track)
+            self._tracking: ContextVar = ContextVar("camelid_generation", default=None)
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_generation"), [], [], body).set_lineno(lineno)
+
+        @jinja2.pass_eval_context
+        def _generation(self, context, caller) -> str:
+            rv = caller()
+            tracking = self._tracking.get()
+            if tracking is not None:
+                blocks, spans = tracking
+                start = len("".join(blocks))
+                spans.append((start, start + len(rv)))
+            return rv
+
+        @contextmanager
+        def track(self, blocks: list[str], spans: Spans):
+            token = self._tracking.set((blocks, spans))
+            try:
+                yield
+            finally:
+                self._tracking.reset(token)
+
+    class _TemplateNamespace(jinja2.utils.Namespace):
+        """A namespace that refuses dunder/underscore attributes (no way out of the sandbox)."""
+
+        def __init__(*args, **kwargs):
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                _TemplateNamespace._check_name(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
             _TemplateNamespace._check_name(name)
-        jinja2.utils.Namespace.__init__(self, attrs)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
 
-    def __setitem__(self, name, value):
-        _TemplateNamespace._check_name(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
+        @staticmethod
+        def _check_name(name):
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(
+                    f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {name!r}. "
+                    "Please rename the attribute.")
 
-    @staticmethod
-    def _check_name(name):
-        if isinstance(name, str) and name.startswith("_"):
-            raise jinja2.exceptions.SecurityError(
-                f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {name!r}. "
-                "Please rename the attribute.")
+    return _Generation, _TemplateNamespace
 
 
 def environment() -> ImmutableSandboxedEnvironment:
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    generation, namespace = _extensions()
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_Generation, jinja2.ext.loopcontrols])
+                                        extensions=[generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["dict"] = _TemplateDict()
-    env.globals["namespace"] = _TemplateNamespace
+    env.globals["namespace"] = namespace
     return env
 
 
@@ -128,6 +140,8 @@ def has_generation_tag(source: str) -> bool:
 
 @functools.lru_cache(maxsize=16)  # compiling a chat_template costs far more than rendering it
 def compile_template(source: str) -> jinja2.Template:
+    import jinja2
+
     try:
         return environment().from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
@@ -137,6 +151,8 @@ def compile_template(source: str) -> jinja2.Template:
 def render(source: str, messages: list[dict], add_generation_prompt: bool = False, **tokens) -> tuple[str, Spans]:
     """(text, spans of `{% generation %}` blocks) exactly as `apply_chat_template(..., tokenize=False)` renders it,
     with transformers' template variables (`tools`/`documents` None, the special tokens given in `tokens`)."""
+    import jinja2
+
     tmpl = compile_template(source)
     blocks: list[str] = []
     spans: Spans = []

@@ -22,8 +22,6 @@ from camelid.data.examples import render_file
 from camelid.data.formats import convert as convert_file, plural, validate_file
 from camelid.data.split import split_file
 from camelid.data.stats import show as show_records, stats as compute
-from camelid.models import load_model
-from camelid.models.checkpoint import template_name, tokenizer_for
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -125,6 +123,8 @@ def stats(
             refuse_overwrite([file], plot)
         tokenizer = None
         if model:
+            from camelid.models import load_model  # the model stack (~0.1 s to import): only with --model
+
             tokenizer = load_model(model, n_ctx=512)  # only its tokenizer is used
         try:
             result = compute(file, fmt, tokenizer=tokenizer, plot=plot)
@@ -272,6 +272,8 @@ def split(
         refuse_overwrite([src], out, force)
         if report:
             refuse_overwrite([src, out], report)
+        from camelid.models import load_model  # the model stack (~0.1 s to import): only when it is used
+
         m = load_model(model, template=template, n_ctx=512)  # only its tokenizer is used
         try:
             rep = split_file(src, out, m, max_tokens)
@@ -316,6 +318,8 @@ def render(
     columns: ColumnsOpt = None,
 ) -> None:
     """Show records exactly as training tokenizes them, with the trained (loss-bearing) tokens marked."""
+    from camelid.models.checkpoint import template_name, tokenizer_for  # the model stack: only when used
+
     with using_columns(columns):
         tok, run = tokenizer_for(model)
         name = template_name(template, run, tok.chat_template, default="alpaca")
