@@ -120,7 +120,9 @@ def llama_cpp_server(gguf: str, threads: int, n_ctx: int):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-                             "--n_threads_batch", str(threads)],
+                             "--n_threads_batch", str(threads),
+                             # its default ends a streaming request whenever another arrives: queue them instead
+                             "--interrupt_requests", "False"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
