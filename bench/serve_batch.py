@@ -61,8 +61,10 @@ def direct(model, convs: list[list[dict]], max_tokens: int) -> list[str]:
     return ["".join(c.text for c in model.stream_sequential(model.chat_prompt(m), s)) for m in convs]
 
 
-def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: int, clients: int) -> dict:
-    """`clients` threads stream requests from a shared list until it is empty."""
+def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: int, clients: int,
+              count_tokens=None) -> dict:
+    """`clients` threads stream requests from a shared list until it is empty. Completion tokens: the stream's usage,
+    else (llama_cpp.server sends none) `count_tokens` of the text."""
     todo: queue.Queue = queue.Queue()
     for i, m in enumerate(convs):
         todo.put((i, m))
@@ -99,9 +101,12 @@ def over_http(url: str, model_name: str, convs: list[list[dict]], max_tokens: in
                                 if first is None:
                                     first = time.perf_counter() - start
                                 parts.append(piece)
+                text = "".join(parts)
+                if not n and count_tokens is not None and text:
+                    n = count_tokens(text)
                 with lock:
                     tokens[0] += n
-                ttft[i], texts[i] = first or 0.0, "".join(parts)
+                ttft[i], texts[i] = first or 0.0, text
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -191,7 +196,7 @@ def main() -> None:
             over_http(url, name, convs[:2], 4, 1)
         for c in levels:  # interleaved: each client count runs every contender back to back
             for n, (_, url, name) in servers.items():
-                r = results[(n, c)] = over_http(url, name, convs, args.max_tokens, c)
+                r = results[(n, c)] = over_http(url, name, convs, args.max_tokens, c, model.count_tokens)
                 print(f"  measured {n} at {c} client(s): {r['tokens'] / r['wall']:.1f} tokens/s", flush=True)
     finally:
         for srv, _, _ in servers.values():
