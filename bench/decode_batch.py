@@ -1,6 +1,6 @@
 """What batching can give on this machine: llama.cpp's own low-level batch API, one `llama_decode` carrying one token
 for each of N sequences (after a 64-token prompt each), against one sequence. The ceiling for any batcher built on
-llama.cpp here; bench/serve_batch.py (branch issue-23a) measures a batcher against it.
+llama.cpp here; bench/serve_batch.py and bench/answer.py measure camelid's batchers.
 
     python bench/decode_batch.py [--threads 2] [--steps 32] [--no-unified-kv] [--flash-attn auto|on|off]
 """
