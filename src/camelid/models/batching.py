@@ -152,7 +152,55 @@ def default_kv_tokens(llama_model, n_ctx: int, budget_bytes: int = 256 << 20) ->
     return max(n_ctx, min(4 * n_ctx, trained, budget_bytes // max(1, per_cell)))
 
 
-class LlamaBatcher:
+class Scheduler:
+    """What both batchers share (this one and models/hf_batching.py): requests (`Job`s, `Row`s: each with `out`,
+    `cancelled`, `group`, `aborted`) queue in `_waiting` for a scheduler thread, which moves them to `_running`;
+    the caller reads each one's `out` as a stream of chunks."""
+
+    _waiting: list
+    _running: list
+    _cv: threading.Condition
+    _closed: bool
+
+    def submit_group(self, requests: list) -> list[Iterator[Chunk]]:
+        """Queue prepared requests as one group (see the module docstring); their streams, in the same order."""
+        token = object() if len(requests) > 1 else None  # one request alone: the same schedule either way
+        with self._cv:
+            if self._closed:
+                raise ModelError("the model is closed")
+            for r in requests:
+                r.group = token
+                self._waiting.append(r)
+            self._cv.notify()
+        return [self._drain(r) for r in requests]
+
+    def _drain(self, request) -> Iterator[Chunk]:
+        try:
+            while True:
+                item = request.out.get()
+                if isinstance(item, Cancelled):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise ModelError(f"generation failed: {item}") from item
+                yield item
+                if item.finish_reason:
+                    return
+        finally:
+            request.cancelled.set()
+            with self._cv:
+                self._cv.notify()
+
+    def cancel_all(self) -> None:
+        """Model.interrupt: every request queued or running now ends at the next step, its reader raising Cancelled;
+        requests submitted later run as usual."""
+        with self._cv:
+            for r in self._waiting + self._running:
+                r.aborted = True
+                r.out.put(Cancelled("generation stopped"))
+            self._cv.notify()
+
+
+class LlamaBatcher(Scheduler):
     """One llama.cpp context with `n_seq` sequence slots, driven by a scheduler thread.
 
     `kv_tokens` cells are shared by all sequences (kv_unified); a request reserves prompt + max_tokens cells when it
@@ -205,43 +253,6 @@ class LlamaBatcher:
         """Stream one request's text; closing the iterator early cancels it at the next step. Inside a Model.map
         wave (models/lockstep.py) the request waits for the wave's others and runs with them as one group."""
         return lockstep.submit(self, self.prepare(prompt, sampling, max_tokens, grammar))
-
-    def submit_group(self, jobs: list[Job]) -> list[Iterator[Chunk]]:
-        """Queue prepared jobs as one group (see the module docstring); their streams, in the same order."""
-        token = object() if len(jobs) > 1 else None  # one job alone: the same schedule either way
-        with self._cv:
-            if self._closed:
-                raise ModelError("the model is closed")
-            for job in jobs:
-                job.group = token
-                self._waiting.append(job)
-            self._cv.notify()
-        return [self._drain(job) for job in jobs]
-
-    def _drain(self, job: Job) -> Iterator[Chunk]:
-        try:
-            while True:
-                item = job.out.get()
-                if isinstance(item, Cancelled):
-                    raise item
-                if isinstance(item, BaseException):
-                    raise ModelError(f"generation failed: {item}") from item
-                yield item
-                if item.finish_reason:
-                    return
-        finally:
-            job.cancelled.set()
-            with self._cv:
-                self._cv.notify()
-
-    def cancel_all(self) -> None:
-        """Model.interrupt: every request queued or running now ends at the next step, its reader raising Cancelled;
-        requests submitted later run as usual."""
-        with self._cv:
-            for job in self._waiting + self._running:
-                job.aborted = True
-                job.out.put(Cancelled("generation stopped"))
-            self._cv.notify()
 
     def stats(self) -> dict:
         with self._cv:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from camelid.models import lockstep
 from camelid.models.base import Cancelled, Chunk, ModelError, Sampling
-from camelid.models.batching import TextOut
+from camelid.models.batching import Scheduler, TextOut
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Row:
         return self.aborted or (self.group is None and self.cancelled.is_set())
 
 
-class HFBatcher:
+class HFBatcher(Scheduler):
     """A scheduler thread over a transformers causal LM; `submit` streams one request's text."""
 
     def __init__(self, model, tokenizer, stop_ids: list[int], pad_id: int, max_batch: int):
@@ -67,40 +67,6 @@ class HFBatcher:
                ) -> Iterator[Chunk]:
         row = Row(list(ids), sampling, max_tokens, text=TextOut(sampling.stop), processors=list(processors or []))
         return lockstep.submit(self, row)
-
-    def submit_group(self, rows: list[Row]) -> list[Iterator[Chunk]]:
-        """Queue rows as one group (see the module docstring); their streams, in the same order."""
-        token = object() if len(rows) > 1 else None
-        with self._cv:
-            if self._closed:
-                raise ModelError("the model is closed")
-            for row in rows:
-                row.group = token
-                self._waiting.append(row)
-            self._cv.notify()
-        return [self._drain(row) for row in rows]
-
-    def _drain(self, row: Row) -> Iterator[Chunk]:
-        try:
-            while True:
-                item = row.out.get()
-                if isinstance(item, Cancelled):
-                    raise item
-                if isinstance(item, BaseException):
-                    raise ModelError(f"generation failed: {item}") from item
-                yield item
-                if item.finish_reason:
-                    return
-        finally:
-            row.cancelled.set()
-
-    def cancel_all(self) -> None:
-        """Model.interrupt: every request queued or running now ends at the next step, its reader raising Cancelled;
-        requests submitted later run as usual."""
-        with self._cv:
-            for row in self._waiting + self._running:
-                row.aborted = True
-                row.out.put(Cancelled("generation stopped"))
 
     def close(self) -> None:
         with self._cv:

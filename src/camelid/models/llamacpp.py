@@ -73,11 +73,11 @@ class LlamaCppModel(Interruptible, Model):
         self.name = name or path.stem
         self.path = path
         threads = n_threads or default_threads()
-        # flash attention, as llama.cpp's own default (auto) has it and llama-cpp-python's does not: the batch shares
-        # one KV cache, and its kernel skips the other sequences' masked cells (bench/answer.py: 1.5x at 8 in
-        # flight with it, 1.1x without; one request alone 1.16x faster)
+        # CAMELID_FLASH_ATTN=1: flash attention (llama.cpp's own default, off in llama-cpp-python). The batch shares
+        # one KV cache and the kernel skips the other sequences' masked cells (bench/answer.py: 1.5x at 8 in flight
+        # with it, 1.1x without), but it changes greedy answers, so it is not the default yet
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_gpu_layers=n_gpu_layers,
-                         flash_attn=True, verbose=False)
+                         flash_attn=os.environ.get("CAMELID_FLASH_ATTN") == "1", verbose=False)
         self.context_length = self.llm.n_ctx()
         self.bos_token = self._token_text(self.llm.token_bos())
         self.eos_token = self._token_text(self.llm.token_eos())
