@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from camelid.core.templates import Template, get_template
-from camelid.models.base import (BadInputError, Cancelled, Chunk, ContextLengthError, Interruptible, Model, ModelError,
-                                 Sampling, cut_at_stop)
+from camelid.models.base import (BadInputError, Chunk, ContextLengthError, Interruptible, Model, ModelError, Sampling,
+                                 cut_at_stop)
 from camelid.models.batching import LlamaBatcher, default_kv_tokens
 
 # llama.cpp's OpenMP workers spin between steps by default; on a busy machine a call from the main thread then ran
@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_slots() -> int:
-    """$CAMELID_BATCH: how many sequences decode together (16 by default: 2.1x the tokens/s of one on 2 CPU cores)."""
+    """$CAMELID_BATCH: how many sequences decode together (16 by default; bench/answer.py on 2 CPU cores: about 1.1x
+    the tokens/s of one at a time, half the time to first token at 4-8 in flight)."""
     return max(1, int(os.environ.get("CAMELID_BATCH") or 16))
 
 
@@ -62,7 +63,8 @@ class LlamaCppModel(Interruptible, Model):
                  template: Template | None = None, name: str | None = None, n_seq: int | None = None,
                  kv_tokens: int | None = None):
         """`n_seq` sequences decode together (default $CAMELID_BATCH or 16); they share `kv_tokens` KV cells
-        (default $CAMELID_KV_TOKENS, else up to 4 x n_ctx within 256 MB), each request reserving prompt + max_tokens of them."""
+        (default $CAMELID_KV_TOKENS, else up to 4 x n_ctx within 256 MB), each request reserving prompt + max_tokens
+        of them."""
         try:
             from llama_cpp import Llama
         except ImportError:
